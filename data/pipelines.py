@@ -1,0 +1,260 @@
+"""Tokenisation and batching: examples → features (once, not per epoch) → padded tensors.
+
+Sequence tasks (``bert_cls``): ``[CLS] a [SEP] (b [SEP])`` with segment ids 0/1, pairs truncated
+longest-first to ``max_length``. Token tasks: every word is word-piece tokenised on its own; its
+first piece carries the word's label and is the only scored position (``label_mask``). A sentence
+whose pieces do not fit in ``max_length`` is cut into consecutive, non-overlapping word windows,
+one feature each, so every word is predicted exactly once (the reference code silently dropped the
+overflow, spec bug 25); :meth:`EncodedDataset.decode` joins the windows back per sentence.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from data.readers import ClsExample, Example, TokenExample
+from data.tasks import TaskSpec, get_task
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label of unscored positions (torch's cross-entropy default ignore_index)
+
+
+def collate(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of features to the longest in the batch (dynamic padding, D9).
+
+    Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, T]`` long, ``feature_index``
+    ``[B]`` long and, when the features have them, ``labels`` (``[B]`` long, ``[B]`` float for
+    regression, or ``[B, T]`` long padded with -100 for token tasks) and ``label_mask`` ``[B, T]`` bool.
+    """
+    if not features:
+        raise ValueError("collate got an empty batch")
+    width = max(len(f["input_ids"]) for f in features)
+    batch = len(features)
+    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    token_type_ids = torch.zeros((batch, width), dtype=torch.long)
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        input_ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+        attention_mask[row, :n] = 1
+        token_type_ids[row, :n] = torch.tensor(f["token_type_ids"], dtype=torch.long)
+    out = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "feature_index": torch.tensor([f["feature_index"] for f in features], dtype=torch.long),
+    }
+    first = features[0]
+    if "label_mask" in first:
+        mask = torch.zeros((batch, width), dtype=torch.bool)
+        for row, f in enumerate(features):
+            mask[row, : len(f["label_mask"])] = torch.tensor(f["label_mask"], dtype=torch.bool)
+        out["label_mask"] = mask
+    if "labels" in first:
+        if isinstance(first["labels"], list):
+            labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+            for row, f in enumerate(features):
+                labels[row, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.long)
+        else:
+            dtype = torch.float if isinstance(first["labels"], float) else torch.long
+            labels = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        out["labels"] = labels
+    return out
+
+
+def make_collate(tokenizer_or_pad_id) -> functools.partial:
+    """A ``collate_fn`` for ``DataLoader`` bound to the tokenizer's pad id (or an int pad id)."""
+    pad_id = tokenizer_or_pad_id if isinstance(tokenizer_or_pad_id, int) else tokenizer_or_pad_id.pad_token_id
+    return functools.partial(collate, pad_token_id=pad_id)
+
+
+class EncodedDataset(Dataset):
+    """Tokenised examples of one task and split, ready for a ``DataLoader``.
+
+    ``self[i]`` is a dict of python lists/ints: ``input_ids``, ``token_type_ids``, ``feature_index``
+    (= i), ``labels`` only when gold labels exist, and ``label_mask`` for token tasks (1 at each
+    word's first piece, also for unlabelled data). Attributes: ``task``, ``examples``, ``features``,
+    ``has_labels``, ``lengths`` (tokens per feature, for length-grouped batching), ``collate_fn``.
+    A feature's ``example_index`` (and, for token tasks, ``word_start``/``word_end``) maps it back.
+    """
+
+    def __init__(self, task: TaskSpec, examples: list[Example], features: list[dict], pad_token_id: int):
+        self.task = task
+        self.examples = examples
+        self.features = features
+        self.pad_token_id = pad_token_id
+        self.has_labels = bool(examples) and all(
+            (ex.labels if isinstance(ex, TokenExample) else ex.label) is not None for ex in examples
+        )
+        self.lengths = [len(f["input_ids"]) for f in features]
+        self.collate_fn = make_collate(pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        f = self.features[i]
+        item = {"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"], "feature_index": i}
+        if self.task.is_token_task:
+            item["label_mask"] = f["label_mask"]
+        if self.has_labels:
+            item["labels"] = f["labels"]
+        return item
+
+    def take(self, num_examples: int | None) -> EncodedDataset:
+        """The first ``num_examples`` examples with their features (for ``--max_*_samples``)."""
+        if num_examples is None or num_examples >= len(self.examples):
+            return self
+        features = [dict(f) for f in self.features if f["example_index"] < num_examples]
+        return EncodedDataset(self.task, self.examples[:num_examples], features, self.pad_token_id)
+
+    def decode(self, outputs: Mapping[int, torch.Tensor]) -> list:
+        """Turn per-feature model outputs into one prediction per example.
+
+        ``outputs[feature_index]``: for sequence tasks the logits row ``[C]`` (``[1]`` for regression);
+        for token tasks the logits at that feature's ``label_mask`` positions ``[n_scored, C]``, in order.
+        Returns class ids (int), scores (float, regression) or, for token tasks, one list of tag strings
+        per sentence with its windows joined back. Every feature must be present.
+        """
+        missing = [i for i in range(len(self.features)) if i not in outputs]
+        if missing:
+            raise ValueError(f"decode: outputs lack {len(missing)} of {len(self.features)} features (first: {missing[0]})")
+        if not self.task.is_token_task:
+            predictions = []
+            for i in range(len(self.features)):
+                row = torch.as_tensor(outputs[i]).detach().float().cpu().reshape(-1)
+                if self.task.kind == "regression":
+                    predictions.append(float(row[0]))
+                else:
+                    predictions.append(int(row.argmax()))
+            return predictions
+        tags: list[list[str]] = [[] for _ in self.examples]
+        for i, f in enumerate(self.features):
+            logits = torch.as_tensor(outputs[i]).detach().float().cpu()
+            n_scored = sum(f["label_mask"])
+            if logits.dim() != 2 or logits.shape[0] != n_scored:
+                raise ValueError(
+                    f"decode: feature {i} has {n_scored} scored positions but outputs[{i}] has shape {tuple(logits.shape)}"
+                )
+            tags[f["example_index"]].extend(self.task.labels[j] for j in logits.argmax(-1).tolist())
+        for ex, sentence in zip(self.examples, tags, strict=True):
+            if len(sentence) != len(ex.words):  # cannot happen unless features were edited
+                raise ValueError(f"decode: sentence {ex.guid} has {len(ex.words)} words, {len(sentence)} predictions")
+        return tags
+
+    def references(self) -> list:
+        """Gold labels per example in the form :meth:`decode` returns (tag strings for token tasks)."""
+        if not self.has_labels:
+            raise ValueError(f"{self.task.name}: these examples carry no gold labels")
+        if self.task.is_token_task:
+            return [[self.task.labels[j] for j in ex.labels] for ex in self.examples]
+        return [ex.label for ex in self.examples]
+
+
+def encode_dataset(task: TaskSpec | str, examples: list[Example], tokenizer, max_length: int) -> EncodedDataset:
+    """Tokenise ``examples`` once into an :class:`EncodedDataset` (batched tokenizer calls).
+
+    ``max_length`` counts the special tokens. Token tasks need ``max_length >= 3``.
+    """
+    task = get_task(task)
+    if task.is_token_task:
+        features = _encode_tokens(task, examples, tokenizer, max_length)
+    else:
+        features = _encode_sequences(task, examples, tokenizer, max_length)
+    return EncodedDataset(task, examples, features, tokenizer.pad_token_id)
+
+
+def _encode_sequences(task: TaskSpec, examples: list[ClsExample], tokenizer, max_length: int) -> list[dict]:
+    pair = any(ex.text_b is not None for ex in examples)
+    texts_a = [ex.text_a for ex in examples]
+    texts_b = [ex.text_b or "" for ex in examples] if pair else None
+    encoded = tokenizer(
+        texts_a, texts_b, truncation="longest_first" if pair else True, max_length=max_length,
+        return_token_type_ids=True, return_attention_mask=False,
+    )
+    features = []
+    for i, ex in enumerate(examples):
+        feature = {
+            "input_ids": encoded["input_ids"][i],
+            "token_type_ids": encoded["token_type_ids"][i],
+            "example_index": i,
+        }
+        if ex.label is not None:
+            feature["labels"] = float(ex.label) if task.kind == "regression" else int(ex.label)
+        features.append(feature)
+    return features
+
+
+def _word_pieces(tokenizer, examples: list[TokenExample]) -> dict[str, list[int]]:
+    """Piece ids of every distinct word, tokenised in one batched call. A word that yields no pieces
+    (e.g. a lone control character) becomes [UNK] so that it still gets a prediction."""
+    vocab = sorted({w for ex in examples for w in ex.words})
+    if not vocab:
+        return {}
+    ids = tokenizer(vocab, add_special_tokens=False, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    return {w: (p or [tokenizer.unk_token_id]) for w, p in zip(vocab, ids, strict=True)}
+
+
+def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_length: int) -> list[dict]:
+    budget = max_length - 2  # room left by [CLS] and [SEP]
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for words; use at least 3")
+    pieces = _word_pieces(tokenizer, examples)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    features: list[dict] = []
+    split_sentences = truncated_words = 0
+    for example_index, ex in enumerate(examples):
+        windows = []
+        start = 0
+        while start < len(ex.words):
+            used, end = 0, start
+            # Greedily take whole words; a single word longer than the budget is cut to its first pieces
+            # (its first piece, the scored one, always survives).
+            while end < len(ex.words) and (end == start or used + len(pieces[ex.words[end]]) <= budget):
+                used += min(len(pieces[ex.words[end]]), budget)
+                end += 1
+            windows.append((start, end))
+            start = end
+        if len(windows) > 1:
+            split_sentences += 1
+        for start, end in windows:
+            input_ids, label_mask, labels = [cls_id], [0], [IGNORE_INDEX]
+            for w in range(start, end):
+                word_pieces = pieces[ex.words[w]]
+                if len(word_pieces) > budget:
+                    truncated_words += 1
+                    word_pieces = word_pieces[:budget]
+                input_ids.extend(word_pieces)
+                label_mask.extend([1] + [0] * (len(word_pieces) - 1))
+                gold = ex.labels[w] if ex.labels is not None else IGNORE_INDEX
+                labels.extend([gold] + [IGNORE_INDEX] * (len(word_pieces) - 1))
+            input_ids.append(sep_id)
+            label_mask.append(0)
+            labels.append(IGNORE_INDEX)
+            feature = {
+                "input_ids": input_ids,
+                "token_type_ids": [0] * len(input_ids),
+                "label_mask": label_mask,
+                "example_index": example_index,
+                "word_start": start,
+                "word_end": end,
+            }
+            if ex.labels is not None:
+                feature["labels"] = labels
+            features.append(feature)
+    if split_sentences:
+        logger.info(
+            "%s: %d of %d sentences longer than %d tokens were split into several windows",
+            task.name, split_sentences, len(examples), max_length,
+        )
+    if truncated_words:
+        logger.warning("%s: %d words longer than %d pieces were cut to their first pieces",
+                       task.name, truncated_words, budget)
+    return features
