@@ -1,0 +1,41 @@
+"""Prunable BERT models and the registry of model types.
+
+>>> from models import get_model_class
+>>> get_model_class("sparsebert_cls").__name__
+'SparseBertCls'
+"""
+
+from .heads import SparseBertCls, SparseBertNer, SparseBertOutput
+from .sparse_bert import SparseBertModel
+from .sparsity_map import normalize_sparsity_map, truncate_sparsity_map
+
+MODEL_REGISTRY = {
+    "sparsebert_cls": SparseBertCls,
+    "sparsebert_ner": SparseBertNer,
+}
+
+
+def get_model_class(model_type: str) -> type:
+    """Return the model class registered as ``model_type``.
+
+    Raises:
+        ValueError: naming the unknown type and listing the known ones.
+    """
+    try:
+        return MODEL_REGISTRY[model_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown model type {model_type!r}; known types: {', '.join(sorted(MODEL_REGISTRY))}"
+        ) from None
+
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "SparseBertCls",
+    "SparseBertModel",
+    "SparseBertNer",
+    "SparseBertOutput",
+    "get_model_class",
+    "normalize_sparsity_map",
+    "truncate_sparsity_map",
+]

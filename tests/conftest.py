@@ -66,3 +66,28 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def save_tiny_model(
+    directory: Path, model_type: str = "sparsebert_cls", seed: int = 0, **config_overrides
+) -> Path:
+    """Save a random tiny ``model_type`` model (unsparsified) plus the local tokenizer into ``directory``."""
+    from models import get_model_class
+
+    torch.manual_seed(seed)
+    model = get_model_class(model_type)(make_tiny_config(**config_overrides))
+    model.save_pretrained(directory)
+    save_tiny_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    """A saved tiny ``sparsebert_cls`` teacher (2 labels) with its tokenizer: pass as ``--teacher_model_path``."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_teacher"), "sparsebert_cls", num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_teacher_dir(tmp_path_factory) -> Path:
+    """A saved tiny ``sparsebert_ner`` teacher (9 CoNLL tags) with its tokenizer."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_ner_teacher"), "sparsebert_ner", num_labels=9)

@@ -1,0 +1,180 @@
+"""Task models on the SparseBERT encoder: sequence classification/regression and token tagging.
+
+Both share one output type, :class:`SparseBertOutput`, and expose the pruning verbs of the encoder
+(``reorder``, ``sparsify``, ``densify``, ``drop_layers``, ``count_parameters``, ``kept_widths``), so
+the training loop never reaches into ``model.bert``.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig
+
+from .sparse_bert import SparseBertModel, SparseBertPreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SparseBertOutput:
+    """What both task models return.
+
+    Attributes:
+        logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
+        hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output.
+        loss: scalar task loss when ``labels`` were given, else None.
+    """
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+    loss: torch.Tensor | None = None
+
+
+class _SparseBertTaskModel(SparseBertPreTrainedModel):
+    """Shared part of the task models: the ``bert`` encoder and the pruning verbs delegated to it."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = SparseBertModel(config)
+
+    @property
+    def classifier_dropout(self) -> float:
+        dropout = getattr(self.config, "classifier_dropout", None)
+        return self.config.hidden_dropout_prob if dropout is None else dropout
+
+    @property
+    def current_sparsity(self) -> int:
+        """The sparsity level the encoder is currently sliced to."""
+        return self.bert.current_sparsity
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.bert.set_input_embeddings(value)
+
+    def reorder(self, head_order=None, neuron_order=None) -> None:
+        """Permute heads ``[L, H]`` and neurons ``[L, I]`` per layer; see :meth:`SparseBertModel.reorder`."""
+        self.bert.reorder(head_order, neuron_order)
+
+    def available_sparsities(self) -> list[int]:
+        """Levels :meth:`sparsify` accepts; see :meth:`SparseBertModel.available_sparsities`."""
+        return self.bert.available_sparsities()
+
+    def sparsify(self, sparsity: int) -> None:
+        """Slice the encoder to ``sparsity`` (virtual pruning); see :meth:`SparseBertModel.sparsify`."""
+        self.bert.sparsify(sparsity)
+
+    def densify(self) -> None:
+        """Physically prune the encoder to the current slice; see :meth:`SparseBertModel.densify`."""
+        self.bert.densify()
+
+    def drop_layers(self, num_layers: int) -> None:
+        """Keep the bottom ``num_layers`` encoder layers; see :meth:`SparseBertModel.drop_layers`."""
+        self.bert.drop_layers(num_layers)
+
+    def kept_widths(self) -> dict[str, list[int]]:
+        """Current heads and neurons kept per layer: ``{"head": [...], "neuron": [...]}``."""
+        return self.bert.kept_widths()
+
+    def count_parameters(self) -> dict[str, int]:
+        """Parameter counts at the CURRENT (possibly sliced) widths.
+
+        Returns:
+            ``{"prunable": n, "total": m}``: ``prunable`` counts the weights and biases of the six
+            prunable linears of every encoder layer (Q, K, V, attention-output dense, intermediate
+            dense, output dense); ``total`` counts every parameter the current model holds for use
+            (embeddings, LayerNorms, pooler and task head included).
+        """
+        current, physical = self.bert.prunable_parameter_counts()
+        total = sum(p.numel() for p in self.parameters()) - physical + current
+        return {"prunable": current, "total": total}
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None, neuron_mask=None):
+        """Run the encoder; returns the L + 1 hidden states ``[B, T, hidden]``."""
+        return self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            head_mask=head_mask,
+            neuron_mask=neuron_mask,
+        )
+
+
+class SparseBertCls(_SparseBertTaskModel):
+    """Sequence classification (``num_labels > 1``) or regression (``num_labels == 1``).
+
+    Head (``cls``): the final hidden state of [CLS] (position 0) -> Linear(H, H) -> tanh -> Dropout
+    -> Linear(H, num_labels); parameter names ``cls.0.*`` and ``cls.3.*`` as in the authors'
+    published teachers. The HF pooler is not used.
+
+    ``forward(input_ids [B, T], attention_mask [B, T], token_type_ids [B, T], labels, head_mask [L, H],
+    neuron_mask [L, I]) -> SparseBertOutput`` with ``logits [B, num_labels]``. ``labels`` is a
+    LongTensor ``[B]`` (cross-entropy) or, for regression, a FloatTensor ``[B]`` (MSE on the squeezed
+    logits).
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.cls = nn.Sequential(
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Dropout(self.classifier_dropout),
+            nn.Linear(hidden, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        neuron_mask: torch.Tensor | None = None,
+    ) -> SparseBertOutput:
+        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask)
+        logits = self.cls(hidden_states[-1][:, 0])
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)
+
+
+class SparseBertNer(_SparseBertTaskModel):
+    """Token tagging (NER): ``cls`` = Dropout -> Linear(H, num_labels) on every token.
+
+    ``forward(...) -> SparseBertOutput`` with ``logits [B, T, num_labels]``. ``labels`` is a
+    LongTensor ``[B, T]`` holding -100 at positions not scored (padding, special tokens and every
+    sub-word but a word's first); the loss is the token cross-entropy over the scored positions.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.cls = nn.Sequential(
+            nn.Dropout(self.classifier_dropout), nn.Linear(config.hidden_size, config.num_labels)
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        neuron_mask: torch.Tensor | None = None,
+    ) -> SparseBertOutput:
+        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask)
+        logits = self.cls(hidden_states[-1])
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)

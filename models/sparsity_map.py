@@ -1,0 +1,66 @@
+"""The sparsity map: how many heads and FFN neurons each layer loses at each sparsity level.
+
+A sparsity map has the form ``{s: {"head": {layer: n_removed}, "neuron": {layer: n_removed}}}``
+with ``s`` an integer percent and the counts relative to the ORIGINAL sizes
+(``config.num_attention_heads`` heads and ``config.intermediate_size`` neurons per layer). Layers
+that lose nothing may be omitted. In memory every key is an ``int``; JSON turns keys into strings,
+so maps read from a saved config go through :func:`normalize_sparsity_map`.
+"""
+
+import logging
+from collections.abc import Mapping
+
+logger = logging.getLogger(__name__)
+
+UNITS = ("head", "neuron")
+
+SparsityMap = dict[int, dict[str, dict[int, int]]]
+
+
+def normalize_sparsity_map(sparsity_map: Mapping | None) -> SparsityMap:
+    """Return a copy of ``sparsity_map`` with ``int`` sparsity and layer keys and ``int`` counts.
+
+    Accepts the JSON form (string keys) as well as the in-memory form; ``None`` gives ``{}``.
+    Both ``"head"`` and ``"neuron"`` entries are always present in the result.
+
+    >>> normalize_sparsity_map({"90": {"head": {"0": 3}, "neuron": {"1": "20"}}})
+    {90: {'head': {0: 3}, 'neuron': {1: 20}}}
+
+    Raises:
+        ValueError: for an unknown unit name or a negative count.
+    """
+    result: SparsityMap = {}
+    for level, entry in (sparsity_map or {}).items():
+        unknown = set(entry) - set(UNITS)
+        if unknown:
+            raise ValueError(f"sparsity map level {level}: unknown units {sorted(unknown)}, expected {UNITS}")
+        normalized: dict[str, dict[int, int]] = {}
+        for unit in UNITS:
+            counts = {int(layer): int(count) for layer, count in (entry.get(unit) or {}).items()}
+            if any(count < 0 for count in counts.values()):
+                raise ValueError(f"sparsity map level {level}: negative {unit} count in {counts}")
+            normalized[unit] = counts
+        result[int(level)] = normalized
+    return result
+
+
+def truncate_sparsity_map(
+    sparsity_map: SparsityMap, min_sparsity: int = 0, num_layers: int | None = None
+) -> SparsityMap:
+    """Keep the levels ``>= min_sparsity`` and, if ``num_layers`` is given, only layers ``< num_layers``.
+
+    Used after :meth:`densify` (a densified model can only be pruned further) and after layer
+    dropping (the bottom ``num_layers`` layers remain).
+    """
+    return {
+        level: {
+            unit: {
+                layer: count
+                for layer, count in entry[unit].items()
+                if num_layers is None or layer < num_layers
+            }
+            for unit in UNITS
+        }
+        for level, entry in sparsity_map.items()
+        if level >= min_sparsity
+    }

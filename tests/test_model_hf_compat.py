@@ -1,0 +1,124 @@
+"""Our encoder against HF ``BertModel``: same weights, same outputs; HF checkpoints load cleanly."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_config
+from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
+
+from models import SparseBertCls, SparseBertModel, SparseBertNer
+
+ENCODER_PREFIXES = ("bert.embeddings.", "bert.encoder.", "bert.pooler.")
+
+
+def padded_batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 80, (4, 13), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 7:] = 0
+    attention_mask[2, 2:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 6:] = 1
+    return {
+        "input_ids": input_ids * attention_mask,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }
+
+
+def assert_matches_hf(ours, hf_model, inputs, atol):
+    with torch.no_grad():
+        expected = hf_model(**inputs, output_hidden_states=True)
+        got = ours(**inputs)
+    states = got.hidden_states if hasattr(got, "hidden_states") else got
+    assert len(states) == len(expected.hidden_states)
+    torch.testing.assert_close(states[-1], expected.last_hidden_state, atol=atol, rtol=0)
+    for x, y in zip(states, expected.hidden_states, strict=True):
+        torch.testing.assert_close(x, y, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
+def test_full_width_equals_hf_bert(hidden_act):
+    config = make_tiny_config(hidden_act=hidden_act)
+    hf_model = BertModel(config).eval()
+    ours = SparseBertModel(make_tiny_config(hidden_act=hidden_act)).eval()
+    result = ours.load_state_dict(hf_model.state_dict(), strict=False)
+    assert not result.missing_keys
+    assert all("position_ids" in key or "token_type_ids" in key for key in result.unexpected_keys)
+    assert_matches_hf(ours, hf_model, padded_batch(), atol=1e-5)
+
+
+def test_without_attention_mask_or_token_types():
+    hf_model = BertModel(make_tiny_config()).eval()
+    ours = SparseBertModel(make_tiny_config()).eval()
+    ours.load_state_dict(hf_model.state_dict(), strict=False)
+    assert_matches_hf(ours, hf_model, {"input_ids": padded_batch()["input_ids"]}, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [SparseBertCls, SparseBertNer])
+def test_hf_base_checkpoint_loads_without_missing_encoder_keys(model_class, tmp_path):
+    hf_model = BertModel(make_tiny_config()).eval()
+    hf_model.save_pretrained(tmp_path)
+    model, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
+    assert not [key for key in info["missing_keys"] if not key.startswith("cls.")]
+    assert not info["unexpected_keys"]
+    assert_matches_hf(model.eval().bert, hf_model, padded_batch(), atol=1e-5)
+
+
+def test_hf_task_checkpoint_loads_encoder(tmp_path):
+    hf_model = BertForSequenceClassification(make_tiny_config(num_labels=3)).eval()
+    hf_model.save_pretrained(tmp_path)
+    model, info = SparseBertCls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not [key for key in info["missing_keys"] if key.startswith(ENCODER_PREFIXES)]
+    assert not [key for key in info["unexpected_keys"] if key.startswith(ENCODER_PREFIXES)]
+    assert_matches_hf(model.eval(), hf_model.bert, padded_batch(), atol=1e-5)
+
+
+def test_parameter_names_match_hf():
+    ours = set(SparseBertModel(make_tiny_config()).state_dict())
+    theirs = {key for key in BertModel(make_tiny_config()).state_dict() if not key.endswith("_ids")}
+    assert ours == theirs
+    cls_keys = {key for key in SparseBertCls(make_tiny_config()).state_dict() if key.startswith("cls.")}
+    assert cls_keys == {"cls.0.weight", "cls.0.bias", "cls.3.weight", "cls.3.bias"}
+
+
+def minilm_dir() -> Path | None:
+    path = os.environ.get("MINIDISC_MINILM_DIR")
+    if path and (Path(path) / "model.safetensors").is_file():
+        return Path(path)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    minilm_dir() is None, reason="set MINIDISC_MINILM_DIR to the all-MiniLM-L6-v2 model folder"
+)
+def test_real_minilm_equals_hf():
+    path = minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    inputs = tokenizer(
+        [
+            "a short sentence.",
+            "a much longer sentence, with some punctuation, to force padding in the batch.",
+        ],
+        ["second segment", "another one"],
+        padding=True,
+        return_tensors="pt",
+    )
+    inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
+    hf_model = BertModel.from_pretrained(path).eval()
+    model, info = SparseBertCls.from_pretrained(path, output_loading_info=True)
+    assert not [key for key in info["missing_keys"] if not key.startswith("cls.")]
+    assert not info["unexpected_keys"]
+    assert_matches_hf(model.eval(), hf_model, inputs, atol=1e-4)
+
+
+def test_tiny_teacher_dir_fixture(tiny_teacher_dir, tiny_ner_teacher_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    inputs = tokenizer(["the film was not bad ."], return_tensors="pt")
+    teacher = SparseBertCls.from_pretrained(tiny_teacher_dir).eval()
+    assert teacher(inputs["input_ids"], inputs["attention_mask"]).logits.shape == (1, 2)
+    tagger = SparseBertNer.from_pretrained(tiny_ner_teacher_dir).eval()
+    assert tagger(inputs["input_ids"]).logits.shape == (1, inputs["input_ids"].shape[1], 9)

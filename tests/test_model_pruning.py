@@ -1,0 +1,403 @@
+"""Invariants of the pruning verbs: masks, reorder, sparsify, densify, layer dropping, counts."""
+
+import pytest
+import torch
+from conftest import make_tiny_config
+
+from models import MODEL_REGISTRY, get_model_class, normalize_sparsity_map
+
+MODEL_TYPES = sorted(MODEL_REGISTRY)
+LEVELS = (30, 60, 90)
+
+
+def random_sparsity_map(config, generator: torch.Generator) -> dict:
+    """A random monotone map over LEVELS; at the top level layer 1 loses every head and layer 2 every neuron."""
+    num_layers, heads, neurons = (
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.intermediate_size,
+    )
+    sparsity_map = {}
+    removed = {"head": [0] * num_layers, "neuron": [0] * num_layers}
+    for level in LEVELS:
+        for unit, size in (("head", heads), ("neuron", neurons)):
+            for layer in range(num_layers):
+                step = int(torch.randint(0, size // 3 + 1, (1,), generator=generator))
+                removed[unit][layer] = min(size, removed[unit][layer] + step)
+        if level == LEVELS[-1]:
+            removed["head"][1] = heads
+            removed["neuron"][2] = neurons
+        sparsity_map[level] = {
+            unit: {layer: n for layer, n in enumerate(counts) if n} for unit, counts in removed.items()
+        }
+    return sparsity_map
+
+
+def build(model_type: str, sparsity_map=None, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = make_tiny_config(**{"num_labels": 5, **overrides})
+    if sparsity_map is not None:
+        config.sparsity_map = sparsity_map
+    return get_model_class(model_type)(config).eval()
+
+
+def batch(seed: int = 1, size: int = 3, seq_len: int = 11):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 80, (size, seq_len), generator=generator)
+    attention_mask = torch.ones(size, seq_len, dtype=torch.long)
+    attention_mask[0, seq_len - 4 :] = 0
+    attention_mask[1, 3:] = 0
+    input_ids = input_ids * attention_mask
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, seq_len // 2 :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def masks_for(config, sparsity: int):
+    """All-ones masks with zeros at the heads/neurons that ``sparsify(sparsity)`` slices off."""
+    entry = config.sparsity_map[sparsity]
+    head_mask = torch.ones(config.num_hidden_layers, config.num_attention_heads)
+    neuron_mask = torch.ones(config.num_hidden_layers, config.intermediate_size)
+    for layer, n in entry["head"].items():
+        head_mask[layer, config.num_attention_heads - n :] = 0
+    for layer, n in entry["neuron"].items():
+        neuron_mask[layer, config.intermediate_size - n :] = 0
+    return head_mask, neuron_mask
+
+
+def assert_same_output(a, b, atol=1e-5):
+    torch.testing.assert_close(a.logits, b.logits, atol=atol, rtol=0)
+    assert len(a.hidden_states) == len(b.hidden_states)
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        torch.testing.assert_close(x, y, atol=atol, rtol=0)
+
+
+@pytest.fixture
+def sparsity_map():
+    return random_sparsity_map(make_tiny_config(), torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_all_ones_masks_equal_no_masks(model_type):
+    model = build(model_type)
+    inputs = batch()
+    config = model.config
+    with torch.no_grad():
+        plain = model(**inputs)
+        masked = model(
+            **inputs,
+            head_mask=torch.ones(config.num_hidden_layers, config.num_attention_heads),
+            neuron_mask=torch.ones(config.num_hidden_layers, config.intermediate_size),
+        )
+    assert plain.logits.shape == ((3, 5) if model_type == "sparsebert_cls" else (3, 11, 5))
+    assert len(plain.hidden_states) == config.num_hidden_layers + 1
+    assert_same_output(plain, masked, atol=0)
+    with torch.no_grad():
+        zeroed = model(**inputs, head_mask=torch.zeros(config.num_hidden_layers, config.num_attention_heads))
+    assert not torch.allclose(zeroed.logits, plain.logits)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_reorder_preserves_outputs(model_type):
+    model = build(model_type)
+    config = model.config
+    inputs = batch()
+    with torch.no_grad():
+        before = model(**inputs)
+    query_before = model.bert.encoder.layer[0].attention.self.query.weight.clone()
+    head_order = torch.stack(
+        [torch.randperm(config.num_attention_heads) for _ in range(config.num_hidden_layers)]
+    )
+    neuron_order = [torch.randperm(config.intermediate_size) for _ in range(config.num_hidden_layers)]
+    model.reorder(head_order, neuron_order)
+    assert not torch.equal(query_before, model.bert.encoder.layer[0].attention.self.query.weight)
+    with torch.no_grad():
+        after = model(**inputs)
+    assert_same_output(before, after)
+
+
+def test_reorder_puts_the_given_order_first():
+    model = build("sparsebert_cls")
+    config = model.config
+    head_size = config.hidden_size // config.num_attention_heads
+    value = model.bert.encoder.layer[2].attention.self.value
+    old = value.weight.detach().clone()
+    head_order = torch.arange(config.num_attention_heads).repeat(config.num_hidden_layers, 1)
+    head_order[2] = torch.tensor([3, 0, 2, 1])
+    model.reorder(head_order=head_order)
+    torch.testing.assert_close(value.weight[:head_size], old[3 * head_size : 4 * head_size])
+
+
+def test_reorder_rejects_bad_orders_and_pruned_models(sparsity_map):
+    model = build("sparsebert_cls", sparsity_map)
+    config = model.config
+    bad = torch.zeros(config.num_hidden_layers, config.num_attention_heads, dtype=torch.long)
+    with pytest.raises(ValueError, match="permutation"):
+        model.reorder(head_order=bad)
+    model.sparsify(30)
+    with pytest.raises(ValueError, match="reorder needs the full"):
+        model.reorder(head_order=torch.arange(4).repeat(4, 1))
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_masked_equals_sliced_equals_densified(model_type, level, sparsity_map):
+    model = build(model_type, sparsity_map)
+    inputs = batch()
+    head_mask, neuron_mask = masks_for(model.config, level)
+    with torch.no_grad():
+        masked = model(**inputs, head_mask=head_mask, neuron_mask=neuron_mask)
+        model.sparsify(level)
+        sliced = model(**inputs)
+        # Masks at physical width still apply to the leading entries of a sliced model.
+        sliced_masked = model(**inputs, head_mask=torch.ones(4, 4), neuron_mask=torch.ones(4, 37))
+        model.densify()
+        densified = model(**inputs)
+    assert_same_output(masked, sliced)
+    assert_same_output(sliced, sliced_masked, atol=0)
+    assert_same_output(sliced, densified)
+    for hidden in densified.hidden_states:
+        assert torch.isfinite(hidden).all()
+    expected = masks_for(model.config, level)
+    assert model.kept_widths() == {
+        "head": [int(row.sum()) for row in expected[0]],
+        "neuron": [int(row.sum()) for row in expected[1]],
+    }
+    assert model.config.sparsity == level
+    assert min(model.config.sparsity_map) == level
+
+
+def test_emptied_blocks_keep_the_output_bias(sparsity_map):
+    """A layer with no heads returns LayerNorm(x + attention-output bias), as an all-zero mask does."""
+    model = build("sparsebert_cls", sparsity_map)
+    layer = model.bert.encoder.layer[1]
+    model.sparsify(90)
+    assert layer.num_heads == 0
+    x = torch.randn(2, 5, model.config.hidden_size)
+    with torch.no_grad():
+        got = layer.attention(x, None, layer.num_heads)
+        expected = layer.attention.output.LayerNorm(x + layer.attention.output.dense.bias)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_densify_then_sparsify_further_equals_direct(model_type, sparsity_map):
+    direct = build(model_type, sparsity_map)
+    staged = build(model_type, sparsity_map)
+    inputs = batch()
+    direct.sparsify(90)
+    staged.sparsify(30)
+    staged.densify()
+    assert staged.available_sparsities() == [30, 60, 90]
+    staged.sparsify(60)
+    staged.densify()
+    staged.sparsify(90)
+    with torch.no_grad():
+        assert_same_output(direct(**inputs), staged(**inputs))
+    staged.sparsify(60)
+    direct.sparsify(60)
+    assert staged.current_sparsity == 60
+    assert staged.kept_widths() == direct.kept_widths()
+    with torch.no_grad():
+        assert_same_output(direct(**inputs), staged(**inputs))
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_densified_save_load_round_trip(model_type, sparsity_map, tmp_path):
+    model = build(model_type, sparsity_map)
+    inputs = batch()
+    model.sparsify(60)
+    model.densify()
+    model.save_pretrained(tmp_path)
+    reloaded = get_model_class(model_type).from_pretrained(tmp_path).eval()
+    assert reloaded.config.sparsity == 60
+    assert sorted(reloaded.config.sparsity_map) == [60, 90]
+    assert reloaded.config.sparsity_map == model.config.sparsity_map
+    assert reloaded.kept_widths() == model.kept_widths()
+    with torch.no_grad():
+        assert_same_output(model(**inputs), reloaded(**inputs), atol=0)
+        model.sparsify(90)
+        reloaded.sparsify(90)
+        assert_same_output(model(**inputs), reloaded(**inputs), atol=0)
+
+
+def test_round_trip_with_emptied_layers(sparsity_map, tmp_path):
+    model = build("sparsebert_cls", sparsity_map)
+    model.sparsify(90)
+    model.densify()
+    assert model.kept_widths()["head"][1] == 0 and model.kept_widths()["neuron"][2] == 0
+    model.save_pretrained(tmp_path)
+    reloaded = get_model_class("sparsebert_cls").from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert_same_output(model(**batch()), reloaded(**batch()), atol=0)
+
+
+def expected_prunable(config, level: int) -> int:
+    """Independent count of the six prunable linears of every layer at ``level``."""
+    hidden = config.hidden_size
+    head_size = hidden // config.num_attention_heads
+    entry = config.sparsity_map.get(level, {"head": {}, "neuron": {}})
+    total = 0
+    for layer in range(config.num_hidden_layers):
+        width = (config.num_attention_heads - entry["head"].get(layer, 0)) * head_size
+        neurons = config.intermediate_size - entry["neuron"].get(layer, 0)
+        qkv = 3 * (hidden * width + width)
+        attention_output = width * hidden + hidden
+        ffn = (hidden * neurons + neurons) + (neurons * hidden + hidden)
+        total += qkv + attention_output + ffn
+    return total
+
+
+def test_parameter_counts_follow_the_map(sparsity_map):
+    model = build("sparsebert_cls", sparsity_map)
+    config = model.config
+    full = model.count_parameters()
+    assert full["total"] == sum(p.numel() for p in model.parameters())
+    assert full["prunable"] == expected_prunable(config, 0)
+    not_prunable = full["total"] - full["prunable"]
+    model.sparsify(60)
+    sliced = model.count_parameters()
+    assert sliced["prunable"] == expected_prunable(config, 60) < full["prunable"]
+    assert sliced["total"] == not_prunable + sliced["prunable"]
+    model.densify()
+    assert model.count_parameters() == sliced
+    assert sum(p.numel() for p in model.parameters()) == sliced["total"]
+
+
+def test_gradients_reach_masks_and_full_parameters_through_slices(sparsity_map):
+    model = build("sparsebert_cls", sparsity_map)
+    model.train()
+    config = model.config
+    head_mask = torch.ones(config.num_hidden_layers, config.num_attention_heads, requires_grad=True)
+    neuron_mask = torch.ones(config.num_hidden_layers, config.intermediate_size, requires_grad=True)
+    model.sparsify(60)
+    widths = model.kept_widths()
+    output = model(**batch(), labels=torch.tensor([0, 3, 1]), head_mask=head_mask, neuron_mask=neuron_mask)
+    output.loss.backward()
+    head_size = config.hidden_size // config.num_attention_heads
+    for layer_index, layer in enumerate(model.bert.encoder.layer):
+        heads, neurons = widths["head"][layer_index], widths["neuron"][layer_index]
+        assert torch.all(head_mask.grad[layer_index, heads:] == 0)
+        assert torch.all(neuron_mask.grad[layer_index, neurons:] == 0)
+        if heads:
+            assert head_mask.grad[layer_index, :heads].abs().sum() > 0
+            query = layer.attention.self.query.weight
+            assert query.grad.shape == query.shape
+            assert query.grad[: heads * head_size].abs().sum() > 0
+            assert torch.all(query.grad[heads * head_size :] == 0)
+        if neurons:
+            assert neuron_mask.grad[layer_index, :neurons].abs().sum() > 0
+            out_weight = layer.output.dense.weight
+            assert out_weight.grad[:, :neurons].abs().sum() > 0
+            assert torch.all(out_weight.grad[:, neurons:] == 0)
+
+
+def test_sparsify_is_cheap_and_restorable(sparsity_map):
+    model = build("sparsebert_cls", sparsity_map)
+    weights = [p.data_ptr() for p in model.parameters()]
+    model.sparsify(90)
+    model.sparsify(0)
+    assert model.current_sparsity == 0
+    assert [p.data_ptr() for p in model.parameters()] == weights
+    assert model.kept_widths() == {"head": [4] * 4, "neuron": [37] * 4}
+
+
+def test_sparsify_errors(sparsity_map):
+    model = build("sparsebert_cls", sparsity_map)
+    with pytest.raises(ValueError, match=r"sparsity 50 is not available; choose from \[0, 30, 60, 90\]"):
+        model.sparsify(50)
+    with pytest.raises(TypeError):
+        model.sparsify("30")
+    model.sparsify(60)
+    model.densify()
+    with pytest.raises(ValueError, match=r"sparsity 30 is not available; choose from \[60, 90\]"):
+        model.sparsify(30)
+    with pytest.raises(ValueError, match="sparsity 0 is not available"):
+        model.sparsify(0)
+
+
+def test_mask_shape_is_checked():
+    model = build("sparsebert_cls")
+    with pytest.raises(ValueError, match="head_mask"):
+        model(**batch(), head_mask=torch.ones(3, 4))
+
+
+def test_unknown_model_type():
+    with pytest.raises(ValueError, match=r"unknown model type 'bert_cls'.*sparsebert_cls, sparsebert_ner"):
+        get_model_class("bert_cls")
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_drop_layers_keeps_the_bottom_layers(model_type, sparsity_map, tmp_path):
+    model = build(model_type, sparsity_map)
+    inputs = batch()
+    with torch.no_grad():
+        full_states = model(**inputs).hidden_states
+    model.save_pretrained(tmp_path)
+    model.drop_layers(2)
+    assert model.config.num_hidden_layers == 2
+    assert all(
+        layer < 2 for entry in model.config.sparsity_map.values() for unit in entry.values() for layer in unit
+    )
+    with torch.no_grad():
+        dropped = model(**inputs)
+    assert len(dropped.hidden_states) == 3
+    for x, y in zip(dropped.hidden_states, full_states[:3], strict=True):
+        torch.testing.assert_close(x, y)
+    loaded = get_model_class(model_type).from_pretrained(tmp_path, num_hidden_layers=2).eval()
+    assert loaded.config.sparsity_map == model.config.sparsity_map
+    with torch.no_grad():
+        assert_same_output(loaded(**inputs), dropped, atol=0)
+    model.sparsify(90)
+    loaded.sparsify(90)
+    with torch.no_grad():
+        assert_same_output(loaded(**inputs), model(**inputs), atol=0)
+
+
+def test_drop_layers_out_of_range():
+    model = build("sparsebert_cls")
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="between 1 and 4 layers"):
+            model.drop_layers(bad)
+
+
+def test_losses():
+    inputs = batch()
+    cls = build("sparsebert_cls")
+    labels = torch.tensor([4, 0, 2])
+    out = cls(**inputs, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    regression = build("sparsebert_cls", num_labels=1)
+    targets = torch.tensor([0.5, 2.0, -1.0])
+    out = regression(**inputs, labels=targets)
+    assert out.logits.shape == (3, 1)
+    torch.testing.assert_close(out.loss, ((out.logits[:, 0] - targets) ** 2).mean())
+    ner = build("sparsebert_ner")
+    tags = torch.full((3, 11), -100)
+    tags[0, 1], tags[0, 4], tags[2, 2] = 1, 3, 0
+    out = ner(**inputs, labels=tags)
+    scored = out.logits[tags != -100]
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(scored, tags[tags != -100]))
+    assert build("sparsebert_ner")(**inputs).loss is None
+
+
+def test_normalize_sparsity_map_from_json():
+    raw = {"90": {"head": {"0": 3, "2": "1"}, "neuron": {"1": 20}}, "50": {"head": {}}}
+    assert normalize_sparsity_map(raw) == {
+        90: {"head": {0: 3, 2: 1}, "neuron": {1: 20}},
+        50: {"head": {}, "neuron": {}},
+    }
+    with pytest.raises(ValueError, match="unknown units"):
+        normalize_sparsity_map({"10": {"heads": {}}})
+
+
+def test_config_with_string_keys_loads(tmp_path, sparsity_map):
+    import json
+
+    model = build("sparsebert_cls", sparsity_map)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert set(saved["sparsity_map"]) == {"30", "60", "90"}
+    reloaded = get_model_class("sparsebert_cls").from_pretrained(tmp_path)
+    assert reloaded.config.sparsity_map == model.config.sparsity_map
+    assert reloaded.available_sparsities() == [0, 30, 60, 90]
