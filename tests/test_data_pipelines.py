@@ -1,5 +1,6 @@
 """Tokenisation, windows for long sentences, collate padding, decode -> metrics round trips."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from data.tasks import CONLL_TAGS, get_task
 from utils.metrics import compute_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
+SHARED_DATA = Path(os.environ.get("MINIDISC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def _tag_ids(*tags):
@@ -167,3 +169,14 @@ def test_take_keeps_the_first_examples_and_their_windows(tokenizer):
 def test_collate_function_is_plain(tokenizer):
     with pytest.raises(ValueError, match="empty batch"):
         collate([], pad_token_id=0)
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent")
+def test_real_conll_dev_every_word_predicted_once(tokenizer):
+    examples = read_examples("conll", SHARED_DATA, "dev")
+    ds = encode_dataset("conll", examples, tokenizer, max_length=32)  # short windows force many splits
+    assert len(ds) > len(examples)
+    assert sum(sum(f["label_mask"]) for f in ds.features) == sum(len(e.words) for e in examples) == 51362
+    predictions = ds.decode(_perfect_token_outputs(ds))
+    assert compute_metrics("conll", predictions, ds.references())["f1"] == 1.0
