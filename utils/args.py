@@ -1,0 +1,221 @@
+"""Command-line arguments: one dataclass per concern, shared by every entry script.
+
+Each script picks the groups it needs and calls :func:`parse_args`. Field names are the flag names
+(``--teacher_model_path``, ``--layer_or_sparsity``, ...) so the original paper's commands carry over.
+Cross-field rules live in ``__post_init__`` and raise :class:`ArgumentError`, which
+:func:`parse_args` turns into one clear line (exit status 2), never a traceback.
+
+Example::
+
+    args = parse_args([RunArguments, DataArguments, TrainingArguments], ["--task_name", "mrpc", ...])
+    args.task_name, args.learning_rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+class ArgumentError(ValueError):
+    """A flag value that cannot work; the message names the flag and what was expected."""
+
+
+def arg(default=dataclasses.MISSING, help: str = "", choices=None, **kwargs):  # noqa: A002 - argparse vocabulary
+    """A dataclass field carrying argparse help text (and optional choices)."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = arg(help="Directory for every file of this run, used literally (created if absent).")
+    overwrite_output_dir: bool = arg(False, help="Start afresh even if --output_dir holds a finished or resumable run.")
+    seed: int = arg(776, help="Seed for data order, initialisation and dropout; the same seed gives the same run.")
+    use_cpu: bool = arg(False, help="Run on the CPU even when CUDA is available.")
+    use_fp16: bool = arg(False, help="float16 mixed precision with a gradient scaler (CUDA only).")
+    use_bf16: bool = arg(False, help="bfloat16 mixed precision (CUDA only).")
+    local_rank: int = arg(-1, help="Set by torch.distributed launchers; torchrun's LOCAL_RANK is used when present.")
+    model_suffix: str = arg("none", help="Free-form label recorded in args.json (kept for the original scripts).")
+
+    def __post_init__(self):
+        if self.use_fp16 and self.use_bf16:
+            raise ArgumentError("--use_fp16 and --use_bf16 are exclusive: pick one")
+
+
+@dataclass
+class ModelArguments:
+    model_type: str = arg("sparsebert_cls", help="Model family: sparsebert_cls (classification, regression) or "
+                          "sparsebert_ner (token classification).", choices=("sparsebert_cls", "sparsebert_ner"))
+
+
+@dataclass
+class FinetuneArguments:
+    model_name_or_path: str = arg(help="Pretrained BERT to fine-tune: a hub name (bert-base-uncased) or a directory.")
+
+
+@dataclass
+class StudentArguments:
+    layer_or_sparsity: str = arg("4L", help="Student: kL keeps the teacher's bottom k layers, sS slices it to "
+                                 "sparsity s%% by its sparsity map (e.g. 90S), or a directory holding a student.")
+
+
+@dataclass
+class DataArguments:
+    task_name: str = arg(help="Task: cola sst2 mrpc stsb qqp mnli mnlimm qnli rte wnli conll polarity ...")
+    data_type: str = arg("bert_cls", help="Tokenisation pipeline.", choices=("bert_cls", "bert_ner"))
+    data_dir: str = arg("datasets", help="Root folder holding {task_name}/ (or the official GLUE folder names).")
+    max_length: int = arg(128, help="Maximum sequence length in word pieces.")
+    max_train_samples: int | None = arg(None, help="Use only the first N training examples (quick runs).")
+    max_eval_samples: int | None = arg(None, help="Use only the first N dev examples (quick runs).")
+
+    def __post_init__(self):
+        if self.max_length < 8:
+            raise ArgumentError(f"--max_length {self.max_length}: expected at least 8 word pieces")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ArgumentError(f"--{name} {value}: expected a positive number of examples")
+
+
+@dataclass
+class TrainingArguments:
+    do_train: bool = arg(False, help="Train.")
+    do_test: bool = arg(False, help="Score the test split (needs gold labels, e.g. CoNLL) with the best model.")
+    do_infer: bool = arg(False, help="Write test-set predictions (GLUE submission files) with the best model.")
+    eval_model_path: str | None = arg(None, help="Model to use for --do_test/--do_infer instead of OUTPUT_DIR/best.")
+    per_device_train_batch_size: int = arg(32, help="Training batch size per process.")
+    per_device_eval_batch_size: int = arg(32, help="Evaluation batch size per process.")
+    learning_rate: float = arg(1e-5, help="Peak learning rate of AdamW.")
+    weight_decay: float = arg(1e-2, help="Weight decay (not applied to biases and LayerNorm weights).")
+    num_train_epochs: float = arg(25, help="Training epochs.")
+    max_steps: int | None = arg(None, help="Stop after this many optimizer steps (overrides epochs for the schedule).")
+    num_patience_epochs: float = arg(3, help="Stop after this many epochs without a better dev score.")
+    num_grad_accum_steps: int = arg(1, help="Batches accumulated per optimizer step.")
+    lr_scheduler_type: str = arg("linear", help="Learning-rate schedule.", choices=LR_SCHEDULERS)
+    warmup_proportion: float = arg(0.1, help="Fraction of the optimizer steps spent warming up.")
+    max_grad_norm: float = arg(1.0, help="Gradient clipping norm (0 disables clipping).")
+    log_interval: int = arg(1000, help="Evaluate on the whole dev set every N optimizer steps.")
+    save_steps: int = arg(500, help="Write the resumable state every N optimizer steps (and at each epoch end).")
+    selection_metric: str | None = arg(None, help="Dev metric that selects the best checkpoint (default: the task's).")
+    group_by_length: bool = arg(False, help="Batch examples of similar length together (less padding, faster).")
+
+    def __post_init__(self):
+        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "num_grad_accum_steps",
+                    "log_interval", "save_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} {getattr(self, name)}: expected a positive integer")
+        if self.learning_rate <= 0:
+            raise ArgumentError(f"--learning_rate {self.learning_rate}: expected a positive number")
+        if not 0.0 <= self.warmup_proportion < 1.0:
+            raise ArgumentError(f"--warmup_proportion {self.warmup_proportion}: expected a fraction in [0, 1)")
+        if self.num_train_epochs <= 0 and self.max_steps is None:
+            raise ArgumentError(f"--num_train_epochs {self.num_train_epochs}: expected a positive number")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ArgumentError(f"--max_steps {self.max_steps}: expected a positive integer")
+        if self.num_patience_epochs <= 0:
+            raise ArgumentError(f"--num_patience_epochs {self.num_patience_epochs}: expected a positive number")
+        if not (self.do_train or self.do_test or self.do_infer):
+            raise ArgumentError("nothing to do: pass --do_train, --do_test and/or --do_infer")
+
+
+@dataclass
+class DistillationArguments:
+    teacher_model_path: str = arg(help="Fine-tuned (and, for sS students, sparsified) teacher directory.")
+    objective: str = arg("hidden_kd", help="hidden_kd: hidden-state MSE + logit KD, no gold labels (MiniDisc); "
+                         "kd: logit KD + task loss.", choices=("hidden_kd", "kd"))
+    kd_temperature: float = arg(1.0, help="Softmax temperature of logit distillation.")
+
+    def __post_init__(self):
+        if self.kd_temperature <= 0:
+            raise ArgumentError(f"--kd_temperature {self.kd_temperature}: expected a positive number")
+
+
+@dataclass
+class ScheduleArguments:
+    target_sparsity: int = arg(90, help="Sparsity of the final student (a key of the teacher's sparsity map).")
+    trunc_sparsity: int = arg(50, help="Smallest candidate sparsity considered for the assistant.")
+    target_iteration: int = arg(2, help="Distillation stages: assistants inserted + 1.")
+    lam: float = arg(0.2, help="λ of the λ-tradeoff τ(s) = P(s) + λ·s/100.")
+    final_student: str = arg("sandwich", help="sandwich: the last iteration trains every width ≥ the assistant's and "
+                             "selects on the target (reference); alone: distil assistant → student alone.",
+                             choices=("sandwich", "alone"))
+    export_all: bool = arg(False, help="Also save each width's best as a standalone densified checkpoint.")
+
+    def __post_init__(self):
+        for name in ("target_sparsity", "trunc_sparsity"):
+            if not 0 <= getattr(self, name) <= 99:
+                raise ArgumentError(f"--{name} {getattr(self, name)}: expected a sparsity between 0 and 99")
+        if self.trunc_sparsity > self.target_sparsity:
+            raise ArgumentError(f"--trunc_sparsity {self.trunc_sparsity} is above --target_sparsity "
+                                f"{self.target_sparsity}: no candidate assistant would remain")
+        if self.target_iteration < 1:
+            raise ArgumentError(f"--target_iteration {self.target_iteration}: expected at least 1")
+        if self.lam < 0:
+            raise ArgumentError(f"--lam {self.lam}: expected λ ≥ 0")
+
+
+def _flag_type(annotation):
+    """The argparse ``type`` for a field annotation (``int | None`` -> int)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"typing": typing}, {})  # noqa: S307 - our own annotations only
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0]
+    return annotation
+
+
+def build_parser(groups, description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one argument group per dataclass in ``groups``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    seen = set()
+    for group_cls in groups:
+        group = parser.add_argument_group(group_cls.__name__)
+        for f in dataclasses.fields(group_cls):
+            if f.name in seen:
+                raise TypeError(f"flag --{f.name} is defined by two argument groups")
+            seen.add(f.name)
+            kind = _flag_type(f.type)
+            kwargs = {"help": f.metadata.get("help", "")}
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if kind is bool:
+                group.add_argument(f"--{f.name}", action="store_true", **kwargs)
+                continue
+            if required:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default
+                kwargs["help"] += f" (default: {f.default})"
+            group.add_argument(f"--{f.name}", type=kind, **kwargs)
+    return parser
+
+
+def parse_args(groups, argv=None, description: str = "", validate=None) -> argparse.Namespace:
+    """Parse ``argv`` into one namespace holding every group's fields, validated.
+
+    Each group's dataclass is instantiated (running its ``__post_init__`` checks); ``validate`` is an
+    optional callable on the merged namespace for rules that span groups. Errors exit with status 2
+    and one line naming the flag.
+    """
+    parser = build_parser(groups, description)
+    namespace = parser.parse_args(argv)
+    try:
+        for group_cls in groups:
+            names = {f.name for f in dataclasses.fields(group_cls)}
+            group_cls(**{k: v for k, v in vars(namespace).items() if k in names})
+        if validate is not None:
+            validate(namespace)
+    except ArgumentError as err:
+        parser.error(str(err))
+    return namespace

@@ -1,0 +1,178 @@
+"""Training objectives, chosen by name and handed to the one loop in :mod:`utils.loop`.
+
+An objective turns a batch into one or more losses. The loop calls ``prepare(batch)`` once per
+batch (the teacher's forward pass, under ``no_grad``), then ``loss(model, module, batch, i)`` for
+each of the ``num_passes`` passes and runs ``backward`` after each one, so that only one pass's
+activations are alive at a time. MiniDisc's sandwich is one pass per candidate width.
+
+Losses (T is the temperature; ``SCE(a, b) = -mean Σ_c softmax(b)_c log softmax(a)_c``):
+
+* ``ft``        task loss: cross-entropy, MSE for regression, token cross-entropy for NER;
+* ``kd``        ½ [T² SCE(z_s/T, z_t/T) + task loss]      (regression: ½ [MSE(z_s, z_t) + MSE(z_s, y)]);
+* ``hidden_kd`` ½ [MSE(H_s, H_t) + SCE(z_s, z_t)], no gold labels (regression: ½ [MSE(H) + MSE(z_s, z_t)]);
+  ``H`` stacks the hidden states selected by :func:`layer_pairs` at non-padding tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+OBJECTIVES = ("ft", "kd", "hidden_kd")
+
+
+def select_hidden_layers(num_layers: int) -> list[int]:
+    """Hidden-state indices matched in distillation: {0, k, 2k, ..., L} with k = max(1, L // 6).
+
+    Index 0 is the embedding output and index i the output of layer i. The last layer is always
+    included, and models with fewer than 6 layers use every layer (the reference divided by zero).
+
+    >>> select_hidden_layers(12)
+    [0, 2, 4, 6, 8, 10, 12]
+    >>> select_hidden_layers(4)
+    [0, 1, 2, 3, 4]
+    """
+    if num_layers < 1:
+        raise ValueError(f"a model needs at least one layer, got {num_layers}")
+    step = max(1, num_layers // 6)
+    indices = list(range(0, num_layers + 1, step))
+    if indices[-1] != num_layers:
+        indices.append(num_layers)
+    return indices
+
+
+def layer_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student index, teacher index) pairs of hidden states to match.
+
+    The student's selected indices are mapped uniformly onto the teacher's depth, so a 6-layer
+    student of a 12-layer teacher pairs student state i with teacher state 2i, and a sparsified
+    12-layer student pairs states one to one.
+
+    >>> layer_pairs(12, 12)[:3]
+    [(0, 0), (2, 2), (4, 4)]
+    >>> layer_pairs(4, 12)
+    [(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]
+    """
+    if student_layers > teacher_layers:
+        raise ValueError(f"a student with {student_layers} layers is deeper than its {teacher_layers}-layer teacher")
+    return [(i, round(i * teacher_layers / student_layers)) for i in select_hidden_layers(student_layers)]
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
+    """T² · mean over rows of -Σ softmax(z_t/T) · log softmax(z_s/T); logits are [N, C]."""
+    t = temperature
+    target = F.softmax(teacher_logits.float() / t, dim=-1)
+    log_probs = F.log_softmax(student_logits.float() / t, dim=-1)
+    return -(target * log_probs).sum(-1).mean() * (t * t)
+
+
+def hidden_mse(student_hidden, teacher_hidden, pairs, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the paired hidden states at non-padding tokens.
+
+    ``student_hidden``/``teacher_hidden`` are tuples of [B, T, H]; the mean runs over tokens ×
+    selected layers × hidden units, with no per-layer weight.
+    """
+    keep = attention_mask.bool()
+    s = torch.stack([student_hidden[i][keep] for i, _ in pairs]).float()
+    t = torch.stack([teacher_hidden[j][keep] for _, j in pairs]).float()
+    return F.mse_loss(s, t)
+
+
+def _scored(logits: torch.Tensor, batch) -> torch.Tensor:
+    """Logits at scored positions: [B, C] for sequence tasks, [N_words, C] for token tasks."""
+    if logits.dim() == 3:
+        return logits[batch["label_mask"]]
+    return logits
+
+
+def _forward(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"], labels=batch.get("labels"))
+
+
+class Objective:
+    """Base objective: one pass per batch, no teacher."""
+
+    num_passes = 1
+    needs_labels = True
+
+    def prepare(self, batch) -> None:
+        """Work shared by every pass of a batch (e.g. the teacher forward)."""
+
+    def loss(self, model, module, batch, pass_index: int) -> torch.Tensor:
+        """The loss of pass ``pass_index``; ``model`` may be DDP-wrapped, ``module`` is the bare model."""
+        raise NotImplementedError
+
+    def finish(self, module) -> None:
+        """Restore anything the passes changed on the model (e.g. its width)."""
+
+
+class TaskObjective(Objective):
+    """Fine-tuning: the task loss against gold labels."""
+
+    def loss(self, model, module, batch, pass_index):
+        if "labels" not in batch:
+            raise ValueError("the training data has no gold labels; the ft objective needs them")
+        return _forward(model, batch).loss
+
+
+class DistillObjective(Objective):
+    """Distillation from a frozen teacher: ``kd`` (logits + task loss) or ``hidden_kd`` (MiniDisc)."""
+
+    def __init__(self, teacher, kind: str = "hidden_kd", temperature: float = 1.0, regression: bool = False):
+        if kind not in ("kd", "hidden_kd"):
+            raise ValueError(f"unknown distillation objective {kind!r}; expected 'kd' or 'hidden_kd'")
+        self.teacher = teacher.eval()
+        self.kind = kind
+        self.temperature = temperature
+        self.regression = regression
+        self.needs_labels = kind == "kd"
+        self._teacher_out = None
+
+    @torch.no_grad()
+    def prepare(self, batch):
+        self._teacher_out = _forward(self.teacher, {k: v for k, v in batch.items() if k != "labels"})
+
+    def loss(self, model, module, batch, pass_index):
+        teacher = self._teacher_out
+        student = _forward(model, batch if self.kind == "kd" else {k: v for k, v in batch.items() if k != "labels"})
+        zs, zt = _scored(student.logits, batch), _scored(teacher.logits, batch)
+        if self.regression:
+            logit_loss = F.mse_loss(zs.float().squeeze(-1), zt.float().squeeze(-1))
+        else:
+            logit_loss = soft_cross_entropy(zs, zt, self.temperature if self.kind == "kd" else 1.0)
+        if self.kind == "kd":
+            if student.loss is None:
+                raise ValueError("the kd objective needs gold labels, and the training data has none")
+            return 0.5 * (logit_loss + student.loss)
+        pairs = layer_pairs(len(student.hidden_states) - 1, len(teacher.hidden_states) - 1)
+        return 0.5 * (hidden_mse(student.hidden_states, teacher.hidden_states, pairs, batch["attention_mask"])
+                      + logit_loss)
+
+
+class SandwichObjective(Objective):
+    """MiniDisc's sandwich: every candidate width of a weight-sharing supernet, one backward each.
+
+    Pass i slices the supernet to ``widths[i]`` and returns ``base.loss / len(widths)``; the loop
+    backpropagates each pass before the next, so one width's activations are freed before the
+    next width runs, and takes one optimizer step for all of them.
+    """
+
+    def __init__(self, base: DistillObjective, widths: list[int], rest_width: int):
+        if not widths:
+            raise ValueError("the sandwich needs at least one width")
+        self.base = base
+        self.widths = list(widths)
+        self.rest_width = rest_width
+        self.num_passes = len(self.widths)
+        self.needs_labels = base.needs_labels
+
+    def prepare(self, batch):
+        self.base.prepare(batch)
+
+    def loss(self, model, module, batch, pass_index):
+        module.sparsify(self.widths[pass_index])
+        return self.base.loss(model, module, batch, pass_index) / self.num_passes
+
+    def finish(self, module):
+        module.sparsify(self.rest_width)

@@ -1,0 +1,222 @@
+"""Run set-up shared by every entry script: processes, device, output folder, logging, run files.
+
+A run owns ``--output_dir`` literally. Its files:
+
+* ``args.json``  every argument, package versions, git revision, world size;
+* ``log.txt``    the console log (appended to when a run resumes);
+* ``metrics.jsonl``, ``results.json``, ``best/``, ``checkpoint/``: written by :mod:`utils.loop`.
+
+Only rank 0 writes. A finished run (``results.json`` present) is never overwritten without
+``--overwrite_output_dir``; an interrupted one (``checkpoint/`` present) is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "scipy", "seqeval", "safetensors")
+
+
+class RunError(ValueError):
+    """A run that cannot start as asked (finished output dir, missing model, ...)."""
+
+
+@dataclass
+class Run:
+    """Where and how this process runs.
+
+    Attributes:
+        output_dir: the run's folder, taken literally.
+        device: the device of this process.
+        rank, world_size, local_rank: torch.distributed coordinates (0, 1, 0 when single-process).
+        amp_dtype: ``torch.float16``/``torch.bfloat16`` under mixed precision, else None.
+        resume: True when ``checkpoint/`` was found and training continues from it.
+    """
+
+    output_dir: Path
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    amp_dtype: torch.dtype | None = None
+    resume: bool = False
+    started: float = field(default_factory=time.time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def write_json(self, name: str, payload) -> None:
+        """Write ``output_dir/name`` atomically (rank 0 only)."""
+        if self.is_main:
+            write_json_atomic(self.output_dir / name, payload)
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def git_revision() -> str | None:
+    """The code's git revision (``+dirty`` when the tree has changes), or None outside a checkout."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _init_distributed(args) -> tuple[int, int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank if args.local_rank >= 0 else 0))
+    use_cuda = torch.cuda.is_available() and not args.use_cpu
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def _pick_device(args, local_rank: int) -> torch.device:
+    if torch.cuda.is_available() and not args.use_cpu:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
+    wanted = torch.float16 if getattr(args, "use_fp16", False) else torch.bfloat16 if getattr(args, "use_bf16", False) else None
+    if wanted is not None and device.type != "cuda":
+        flag = "--use_fp16" if wanted is torch.float16 else "--use_bf16"
+        logger.warning("%s ignored: mixed precision needs CUDA; this run is on the CPU in float32", flag)
+        return None
+    return wanted
+
+
+def _prepare_output_dir(output_dir: Path, overwrite: bool, resumable: bool) -> bool:
+    """Check the output folder; return True when an interrupted run is to be resumed."""
+    finished = (output_dir / "results.json").exists()
+    has_state = (output_dir / "checkpoint").is_dir()
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+        return False
+    if finished:
+        raise RunError(f"{output_dir} holds a finished run (results.json); pass --overwrite_output_dir "
+                       "to replace it or choose another --output_dir")
+    return resumable and has_state
+
+
+def setup_logging(output_dir: Path | None, is_main: bool) -> None:
+    """Console logging for every rank (warnings only off rank 0), plus ``log.txt`` on rank 0."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_minidisc", False):
+            root.removeHandler(handler)
+            handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if output_dir is not None and is_main:
+        handlers.append(logging.FileHandler(output_dir / "log.txt", mode="a"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._minidisc = True
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    for noisy in ("transformers", "urllib3", "filelock", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def start_run(args, script: str, resumable: bool = True) -> Run:
+    """Set up processes, device, output folder, logging, seeds and ``args.json`` for one script run."""
+    rank, world_size, local_rank = _init_distributed(args)
+    device = _pick_device(args, local_rank)
+    output_dir = Path(args.output_dir)
+    resume = False
+    if rank == 0:
+        resume = _prepare_output_dir(output_dir, args.overwrite_output_dir, resumable)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if world_size > 1:
+        flag = [resume]
+        dist.broadcast_object_list(flag, src=0)
+        resume = flag[0]
+    setup_logging(output_dir, rank == 0)
+    run = Run(output_dir=output_dir, device=device, rank=rank, world_size=world_size, local_rank=local_rank,
+              amp_dtype=_amp_dtype(args, device), resume=resume)
+    set_seed(args.seed)
+    record = {
+        "script": script,
+        "args": vars(args),
+        "world_size": world_size,
+        "device": str(device),
+        "amp_dtype": str(run.amp_dtype) if run.amp_dtype else None,
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "command": [sys.executable, *sys.argv],
+    }
+    if rank == 0:
+        name = "args.json"
+        if resume and (output_dir / name).exists():
+            # Keep the original record; note the resumption in the log instead.
+            logger.info("resuming the interrupted run in %s", output_dir)
+        else:
+            run.write_json(name, record)
+    logger.info("%s: output_dir=%s device=%s world_size=%d", script, output_dir, device, world_size)
+    return run
+
+
+def end_run(run: Run) -> None:
+    """Leave the process group (if any) cleanly."""
+    if run.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
