@@ -1,0 +1,167 @@
+"""Sparsify a fine-tuned teacher: score heads and FFN neurons, reorder them, write the sparsity map.
+
+The saved teacher is the full model (``config.sparsity = 0``) with its weights in importance order
+and a ``config.sparsity_map`` giving, per level, the heads and neurons each layer loses; students
+are then sliced from it (``run_distillation.py --layer_or_sparsity 90S``). Dev is evaluated at every
+level by slicing (the pruning curve, no training).
+
+Example (an MRPC teacher, the reference grid)::
+
+    python run_sparsification.py --model_type sparsebert_cls --teacher_model_path outputs/ft_mrpc/best \\
+        --task_name mrpc --data_type bert_cls --output_dir outputs/sparse_mrpc
+
+Re-sparsify with a finer grid from the saved scores (no importance pass)::
+
+    python run_sparsification.py --teacher_model_path outputs/sparse_mrpc/model --reuse_importance \\
+        --sparsities 0,50,60,70,80,85,90,92,95,97 --task_name mrpc --output_dir outputs/sparse_mrpc_fine
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from utils.args import ArgumentError, DataArguments, ModelArguments, RunArguments, arg, parse_args
+from utils.importance import (
+    DEFAULT_SPARSITIES,
+    accumulate_importance,
+    build_sparsity_map,
+    layer_order,
+    load_importance,
+    normalize_scores,
+    parse_sparsities,
+    save_importance,
+)
+from utils.loop import evaluate, save_model_atomic
+from utils.run import end_run, start_run
+from utils.stage import (
+    StageError,
+    check_model_task,
+    cli,
+    describe_model,
+    load_model,
+    load_split,
+    load_tokenizer,
+    resolve_task,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+
+
+@dataclass
+class SparsificationArguments:
+    teacher_model_path: str = arg(help="Fine-tuned, unpruned teacher directory (or a model/ folder written by this "
+                                  "script, to re-sparsify it).")
+    sparsities: str = arg(",".join(map(str, DEFAULT_SPARSITIES)),
+                          help="Comma-separated levels (integer percents 0-99) to put in the sparsity map; 0 is "
+                          "always included.")
+    neuron_multiple: int = arg(8, help="Round each layer's removed-neuron count to a multiple of this (half to even, "
+                               "capped at the layer size); 8 as the reference, 1 for exact counts.")
+    importance_split: str = arg("dev", choices=("dev", "train"),
+                                help="Split scored for importance: dev as the reference (leaks into dev-based "
+                                "selection), or train.")
+    importance_samples: int | None = arg(None, help="Score only the first N examples of --importance_split.")
+    reuse_importance: bool = arg(False, help="Rebuild the map from TEACHER/importance.json (saved by an earlier run) "
+                                 "instead of a new importance pass; the weights are already in importance order.")
+    per_device_eval_batch_size: int = arg(32, help="Batch size of the importance pass and of evaluation.")
+
+    def __post_init__(self):
+        try:
+            parse_sparsities(self.sparsities)
+        except ValueError as err:
+            raise ArgumentError(str(err)) from None
+        for name in ("neuron_multiple", "per_device_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} {getattr(self, name)}: expected a positive integer")
+        if self.importance_samples is not None and self.importance_samples < 1:
+            raise ArgumentError(f"--importance_samples {self.importance_samples}: expected a positive number")
+
+
+GROUPS = (RunArguments, ModelArguments, SparsificationArguments, DataArguments)
+
+
+def score_importance(args, run, task, teacher, tokenizer) -> dict:
+    """Importance pass, per-layer normalisation and reorder; returns the scores in the new order."""
+    if args.importance_split == "dev":
+        logger.warning("importance is scored on dev, which also selects checkpoints and assistants: dev-based "
+                       "selection is optimistically biased (pass --importance_split train to avoid it)")
+    data = load_split(args, task, tokenizer, args.importance_split, args.importance_samples)
+    head, neuron = accumulate_importance(teacher, data, args.per_device_eval_batch_size, run)
+    head, neuron = normalize_scores(head), normalize_scores(neuron)
+    head_order, neuron_order = layer_order(head), layer_order(neuron)
+    teacher.reorder(head_order, neuron_order)
+    return {"head": head.gather(1, head_order), "neuron": neuron.gather(1, neuron_order),
+            "split": args.importance_split, "num_examples": len(data.examples)}
+
+
+def pruning_curve(model, dev, levels, batch_size: int, run) -> list[dict]:
+    """Dev metrics and sizes at every level, by slicing (no training); leaves the model at full width."""
+    rows = []
+    for level in levels:
+        model.sparsify(level)
+        rows.append({**describe_model(model), "dev": evaluate(model, dev, batch_size, run, f"dev@{level}")})
+    model.sparsify(0)
+    names = list(rows[0]["dev"])
+    logger.info("pruning curve:\n%s", "\n".join(
+        [f"{'sparsity':>8} {'heads':>6} {'neurons':>8} {'prunable':>11} {'total':>11} " + " ".join(names)]
+        + [f"{r['sparsity']:>8} {r['heads_kept']:>6} {r['neurons_kept']:>8} {r['prunable_parameters']:>11} "
+           f"{r['total_parameters']:>11} " + " ".join(f"{r['dev'][n]:.4f}" for n in names) for r in rows]))
+    return rows
+
+
+def main(argv=None) -> dict:
+    args = parse_args(GROUPS, argv, description=__doc__)
+    levels = parse_sparsities(args.sparsities)
+    task = resolve_task(args)
+    run = start_run(args, "run_sparsification", resumable=False)
+    tokenizer = load_tokenizer(args.teacher_model_path)
+    teacher = load_model(args.model_type, args.teacher_model_path).to(run.device)
+    check_model_task(teacher, task, args.teacher_model_path)
+    if teacher.config.sparsity != 0:
+        raise StageError(f"{args.teacher_model_path} is already pruned (config.sparsity {teacher.config.sparsity}): "
+                         "sparsify the full teacher (config.sparsity 0) instead")
+    dev = load_split(args, task, tokenizer, "dev", args.max_eval_samples)
+    teacher_dev = evaluate(teacher, dev, args.per_device_eval_batch_size, run, "dev (teacher)")
+    started = time.time()
+    if args.reuse_importance:
+        config = teacher.config
+        scores = load_importance(args.teacher_model_path, config.num_hidden_layers, config.num_attention_heads,
+                                 config.intermediate_size)
+    else:
+        scores = score_importance(args, run, task, teacher, tokenizer)
+    teacher.config.sparsity = 0
+    teacher.config.sparsity_map = build_sparsity_map(scores["head"], scores["neuron"], levels, args.neuron_multiple)
+    teacher.config.importance_split = scores["split"]
+    teacher.config.importance_samples = scores["num_examples"]
+    teacher.config.neuron_multiple = args.neuron_multiple
+    importance_seconds = time.time() - started
+    curve = pruning_curve(teacher, dev, levels, args.per_device_eval_batch_size, run)
+    model_dir = run.output_dir / MODEL_DIR
+    if run.is_main:
+        save_model_atomic(teacher, tokenizer, model_dir)
+        save_importance(model_dir, scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
+    results = {
+        "task": task.name,
+        "teacher_model_path": args.teacher_model_path,
+        "importance": {"split": scores["split"], "num_examples": scores["num_examples"],
+                       "reused": args.reuse_importance, "seconds": importance_seconds},
+        "sparsities": list(levels),
+        "neuron_multiple": args.neuron_multiple,
+        "sparsity_map": {str(s): {unit: {str(k): v for k, v in counts.items()} for unit, counts in entry.items()}
+                         for s, entry in teacher.config.sparsity_map.items()},
+        "teacher_dev": teacher_dev,
+        "pruning_curve": curve,
+        "paths": {"model": str(model_dir), "output_dir": str(run.output_dir)},
+    }
+    run.write_json("results.json", results)
+    logger.info("sparsified teacher written to %s", model_dir)
+    end_run(run)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
