@@ -381,6 +381,9 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     best_record = None
 
     saved = load_state(output_dir) if resume else None
+    # Evaluations logged after the state we continue from (or by a run that died before its first
+    # save) are repeated by this run: drop them so metrics.jsonl reads as one uninterrupted run.
+    _truncate_metrics(output_dir / "metrics.jsonl", saved["loop"]["step"] if saved else -1, run)
     if saved is not None:
         state = LoopState(**saved["loop"])
         if not state.finished:
@@ -388,7 +391,6 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             scaler.load_state_dict(saved["scaler"])
-        _truncate_metrics(output_dir / "metrics.jsonl", state.step, run)
         selector.load_state_dict(saved["selector"])
         rngs = saved["rng"]
         _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0])

@@ -5,6 +5,7 @@ selector they hand to :func:`utils.loop.train`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -17,7 +18,8 @@ from data.pipelines import encode_dataset
 from data.readers import read_examples
 from data.tasks import get_task, validate_selection_metric
 from models import get_model_class
-from utils.loop import BEST_DIR, evaluate, predict
+from utils.loop import BEST_DIR, evaluate, predict, remove_state
+from utils.run import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def load_split(args, task, tokenizer, split: str, limit: int | None = None):
     examples = read_examples(task, args.data_dir, split)
     if not examples:
         raise StageError(f"the {split} split of {task.name} in {args.data_dir} is empty")
-    dataset = encode_dataset(task, examples, tokenizer, args.max_length).take(limit)
+    dataset = encode_dataset(task, examples[:limit] if limit else examples, tokenizer, args.max_length)
     logger.info("%s %s: %d examples, %d features", task.name, split, len(dataset.examples), len(dataset))
     return dataset
 
@@ -173,21 +175,24 @@ def describe_model(model) -> dict:
 # Test, inference, results
 
 
-def final_model_dir(args, output_dir: Path) -> Path:
-    """The model scored by --do_test/--do_infer: --eval_model_path, else OUTPUT_DIR/best (never a fallback)."""
-    path = Path(args.eval_model_path) if args.eval_model_path else Path(output_dir) / BEST_DIR
+def final_model_dir(args, default: Path) -> Path:
+    """The model scored by --do_test/--do_infer: --eval_model_path, else this run's own (never a fallback)."""
+    path = Path(args.eval_model_path) if args.eval_model_path else Path(default)
     if not path.is_dir():
         hint = "" if args.eval_model_path else " (train first with --do_train, or pass --eval_model_path)"
         raise StageError(f"no model to test at {path}{hint}")
     return path
 
 
-def test_and_infer(args, run, task, output_dir: Path) -> dict:
-    """Run --do_test (metrics on a labelled test split) and --do_infer (prediction files)."""
+def test_and_infer(args, run, task, output_dir: Path, model_dir: Path | None = None) -> dict:
+    """Run --do_test (metrics on a labelled test split) and --do_infer (prediction files).
+
+    The model is ``--eval_model_path``, else ``model_dir`` (default ``OUTPUT_DIR/best``).
+    """
     report = {}
     if not (args.do_test or args.do_infer):
         return report
-    model_dir = final_model_dir(args, output_dir)
+    model_dir = final_model_dir(args, model_dir or Path(output_dir) / BEST_DIR)
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(args.model_type, str(model_dir)).to(run.device)
     check_model_task(model, task, model_dir)
@@ -237,7 +242,7 @@ def train_summary(result, model_type: str) -> dict:
     return {
         "best_step": result.best_step,
         "best_score": result.best_score,
-        "best_dev": record.get("metrics", {k: v for k, v in record.items() if k not in ("step", "epoch")}),
+        "best_dev": record["widths"][str(record["selected"])] if "widths" in record else record.get("metrics"),
         "model": describe_model(best) if best is not None else None,
         "train": {"steps": result.steps, "epochs": result.epochs_run, "seconds": result.train_seconds,
                   "examples_per_second": result.examples_per_second, "stop_reason": result.stop_reason},
@@ -245,15 +250,28 @@ def train_summary(result, model_type: str) -> dict:
     }
 
 
-def finish(args, run, task, output_dir: Path, summary: dict) -> dict:
-    """Test/infer as asked, write ``results.json``, and drop the resumable state."""
-    from utils.loop import remove_state
-
+def finish(args, run, task, output_dir: Path, summary: dict, model_dir: Path | None = None) -> dict:
+    """Test/infer as asked (with ``model_dir``, default ``OUTPUT_DIR/best``), write ``results.json``,
+    and drop the resumable state."""
     results = {"task": task.name, "selection_metric": getattr(args, "selection_metric", None), **summary}
-    results.update(test_and_infer(args, run, task, output_dir))
+    results.update(test_and_infer(args, run, task, output_dir, model_dir))
     results["paths"] = {**results.get("paths", {}), "output_dir": str(output_dir)}
     run.write_json("results.json", results)
     if run.is_main:
         remove_state(output_dir)
     logger.info("results written to %s", Path(output_dir) / "results.json")
     return results
+
+
+def read_stage(stage_dir: Path) -> dict | None:
+    """The results of a finished stage (``stage_dir/results.json``), or None if it has not finished."""
+    path = Path(stage_dir) / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def close_stage(run, stage_dir: Path, summary: dict) -> None:
+    """Mark a stage of a schedule finished: its ``results.json``, and no resumable state left behind."""
+    if run.is_main:
+        write_json_atomic(Path(stage_dir) / "results.json", summary)
+        remove_state(stage_dir)
+    run.barrier()

@@ -1,0 +1,188 @@
+"""MiniDisc and MaxiDisc end to end on a tiny teacher: iterations, reuse, resume, errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import run_maxidisc
+import run_minidisc
+import utils.loop
+from tests.helpers import save_tiny_teacher, write_sst2_task
+from utils.stage import cli
+
+LEVELS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 85, 95)
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    return write_sst2_task(tmp_path_factory.mktemp("data"), n_train=24, n_dev=12)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", levels=LEVELS)
+
+
+def common(teacher_dir, task_dir, out, *extra):
+    return ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
+            "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "16", "--learning_rate", "1e-3", "--log_interval", "3",
+            "--max_steps", "6", "--seed", "5", "--do_train", *extra]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_minidisc_two_iterations(teacher_dir, task_dir, tmp_path):
+    out = tmp_path / "mini"
+    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.05", "--trunc_sparsity", "50",
+                                       "--target_sparsity", "90", "--export_all", "--do_infer"))
+    schedule = json.loads((out / "schedule.json").read_text())["iterations"]
+    first = schedule[0]
+    assert first["candidates"] == [50, 60, 70, 80, 85, 90, 95]
+    # the choice is the λ-tradeoff's argmax over 0 ≤ s ≤ 90 of the stored P(s)
+    tau = {int(s): v for s, v in first["tradeoff"].items()}
+    assert set(tau) == {50, 60, 70, 80, 85, 90}
+    assert first["selected"] == max(sorted(tau), key=lambda s: round(tau[s], 9))
+    lines = read_jsonl(out / "iter_1" / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [3, 6] and set(lines[0]["widths"]) == {str(s) for s in first["candidates"]}
+    best_p = {s: max(line["widths"][str(s)]["acc"] for line in lines) for s in first["candidates"]}
+    assert {int(s): v["score"] for s, v in first["performance"].items()} == best_p
+    assert len(first["lambda_sweep"]) > 3
+    assert (out / "schedule.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "iter_1" / "export").iterdir()) == [f"{s}S" for s in (50, 60, 70, 80, 85, 90, 95)]
+    # the saved assistant is physically pruned to the chosen width
+    assistant = json.loads((out / "iter_1" / "best" / "config.json").read_text())
+    assert assistant["sparsity"] == first["selected"]
+    if first["selected"] != 90:
+        second = schedule[1]
+        assert second["teacher_sparsity"] == first["selected"]
+        assert second["candidates"][0] == max(50, first["selected"]) and second["selected"] == 90
+        assert results["assistants"] == [first["selected"]]
+    assert results["model"]["sparsity"] == 90
+    assert results["model"]["heads_kept"] == 16 - round(0.9 * 16)
+    assert (out / "SST-2.tsv").exists() and not (out / "iter_1" / "checkpoint").exists()
+
+
+def test_minidisc_large_lambda_picks_the_target_and_stops(teacher_dir, task_dir, tmp_path):
+    out = tmp_path / "big_lam"
+    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "100", "--max_steps", "3"))
+    assert results["assistants"] == [] and len(results["schedule"]) == 1
+    assert not (out / "iter_2").exists()
+    assert json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 90
+
+
+def test_minidisc_final_student_alone(teacher_dir, task_dir, tmp_path):
+    out = tmp_path / "alone"
+    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0", "--final_student", "alone",
+                                       "--max_steps", "3"))
+    assert results["schedule"][0]["role"] == "assistant"
+    assert results["schedule"][-1]["mode"] == "alone"
+    assert "widths" not in read_jsonl(out / "iter_2" / "metrics.jsonl")[0]
+    assert results["model"]["sparsity"] == 90
+
+
+def test_minidisc_resumes_within_and_between_iterations(teacher_dir, task_dir, tmp_path, monkeypatch):
+    args = ["--lam", "0", "--max_steps", "6", "--save_steps", "2"]
+    run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "full", *args))
+
+    original = utils.loop.EpochBatches.epoch
+    state = {"calls": 0}
+
+    def crash(self, epoch):
+        state["calls"] += 1
+        batches = original(self, epoch)
+        # iteration 1 runs epochs 0-1 (3 batches each); die in iteration 2's second epoch
+        return batches[:1] + [None] if state["calls"] == 4 else batches
+
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", crash)
+    with pytest.raises(TypeError):
+        run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "cut", *args))
+    assert (tmp_path / "cut" / "iter_1" / "results.json").exists()
+    assert (tmp_path / "cut" / "iter_2" / "checkpoint").exists()
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
+    run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "cut", *args))
+    for it in ("iter_1", "iter_2"):
+        full = read_jsonl(tmp_path / "full" / it / "metrics.jsonl")
+        cut = read_jsonl(tmp_path / "cut" / it / "metrics.jsonl")
+        assert [(r["step"], r["widths"]) for r in full] == [(r["step"], r["widths"]) for r in cut]
+    a = load_file(tmp_path / "full" / "iter_2" / "best" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "iter_2" / "best" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_sandwich_step_is_one_optimizer_step_over_every_width(teacher_dir, task_dir, tmp_path, monkeypatch):
+    calls = {"sparsify": [], "steps": 0}
+    from models import SparseBertCls
+
+    original_sparsify = SparseBertCls.sparsify
+    original_step = torch.optim.AdamW.step
+
+    def record(self, s):
+        calls["sparsify"].append(s)
+        return original_sparsify(self, s)
+
+    def count(self, *a, **k):
+        calls["steps"] += 1
+        return original_step(self, *a, **k)
+
+    monkeypatch.setattr(SparseBertCls, "sparsify", record)
+    monkeypatch.setattr(torch.optim.AdamW, "step", count)
+    run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "count", "--lam", "100", "--max_steps", "1",
+                             "--log_interval", "100"))
+    assert calls["steps"] == 1
+    # one training step: each of the 7 widths once, then back to full width; then the evaluation
+    assert calls["sparsify"][:8] == [50, 60, 70, 80, 85, 90, 95, 0]
+
+
+def test_maxidisc_path_and_stage_reuse(teacher_dir, task_dir, tmp_path):
+    root = tmp_path / "runs"
+    first = run_maxidisc.main(common(teacher_dir, task_dir, root / "a", "--layer_or_sparsity_path", "80,90S"))
+    assert first["student"] == "90S" and first["cost"]["stages_trained"] == 2
+    assert json.loads((root / "a" / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 80
+    assert len(read_jsonl(root / "a" / "iter_2" / "metrics.jsonl")) == 2
+    second = run_maxidisc.main(common(teacher_dir, task_dir, root / "b", "--layer_or_sparsity_path", "80,95S"))
+    assert second["cost"]["stages_reused"] == 1 and second["cost"]["stages_trained"] == 1
+    assert json.loads((root / "b" / "iter_1" / "results.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
+    # a different learning rate is a different stage: nothing reused
+    third = run_maxidisc.main(common(teacher_dir, task_dir, root / "c", "--layer_or_sparsity_path", "80,95S",
+                                     "--learning_rate", "2e-3"))
+    assert third["cost"]["stages_reused"] == 0
+
+
+def test_maxidisc_search_over_assistants(teacher_dir, task_dir, tmp_path):
+    out = tmp_path / "search" / "run"
+    results = run_maxidisc.main(common(teacher_dir, task_dir, out, "--layer_or_sparsity_path", "90S",
+                                       "--search_assistants", "--trunc_sparsity", "70", "--max_steps", "3"))
+    assert [row["path"] for row in results["paths_tried"]] == ["70,90S", "80,90S", "85,90S", "90S"]
+    assert results["best_score"] == max(row["score"] for row in results["paths_tried"])
+    assert all(row["steps"] == (3 if row["path"] == "90S" else 6) for row in results["paths_tried"])
+
+
+def test_layer_path_with_small_students(teacher_dir, task_dir, tmp_path):
+    results = run_maxidisc.main(common(teacher_dir, task_dir, tmp_path / "layers", "--layer_or_sparsity_path", "3,2L",
+                                       "--max_steps", "2"))
+    assert results["model"]["num_layers"] == 2
+
+
+@pytest.mark.parametrize("script,flags,needle", [
+    (run_minidisc, ["--target_sparsity", "75"], "no map entry for 75"),
+    (run_minidisc, ["--trunc_sparsity", "95", "--target_sparsity", "90"], "is above --target_sparsity"),
+    (run_minidisc, ["--lam", "-1"], "expected λ ≥ 0"),
+    (run_maxidisc, ["--layer_or_sparsity_path", "90,80S"], "must increase"),
+    (run_maxidisc, ["--layer_or_sparsity_path", "2,3L"], "must decrease"),
+    (run_maxidisc, ["--layer_or_sparsity_path", "80,90X"], "expected comma-separated"),
+    (run_maxidisc, ["--layer_or_sparsity_path", "75,90S"], "no map entry for 75"),
+])
+def test_schedule_errors_are_one_line(teacher_dir, task_dir, tmp_path, capsys, script, flags, needle):
+    assert cli(script.main, common(teacher_dir, task_dir, tmp_path / "err", *flags)) == 2
+    assert needle in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_minidisc_needs_a_sparsified_teacher(task_dir, tmp_path, capsys):
+    plain = save_tiny_teacher(tmp_path / "plain")
+    assert cli(run_minidisc.main, common(plain, task_dir, tmp_path / "x")) == 2
+    assert "run_sparsification.py" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""MiniDisc's schedule: evaluating every width of a sandwich-trained supernet, choosing the assistant
+by the λ-tradeoff, and reporting the schedule (``schedule.json`` and a picture).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+from utils.loop import Selector, evaluate, save_model_atomic, unwrap
+from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
+
+logger = logging.getLogger(__name__)
+
+
+class SandwichSelector(Selector):
+    """Scores every candidate width of a supernet; P(s) is the best dev score so far at width s.
+
+    With ``choose_assistant`` the score is τ(s*) for the λ-tradeoff's choice s* among
+    ``low ≤ s ≤ target``; otherwise (the final student) it is P(target). ``best/`` receives a
+    densified copy of the supernet at the selected width. With ``export_dir`` each width's best
+    is also written there as a standalone densified checkpoint (``{s}S/``).
+    """
+
+    def __init__(self, dataset, metric: str, batch_size: int, run, widths, rest_width: int, lam: float, low: int,
+                 target: int, choose_assistant: bool, export_dir: Path | None = None, tokenizer=None):
+        self.dataset, self.metric, self.batch_size, self.run = dataset, metric, batch_size, run
+        self.widths = sorted(widths)
+        self.rest_width, self.lam, self.low, self.target = rest_width, lam, low, target
+        self.choose_assistant = choose_assistant
+        self.export_dir, self.tokenizer = export_dir, tokenizer
+        self.performance: dict[int, float] = {}
+        self.performance_step: dict[int, int] = {}
+        self.selected: int | None = None
+
+    def evaluate(self, model, step):
+        module = unwrap(model)
+        per_width, improved = {}, []
+        for s in self.widths:
+            module.sparsify(s)
+            metrics = evaluate(model, self.dataset, self.batch_size, self.run, desc=f"eval {s}S")
+            per_width[s] = metrics
+            if metrics[self.metric] > self.performance.get(s, -math.inf):
+                self.performance[s], self.performance_step[s] = metrics[self.metric], step
+                improved.append(s)
+        if self.choose_assistant:
+            self.selected, score = select_assistant(self.performance, self.lam, self.low, self.target)
+        else:
+            self.selected, score = self.target, self.performance[self.target]
+        if self.export_dir is not None and self.run.is_main:
+            for s in improved:
+                save_model_atomic(self._densified(module, s), self.tokenizer, self.export_dir / f"{s}S",
+                                  {"step": step, "sparsity": s, "metrics": per_width[s]})
+        module.sparsify(self.rest_width)
+        return {
+            "widths": {str(s): m for s, m in per_width.items()},
+            "performance": {str(s): p for s, p in sorted(self.performance.items())},
+            "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
+                         if self.low <= s <= self.target},
+            "selected": self.selected,
+            "score": score,
+        }
+
+    @staticmethod
+    def _densified(module, sparsity: int):
+        clone = copy.deepcopy(module)
+        clone.sparsify(sparsity)
+        clone.densify()
+        return clone
+
+    def model_to_save(self, module):
+        return self._densified(module, self.selected)
+
+    def state_dict(self):
+        return {"performance": dict(self.performance), "performance_step": dict(self.performance_step),
+                "selected": self.selected}
+
+    def load_state_dict(self, state):
+        self.performance = {int(k): v for k, v in state["performance"].items()}
+        self.performance_step = {int(k): v for k, v in state["performance_step"].items()}
+        self.selected = state["selected"]
+
+    def summary(self, lams=DEFAULT_LAMBDA_GRID) -> dict:
+        """P(s) with the step that reached it, τ(s), the choice, and the λ sweep (JSON-able)."""
+        return {
+            "candidates": self.widths,
+            "performance": {str(s): {"score": self.performance[s], "step": self.performance_step[s]}
+                            for s in sorted(self.performance)},
+            "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
+                         if self.low <= s <= self.target},
+            "lam": self.lam,
+            "range": [self.low, self.target],
+            "selected": self.selected,
+            "lambda_sweep": lambda_sweep(self.performance, lams, self.low, self.target) if self.performance else [],
+        }
+
+
+def plot_schedule(iterations: list[dict], path: Path, metric: str) -> Path | None:
+    """Draw P(s) and τ(s) against scale (1 - s/100) for each sandwich iteration, the choice marked; a PNG."""
+    iterations = [it for it in iterations if it.get("performance")]
+    if not iterations:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is in requirements.txt; a stripped install still gets its JSON
+        logger.warning("matplotlib is not installed: no schedule picture")
+        return None
+    fig, axes = plt.subplots(1, len(iterations), figsize=(5.5 * len(iterations), 4), squeeze=False)
+    for ax, it in zip(axes[0], iterations, strict=True):
+        perf = {int(s): v["score"] for s, v in it["performance"].items()}
+        scales = [1 - s / 100 for s in sorted(perf)]
+        ax.plot(scales, [perf[s] for s in sorted(perf)], "o-", label=f"dev {metric} P(s)")
+        if it.get("tradeoff"):
+            tau = {int(s): v for s, v in it["tradeoff"].items()}
+            ax.plot([1 - s / 100 for s in sorted(tau)], [tau[s] for s in sorted(tau)], "s--",
+                    label=f"τ(s) = P + {it['lam']}·s/100")
+        chosen = it.get("selected")
+        if chosen is not None and chosen in perf:
+            ax.axvline(1 - chosen / 100, color="red", alpha=0.4)
+            ax.annotate(f"{it['role']} {chosen}S", (1 - chosen / 100, perf[chosen]), textcoords="offset points",
+                        xytext=(5, -15), color="red")
+        ax.set_xlabel("scale (fraction of prunable encoder weights kept)")
+        ax.set_title(f"iteration {it['iteration']}")
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
