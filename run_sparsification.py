@@ -86,7 +86,7 @@ GROUPS = (RunArguments, ModelArguments, SparsificationArguments, DataArguments)
 
 def score_importance(args, run, task, teacher, tokenizer) -> dict:
     """Importance pass, per-layer normalisation and reorder; returns the scores in the new order."""
-    if args.importance_split == "dev":
+    if args.importance_split == "dev" and run.is_main:
         logger.warning("importance is scored on dev, which also selects checkpoints and assistants: dev-based "
                        "selection is optimistically biased (pass --importance_split train to avoid it)")
     data = load_split(args, task, tokenizer, args.importance_split, args.importance_samples)

@@ -130,10 +130,12 @@ def test_conll_path_runs(tiny_ner_teacher_dir, tmp_path):
     out = tmp_path / "ner"
     results = run_sparsification.main(sparsify_args(
         tiny_ner_teacher_dir, FIXTURES / "data", out, "--model_type", "sparsebert_ner", "--data_type", "bert_ner",
-        "--max_length", "32", task="conll"))
+        "--max_length", "32", "--importance_split", "train", "--importance_samples", "3", task="conll"))
     assert [row["sparsity"] for row in results["pruning_curve"]] == [0, 1, 5, 50, 90]
     assert results["pruning_curve"][0]["dev"] == results["teacher_dev"]
     assert set(results["teacher_dev"]) == {"precision", "recall", "f1"}
+    assert results["importance"]["split"] == "train" and results["importance"]["num_examples"] == 3
+    assert json.loads((out / "model" / "config.json").read_text())["importance_split"] == "train"
     scores = json.loads((out / "model" / "importance.json").read_text())
     assert all(row[0] > 0 for row in scores["head"] + scores["neuron"])  # the token loss reached every layer
 
