@@ -80,19 +80,6 @@ class _SparseBertTaskModel(SparseBertPreTrainedModel):
         """Current heads and neurons kept per layer: ``{"head": [...], "neuron": [...]}``."""
         return self.bert.kept_widths()
 
-    def count_parameters(self) -> dict[str, int]:
-        """Parameter counts at the CURRENT (possibly sliced) widths.
-
-        Returns:
-            ``{"prunable": n, "total": m}``: ``prunable`` counts the weights and biases of the six
-            prunable linears of every encoder layer (Q, K, V, attention-output dense, intermediate
-            dense, output dense); ``total`` counts every parameter the current model holds for use
-            (embeddings, LayerNorms, pooler and task head included).
-        """
-        current, physical = self.bert.prunable_parameter_counts()
-        total = sum(p.numel() for p in self.parameters()) - physical + current
-        return {"prunable": current, "total": total}
-
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None, neuron_mask=None):
         """Run the encoder; returns the L + 1 hidden states ``[B, T, hidden]``."""
         return self.bert(

@@ -177,10 +177,16 @@ class SparseBertResidualOutput(nn.Module):
 
     def forward(self, features: torch.Tensor | None, residual: torch.Tensor, width: int) -> torch.Tensor:
         if features is None or width == 0:
-            projected = self.dense.bias.expand_as(residual)
-        else:
+            return self.LayerNorm(residual + self.dropout(self.dense.bias.expand_as(residual)))
+        if self.training and self.dropout.p > 0:
             projected = _cols_linear(self.dense, features, width)
-        return self.LayerNorm(residual + self.dropout(projected))
+            return self.LayerNorm(residual + self.dropout(projected))
+        # Without dropout, accumulate the matmul into (residual + bias): one pass over [B, T, hidden]
+        # fewer than bias-initialised matmul followed by a residual add, which matters for narrow layers.
+        summed = (residual + self.dense.bias).flatten(0, -2)
+        weight = self.dense.weight if width == self.dense.in_features else self.dense.weight[:, :width]
+        summed = summed.addmm_(features.flatten(0, -2), weight.t())
+        return self.LayerNorm(summed.view_as(residual))
 
 
 class SparseBertAttention(nn.Module):
@@ -348,6 +354,19 @@ class SparseBertPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def count_parameters(self) -> dict[str, int]:
+        """Parameter counts at the CURRENT (possibly sliced) widths.
+
+        Returns:
+            ``{"prunable": n, "total": m}``: ``prunable`` counts the weights and biases of the six
+            prunable linears of every encoder layer (Q, K, V, attention-output dense, intermediate
+            dense, output dense); ``total`` counts every parameter the current model holds for use
+            (embeddings, LayerNorms, pooler and task head included).
+        """
+        current, physical = self.base_model.prunable_parameter_counts()
+        total = sum(p.numel() for p in self.parameters()) - physical + current
+        return {"prunable": current, "total": total}
+
 
 def _prepare_sparsity_config(config: BertConfig) -> None:
     """Give ``config`` int ``sparsity`` and an int-keyed ``sparsity_map`` restricted to its layers."""
@@ -395,6 +414,9 @@ class SparseBertModel(SparseBertPreTrainedModel):
         self.embeddings = SparseBertEmbeddings(config)
         self.encoder = SparseBertEncoder(config, heads, neurons)
         self.pooler = SparseBertPooler(config)
+        # Never computed, so never trained: frozen, it takes no optimizer state and does not trip
+        # DistributedDataParallel's check that every trainable parameter receives a gradient.
+        self.pooler.requires_grad_(False)
         self.current_sparsity = config.sparsity
         self.post_init()
 

@@ -122,3 +122,21 @@ def test_tiny_teacher_dir_fixture(tiny_teacher_dir, tiny_ner_teacher_dir):
     assert teacher(inputs["input_ids"], inputs["attention_mask"]).logits.shape == (1, 2)
     tagger = SparseBertNer.from_pretrained(tiny_ner_teacher_dir).eval()
     assert tagger(inputs["input_ids"]).logits.shape == (1, inputs["input_ids"].shape[1], 9)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_gradients_equal_hf(train_mode):
+    """Backward through our (fused, dropout-free) path gives HF's parameter gradients."""
+    config = make_tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hf_model = BertModel(config).train(train_mode)
+    ours = SparseBertModel(make_tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    ours.load_state_dict(hf_model.state_dict(), strict=False)
+    ours.train(train_mode)
+    inputs = padded_batch()
+    hf_model(**inputs).last_hidden_state.square().mean().backward()
+    ours(**inputs)[-1].square().mean().backward()
+    theirs = dict(hf_model.named_parameters())
+    for name, param in ours.named_parameters():
+        if name.startswith("pooler."):
+            continue
+        torch.testing.assert_close(param.grad, theirs[name].grad, atol=1e-6, rtol=1e-4, msg=name)
