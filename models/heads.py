@@ -96,7 +96,7 @@ class SparseBertCls(_SparseBertTaskModel):
 
     Head (``cls``): the final hidden state of [CLS] (position 0) -> Linear(H, H) -> tanh -> Dropout
     -> Linear(H, num_labels); parameter names ``cls.0.*`` and ``cls.3.*`` as in the authors'
-    published teachers. The HF pooler is not used.
+    published teachers. There is no pooler.
 
     ``forward(input_ids [B, T], attention_mask [B, T], token_type_ids [B, T], labels, head_mask [L, H],
     neuron_mask [L, I]) -> SparseBertOutput`` with ``logits [B, num_labels]``. ``labels`` is a

@@ -2,8 +2,8 @@
 
 Parameter names are those of HF ``BertModel`` (``embeddings.*``, ``encoder.layer.{i}.attention.self.
 {query,key,value}``, ``encoder.layer.{i}.attention.output.{dense,LayerNorm}``,
-``encoder.layer.{i}.intermediate.dense``, ``encoder.layer.{i}.output.{dense,LayerNorm}``,
-``pooler.dense``), so any HF BERT checkpoint loads. The configuration is a plain
+``encoder.layer.{i}.intermediate.dense``, ``encoder.layer.{i}.output.{dense,LayerNorm}``), so any
+HF BERT checkpoint loads. The configuration is a plain
 ``transformers.BertConfig`` with two extra attributes:
 
 * ``config.sparsity`` (``int``): the sparsity level the physical weights are pruned to (0 = none);
@@ -23,8 +23,9 @@ Emptied blocks: a layer may keep zero heads or zero neurons. Its attention block
 which is exactly what an all-zero mask gives, so masked, sliced and densified models agree. (The
 original MiniDisc code dropped the bias there, spec §9 item 20.)
 
-The pooler parameters are kept so checkpoints round-trip, but the pooler is never computed: the
-task heads read the final hidden state of [CLS] directly.
+There is no pooler: the task heads read the final hidden state of [CLS] directly (spec §9 item 22),
+so a checkpoint's ``pooler.*`` weights are skipped on load. It is neither computed nor counted,
+and every parameter of the model is trained (which DistributedDataParallel requires).
 """
 
 import logging
@@ -322,21 +323,14 @@ class SparseBertEncoder(nn.Module):
         self.layer = nn.ModuleList(SparseBertLayer(config, h, n) for h, n in zip(heads, neurons, strict=True))
 
 
-class SparseBertPooler(nn.Module):
-    """Holds ``pooler.dense`` so BERT checkpoints round-trip; never computed (heads read [CLS] directly)."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-
-
 class SparseBertPreTrainedModel(PreTrainedModel):
     """Base class: ``BertConfig``, HF-compatible save/load, BERT weight initialisation."""
 
     config_class = BertConfig
     base_model_prefix = "bert"
     # Old BERT checkpoints (e.g. all-MiniLM-L6-v2) store the position-id buffer; it is recomputed here.
-    _keys_to_ignore_on_load_unexpected = [r"position_ids"]
+    # The pooler of BERT checkpoints is unused by our heads and not part of the model.
+    _keys_to_ignore_on_load_unexpected = [r"position_ids", r"pooler\."]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -361,7 +355,7 @@ class SparseBertPreTrainedModel(PreTrainedModel):
             ``{"prunable": n, "total": m}``: ``prunable`` counts the weights and biases of the six
             prunable linears of every encoder layer (Q, K, V, attention-output dense, intermediate
             dense, output dense); ``total`` counts every parameter the current model holds for use
-            (embeddings, LayerNorms, pooler and task head included).
+            (embeddings, LayerNorms and task head included).
         """
         current, physical = self.base_model.prunable_parameter_counts()
         total = sum(p.numel() for p in self.parameters()) - physical + current
@@ -413,10 +407,6 @@ class SparseBertModel(SparseBertPreTrainedModel):
         heads, neurons = _widths_at(config, config.sparsity, config.num_hidden_layers)
         self.embeddings = SparseBertEmbeddings(config)
         self.encoder = SparseBertEncoder(config, heads, neurons)
-        self.pooler = SparseBertPooler(config)
-        # Never computed, so never trained: frozen, it takes no optimizer state and does not trip
-        # DistributedDataParallel's check that every trainable parameter receives a gradient.
-        self.pooler.requires_grad_(False)
         self.current_sparsity = config.sparsity
         self.post_init()
 

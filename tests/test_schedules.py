@@ -134,8 +134,8 @@ def test_sandwich_step_is_one_optimizer_step_over_every_width(teacher_dir, task_
     run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "count", "--lam", "100", "--max_steps", "1",
                              "--log_interval", "100"))
     assert calls["steps"] == 1
-    # one training step: each of the 7 widths once, then back to full width; then the evaluation
-    assert calls["sparsify"][:8] == [50, 60, 70, 80, 85, 90, 95, 0]
+    # one training step: each of the 7 widths once (narrowest first), back to full width; then the evaluation
+    assert calls["sparsify"][:8] == [95, 90, 85, 80, 70, 60, 50, 0]
 
 
 def test_maxidisc_path_and_stage_reuse(teacher_dir, task_dir, tmp_path):

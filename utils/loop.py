@@ -243,8 +243,14 @@ class RunningMean:
         self.total += value
         self.count += 1
 
-    def mean(self) -> float | None:
-        return round(self.total / self.count, 6) if self.count else None
+    def mean(self, run=None) -> float | None:
+        """The mean, averaged over processes when ``run`` is distributed (every rank must call it)."""
+        total, count = self.total, self.count
+        if run is not None and run.distributed:
+            both = torch.tensor([total, count], dtype=torch.float64, device=run.device)
+            dist.all_reduce(both)
+            total, count = both.tolist()
+        return round(total / count, 6) if count else None
 
     def reset(self) -> None:
         self.total, self.count = 0.0, 0
@@ -365,7 +371,10 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     module.train()
     if objective.needs_labels and not train_dataset.has_labels:
         raise ValueError("the training split has no gold labels, which this objective needs")
-    ddp_model = (DistributedDataParallel(module, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+    # find_unused_parameters: a pruned width or a densified student may leave a layer with no heads
+    # or no neurons, whose weights then take no part in that forward pass.
+    ddp_model = (DistributedDataParallel(module, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
+                                         find_unused_parameters=True)
                  if run.distributed else module)
 
     sampler = EpochBatches(train_dataset.lengths, args.per_device_train_batch_size, args.seed, run.rank,
@@ -407,7 +416,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         record = selector.evaluate(ddp_model, state.step)
         state.last_eval_step = state.step
         entry = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **record,
-                 "train_loss": losses.mean(), "elapsed_seconds": round(time.time() - run.started, 2)}
+                 "train_loss": losses.mean(run), "elapsed_seconds": round(time.time() - run.started, 2)}
         losses.reset()
         run_append_jsonl(run, output_dir / "metrics.jsonl", entry)
         improved = record["score"] > state.best_score
@@ -438,7 +447,8 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             batch = _to_device(train_dataset.collate_fn([train_dataset[i] for i in batches[position]]), run.device)
             micro += 1
             last_micro = micro == accum or position == len(batches) - 1
-            objective.prepare(batch)
+            with autocast:
+                objective.prepare(batch)
             for p in range(objective.num_passes):
                 sync = last_micro and p == objective.num_passes - 1
                 with (ddp_model.no_sync() if run.distributed and not sync else nullcontext()):

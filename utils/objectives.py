@@ -155,14 +155,16 @@ class SandwichObjective(Objective):
 
     Pass i slices the supernet to ``widths[i]`` and returns ``base.loss / len(widths)``; the loop
     backpropagates each pass before the next, so one width's activations are freed before the
-    next width runs, and takes one optimizer step for all of them.
+    next width runs, and takes one optimizer step for all of them. Widths run narrowest first:
+    under DistributedDataParallel only the last pass synchronises gradients, and the widest
+    width uses every weight any narrower one does.
     """
 
     def __init__(self, base: DistillObjective, widths: list[int], rest_width: int):
         if not widths:
             raise ValueError("the sandwich needs at least one width")
         self.base = base
-        self.widths = list(widths)
+        self.widths = sorted(widths, reverse=True)
         self.rest_width = rest_width
         self.num_passes = len(self.widths)
         self.needs_labels = base.needs_labels

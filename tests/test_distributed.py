@@ -1,0 +1,125 @@
+"""Two processes (torchrun, gloo, CPU) against one process on the same data and global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import save_tiny_teacher, write_sst2_task
+
+REPO = Path(__file__).resolve().parents[1]
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: str, args: list[str], nproc: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    if nproc == 1:
+        cmd = [sys.executable, str(REPO / script), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), str(REPO / script), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def same_weights(a: Path, b: Path, atol=1e-5) -> bool:
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=atol) for k in x)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_sst2_task(root / "data", n_train=32, n_dev=11)
+    teacher = save_tiny_teacher(root / "teacher", levels=(0, 50, 60, 90), **NO_DROPOUT)
+    return root, data, teacher
+
+
+def test_finetuning_two_processes_equal_one(setup):
+    root, data, teacher = setup
+    base = ["--model_name_or_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data), "--max_length",
+            "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "6", "--per_device_eval_batch_size",
+            "4", "--do_train", "--do_infer", "--use_cpu"]
+    launch("run_finetuning.py", base + ["--output_dir", str(root / "one"), "--per_device_train_batch_size", "8"], 1)
+    launch("run_finetuning.py", base + ["--output_dir", str(root / "two"), "--per_device_train_batch_size", "4"], 2)
+    one, two = read_jsonl(root / "one" / "metrics.jsonl"), read_jsonl(root / "two" / "metrics.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [2, 4, 6]
+    for a, b in zip(one, two, strict=True):
+        assert a["metrics"] == b["metrics"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+    assert same_weights(root / "one" / "best", root / "two" / "best")
+    # the dev set (11 examples, odd on purpose) is scored once per example: predictions file has every test row
+    assert (root / "one" / "SST-2.tsv").read_text() == (root / "two" / "SST-2.tsv").read_text()
+    assert json.loads((root / "two" / "args.json").read_text())["world_size"] == 2
+
+
+def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
+    from data.tasks import get_task
+    from utils.loop import collect_outputs
+
+    class FakeRun:
+        rank, world_size, distributed, device, amp_dtype, is_main = 0, 1, False, torch.device("cpu"), None, False
+
+    class Dataset:
+        task = get_task("sst2")
+        lengths = [3, 1, 2, 5, 4]
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"input_ids": [1] * self.lengths[i], "token_type_ids": [0] * self.lengths[i], "feature_index": i}
+
+        def collate_fn(self, items):
+            from data.pipelines import collate
+            return collate(items, 0)
+
+    class Model(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return type("Out", (), {"logits": attention_mask.sum(1, keepdim=True).float()})
+
+    shards = []
+    for rank in range(2):
+        run = FakeRun()
+        run.rank, run.world_size = rank, 2
+        shards.append(collect_outputs(Model(), Dataset(), 2, run))
+    merged = {**shards[0], **shards[1]}
+    assert sorted(merged) == [0, 1, 2, 3, 4] and not set(shards[0]) & set(shards[1])
+    assert [int(merged[i].item()) for i in range(5)] == Dataset.lengths
+
+
+def test_minidisc_two_processes_equal_one(tmp_path):
+    # equal-length sentences: per-process token means then average to the global mean exactly
+    folder = tmp_path / "data" / "sst2"
+    folder.mkdir(parents=True)
+    words = ["good", "bad", "great", "dull", "fun", "awful"]
+    rows = [f"the movie was {words[i % 6]} and fun\t{int(words[i % 6] in ('good', 'great', 'fun'))}" for i in range(16)]
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    teacher = save_tiny_teacher(tmp_path / "teacher", levels=(0, 50, 60, 90), **NO_DROPOUT)
+    base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(tmp_path / "data"),
+            "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",
+            "--target_iteration", "1", "--do_train", "--use_cpu"]
+    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
+    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2)
+    one = read_jsonl(tmp_path / "one" / "iter_1" / "metrics.jsonl")
+    two = read_jsonl(tmp_path / "two" / "iter_1" / "metrics.jsonl")
+    assert one[-1]["widths"] == two[-1]["widths"]
+    assert one[-1]["train_loss"] == pytest.approx(two[-1]["train_loss"], abs=1e-5)
+    assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best")
