@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from utils.args import ArgumentError, DataArguments, ModelArguments, RunArguments, arg, parse_args
 from utils.importance import (
     DEFAULT_SPARSITIES,
+    IMPORTANCE_FILE,
     accumulate_importance,
     build_sparsity_map,
+    importance_record,
     layer_order,
     load_importance,
     normalize_scores,
     parse_sparsities,
-    save_importance,
 )
 from utils.loop import evaluate, save_model_atomic
 from utils.run import end_run, start_run
@@ -142,8 +143,8 @@ def main(argv=None) -> dict:
     curve = pruning_curve(teacher, dev, levels, args.per_device_eval_batch_size, run)
     model_dir = run.output_dir / MODEL_DIR
     if run.is_main:
-        save_model_atomic(teacher, tokenizer, model_dir)
-        save_importance(model_dir, scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
+        record = importance_record(scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
+        save_model_atomic(teacher, tokenizer, model_dir, {IMPORTANCE_FILE: record})
     results = {
         "task": task.name,
         "teacher_model_path": args.teacher_model_path,

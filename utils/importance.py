@@ -209,22 +209,27 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     return head_scores.cpu(), neuron_scores.cpu()
 
 
-def save_importance(directory: Path, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
-                    split: str, num_examples: int) -> Path:
-    """Write ``directory/importance.json``: normalised scores in the model's CURRENT (reordered) order.
+def importance_record(head_scores: torch.Tensor, neuron_scores: torch.Tensor, split: str, num_examples: int) -> dict:
+    """The content of ``importance.json``: normalised scores in the model's CURRENT (reordered) order.
 
     Floats are stored as float64 (exact round trip), so maps rebuilt from the file equal the ones
     built before saving.
     """
-    path = Path(directory) / IMPORTANCE_FILE
-    write_json_atomic(path, {
+    return {
         "split": split,
         "num_examples": num_examples,
         "normalization": f"per-layer L2, eps {NORM_EPS}",
         "order": "each layer by descending score; the saved weights are reordered the same way",
         "head": head_scores.double().tolist(),
         "neuron": neuron_scores.double().tolist(),
-    })
+    }
+
+
+def save_importance(directory: Path, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
+                    split: str, num_examples: int) -> Path:
+    """Write ``directory/importance.json`` (see :func:`importance_record`)."""
+    path = Path(directory) / IMPORTANCE_FILE
+    write_json_atomic(path, importance_record(head_scores, neuron_scores, split, num_examples))
     return path
 
 

@@ -188,8 +188,8 @@ class MetricSelector(Selector):
 # Checkpoints
 
 
-def save_model_atomic(model, tokenizer, directory: Path, extra: dict | None = None) -> None:
-    """Save ``model`` (+ tokenizer, + ``selection.json``) so that ``directory`` is never half-written.
+def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = None) -> None:
+    """Save ``model`` (+ tokenizer, + JSON ``files`` {name: payload}) so ``directory`` is never half-written.
 
     The new copy is written beside the target and swapped in by renames; if a crash interrupts
     the swap, :func:`recover_model_dir` restores the previous copy.
@@ -200,8 +200,8 @@ def save_model_atomic(model, tokenizer, directory: Path, extra: dict | None = No
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    if extra is not None:
-        write_json_atomic(tmp / "selection.json", extra)
+    for name, payload in (files or {}).items():
+        write_json_atomic(tmp / name, payload)
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         os.replace(directory, old)
@@ -424,7 +424,8 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             state.best_score, state.best_step = record["score"], state.step
             best_record = entry
             if run.is_main:
-                save_model_atomic(selector.model_to_save(module), tokenizer, output_dir / BEST_DIR, entry)
+                save_model_atomic(selector.model_to_save(module), tokenizer, output_dir / BEST_DIR,
+                                  {"selection.json": entry})
             run.barrier()
         logger.info("step %d/%d: score %.4f%s (best %.4f at step %d)", state.step, total_steps, record["score"],
                     " *" if improved else "", state.best_score, state.best_step)

@@ -52,7 +52,7 @@ class SandwichSelector(Selector):
         if self.export_dir is not None and self.run.is_main:
             for s in improved:
                 save_model_atomic(self._densified(module, s), self.tokenizer, self.export_dir / f"{s}S",
-                                  {"step": step, "sparsity": s, "metrics": per_width[s]})
+                                  {"selection.json": {"step": step, "sparsity": s, "metrics": per_width[s]}})
         module.sparsify(self.rest_width)
         return {
             "widths": {str(s): m for s, m in per_width.items()},
