@@ -1,0 +1,120 @@
+"""The summary report: pure helpers, latency timing, and the table of a real (tiny) MiniDisc run."""
+
+import json
+import time
+
+import pytest
+import torch
+
+import run_minidisc
+from tests.helpers import save_tiny_teacher, write_sst2_task
+from utils import report
+
+LEVELS = (0, 50, 60, 70, 80, 85, 90, 95)
+
+
+def test_speedup():
+    assert report.speedup(100.0, 25.0) == 4.0
+    assert report.speedup(10.0, 20.0) == 0.5
+    assert report.speedup(None, 5.0) is None and report.speedup(5.0, None) is None
+    assert report.speedup(5.0, 0.0) is None
+
+
+def test_format_table_rows_and_missing_values():
+    rows = [
+        {"name": "teacher", "sparsity": 0, "dev": 0.81234, "prunable_parameters": 10_637_568,
+         "total_parameters": 22_861_826, "latency_ms": 120.04, "speedup": 1.0},
+        {"name": "student 90S", "sparsity": 90, "dev": None, "prunable_parameters": 1_063_757,
+         "total_parameters": None, "latency_ms": None, "speedup": None},
+    ]
+    lines = report.format_table(rows, "acc").splitlines()
+    assert lines[0] == ("| model | sparsity | dev acc | prunable params | total params | latency ms/batch | "
+                        "speedup |")
+    assert len(lines) == 2 + len(rows)
+    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× |"
+    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – |"
+    assert report.format_count(31_234) == "31.2K"
+
+
+class Sleeper(torch.nn.Module):
+    """Stands in for a model whose forward pass takes ``seconds`` per batch."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def forward(self, **batch):
+        self.calls += 1
+        time.sleep(self.seconds)
+
+
+def test_measure_latency_is_per_batch_median_after_warmup():
+    slow, fast = Sleeper(0.02), Sleeper(0.0)
+    batches = [{"input_ids": torch.zeros(1, 1)}] * 3
+    ms = report.measure_latency({"slow": slow, "fast": fast}, batches, warmup=1, repeats=3)
+    assert slow.calls == fast.calls == (1 + 3) * len(batches)
+    assert 20.0 <= ms["slow"] < 40.0  # per batch, not per pass of three batches
+    assert ms["fast"] < 5.0
+    with pytest.raises(ValueError):
+        report.measure_latency({"fast": fast}, batches, repeats=0)
+
+
+def test_random_batch_shape_and_range():
+    batch = report.random_batch(vocab_size=50, batch_size=4, seq_length=7)
+    assert batch["input_ids"].shape == (4, 7) and int(batch["input_ids"].min()) >= 1
+    assert int(batch["input_ids"].max()) < 50 and bool(batch["attention_mask"].all())
+    assert torch.equal(batch["input_ids"], report.random_batch(50, 4, 7)["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def minidisc_run(tmp_path_factory):
+    """A finished two-iteration MiniDisc run of a tiny sparsified teacher (λ small, so an assistant is chosen)."""
+    root = tmp_path_factory.mktemp("report")
+    data = write_sst2_task(root / "data", n_train=16, n_dev=12)
+    teacher = save_tiny_teacher(root / "teacher", levels=LEVELS)
+    out = root / "minidisc"
+    run_minidisc.main(["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data),
+                       "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "8",
+                       "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0.0",
+                       "--trunc_sparsity", "80", "--target_sparsity", "90", "--do_train"])
+    return {"out": out, "data": data, "teacher": teacher}
+
+
+def test_read_minidisc_run_takes_scores_from_the_run_files(minidisc_run):
+    out = minidisc_run["out"]
+    results = json.loads((out / "results.json").read_text())
+    run = report.read_minidisc_run(out)
+    roles = [row["role"] for row in run["rows"]]
+    assert roles[0] == "teacher" and roles[-1] == "student"
+    assert roles.count("assistant") == len(results["assistants"]) == 1  # λ = 0: the best of 80S/85S
+    assert run["rows"][0]["dev"] == results["teacher_dev"]["acc"]
+    assert run["rows"][0]["path"] == str(minidisc_run["teacher"])
+    assert run["rows"][-1]["dev"] == results["best_dev"]["acc"] and run["rows"][-1]["sparsity"] == 90
+    for row in run["rows"][1:-1]:
+        assert 80 <= row["sparsity"] < 90
+        iteration = json.loads((out / "iter_1" / "results.json").read_text())
+        assert row["dev"] == iteration["best_dev"]["acc"]
+
+
+def test_report_command_writes_the_summary(minidisc_run, capsys):
+    out = minidisc_run["out"]
+    status = report.main(["--minidisc_dir", str(out), "--data_dir", str(minidisc_run["data"]), "--task_name", "sst2",
+                          "--batch_size", "4", "--num_batches", "2", "--warmup", "0", "--repeats", "1",
+                          "--threads", "1"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert rows[0]["speedup"] == 1.0 and all(row["latency_ms"] > 0 for row in rows)
+    # the student is physically smaller than the teacher, assistants in between
+    prunable = [row["prunable_parameters"] for row in rows]
+    assert prunable == sorted(prunable, reverse=True) and prunable[-1] < prunable[0]
+    assert rows[-1]["total_parameters"] < rows[0]["total_parameters"]
+    assert summary["schedule_picture"].endswith("schedule.png")
+    text = (out / "summary.md").read_text()
+    assert text in capsys.readouterr().out
+    assert "| teacher | 0% |" in text and "student 90S" in text and "schedule.png" in text
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert report.main(["--minidisc_dir", str(tmp_path), "--no_latency"]) == 1
+    assert "results.json is missing" in capsys.readouterr().err

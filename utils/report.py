@@ -1,0 +1,290 @@
+"""Summarise a MiniDisc run: teacher, chosen assistant(s) and student side by side, with CPU latency.
+
+``python -m utils.report --minidisc_dir DIR [--teacher_dir DIR] [--data_dir DIR --task_name TASK]``
+prints a table and writes it to ``DIR/summary.md`` and ``DIR/summary.json``. One row per model:
+its dev score on the run's selection metric, sparsity, prunable-encoder and total parameters,
+measured inference latency and speedup over the teacher; the schedule picture's path follows.
+
+* Scores come from the run files, never recomputed: the teacher's is ``teacher_dev`` of MiniDisc's
+  ``results.json``, an assistant's is ``best_dev`` of its iteration's ``iter_k/results.json``,
+  the student's is ``best_dev`` of MiniDisc's ``results.json``.
+* Sizes are counted on the saved models (loaded with :func:`utils.stage.load_model`); students and
+  assistants are saved densified, so their tensors really are smaller.
+* Latency is milliseconds per batch of inference on the CPU (eval mode, no autograd): the median
+  of ``--repeats`` timed passes after ``--warmup`` untimed ones. The models take turns within each
+  repeat, so load from other processes slows them alike. Input: with ``--data_dir``/``--task_name``,
+  the first ``--num_batches`` dev batches of ``--batch_size`` (padded to the longest in the batch,
+  at most the run's ``--max_length``); otherwise one random batch of ``--batch_size`` ×
+  ``--seq_length`` tokens.
+
+Example::
+
+    python -m utils.report --minidisc_dir outputs/main_job_quick/polarity/minidisc_90S \\
+        --data_dir datasets --task_name polarity --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ReportError(ValueError):
+    """A run folder the report cannot read (not a finished MiniDisc run, missing models); one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def speedup(reference_ms: float | None, ms: float | None) -> float | None:
+    """How many times faster than the reference a model runs (``reference_ms / ms``); None if unmeasured."""
+    if reference_ms is None or ms is None or ms <= 0:
+        return None
+    return reference_ms / ms
+
+
+def format_count(n: int | None) -> str:
+    """A parameter count: ``10637568`` → ``"10.64M"``, ``31234`` → ``"31.2K"``."""
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
+
+
+def format_table(rows: Sequence[Mapping], metric: str) -> str:
+    """A Markdown table of the summary rows (``name``, ``sparsity``, ``dev``, ``prunable_parameters``,
+    ``total_parameters``, ``latency_ms``, ``speedup``; missing values print as ``–``).
+    """
+    header = ["model", "sparsity", f"dev {metric}", "prunable params", "total params", "latency ms/batch",
+              "speedup"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [
+            row["name"],
+            f"{row['sparsity']}%",
+            "–" if row.get("dev") is None else f"{row['dev']:.4f}",
+            format_count(row.get("prunable_parameters")),
+            format_count(row.get("total_parameters")),
+            "–" if row.get("latency_ms") is None else f"{row['latency_ms']:.1f}",
+            "–" if row.get("speedup") is None else f"{row['speedup']:.2f}×",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the run
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ReportError(f"{path} is missing: is {path.parent} a finished run?")
+    return json.loads(path.read_text())
+
+
+def _model_dir(recorded: str | None, fallback: Path) -> Path:
+    """The recorded model folder, or ``fallback`` when the run was moved (recorded paths are literal)."""
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    if fallback.is_dir():
+        return fallback
+    raise ReportError(f"no model at {recorded or fallback}")
+
+
+def read_minidisc_run(minidisc_dir: Path, teacher_dir: Path | None = None) -> dict:
+    """The rows (teacher, assistants, student) and settings of a finished MiniDisc run, from its files.
+
+    Returns ``{"task", "metric", "model_type", "max_length", "schedule_picture", "rows"}``; each row has
+    ``role``, ``name``, ``path``, ``sparsity`` and ``dev`` (the selection metric's dev value).
+    """
+    minidisc_dir = Path(minidisc_dir)
+    results = _read_json(minidisc_dir / "results.json")
+    run_args = _read_json(minidisc_dir / "args.json")["args"]
+    if "teacher_dev" not in results or "schedule" not in results:
+        raise ReportError(f"{minidisc_dir}/results.json is not a MiniDisc run trained with --do_train")
+    metric = results["selection_metric"]
+    teacher = Path(teacher_dir) if teacher_dir else Path(run_args["teacher_model_path"])
+    if not teacher.is_dir():
+        raise ReportError(f"no teacher at {teacher}: pass --teacher_dir")
+    rows = [{"role": "teacher", "name": "teacher", "path": str(teacher), "sparsity": 0,
+             "dev": results["teacher_dev"][metric]}]
+    for entry in results["schedule"]:
+        if entry["role"] != "assistant":
+            continue
+        stage_dir = minidisc_dir / f"iter_{entry['iteration']}"
+        stage = _read_json(stage_dir / "results.json")
+        rows.append({"role": "assistant", "name": f"assistant {entry['selected']}S (iteration {entry['iteration']})",
+                     "path": str(_model_dir(stage["paths"].get("best"), stage_dir / "best")),
+                     "sparsity": entry["selected"], "dev": stage["best_dev"][metric],
+                     "tradeoff": entry.get("tradeoff", {}).get(str(entry["selected"]))})
+    last = results["schedule"][-1]
+    student_fallback = minidisc_dir / f"iter_{last['iteration']}" / "best"
+    rows.append({"role": "student", "name": f"student {results['model']['sparsity']}S", "sparsity":
+                 results["model"]["sparsity"], "path": str(_model_dir(results["paths"].get("student"), student_fallback)),
+                 "dev": results["best_dev"][metric]})
+    picture = minidisc_dir / "schedule.png"
+    return {"task": results["task"], "metric": metric, "model_type": run_args["model_type"],
+            "max_length": run_args["max_length"], "lam": run_args.get("lam"),
+            "schedule_picture": str(picture) if picture.is_file() else None, "rows": rows}
+
+
+# --------------------------------------------------------------------------------------------
+# Latency
+
+
+def random_batch(vocab_size: int, batch_size: int, seq_length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A fixed random batch: ``input_ids`` ``[batch, seq]`` in ``[1, vocab)``, all-ones attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (batch_size, seq_length), generator=g)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "token_type_ids": torch.zeros_like(input_ids)}
+
+
+def dev_batches(task_name: str, data_dir: str, tokenizer, max_length: int, batch_size: int,
+                num_batches: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``num_batches`` dev batches of a task, in file order, each padded to its longest example."""
+    from data.pipelines import collate, encode_dataset
+    from data.readers import read_examples
+    from data.tasks import get_task
+
+    task = get_task(task_name)
+    examples = read_examples(task, data_dir, "dev")[: batch_size * num_batches]
+    if not examples:
+        raise ReportError(f"the dev split of {task_name} in {data_dir} is empty")
+    dataset = encode_dataset(task, examples, tokenizer, max_length)
+    features = [dataset[i] for i in range(len(dataset))]
+    batches = []
+    for start in range(0, len(features), batch_size):
+        batch = collate(features[start:start + batch_size], tokenizer.pad_token_id)
+        batches.append({key: batch[key] for key in INPUT_KEYS})
+    return batches[:num_batches]
+
+
+def measure_latency(models: Mapping[str, torch.nn.Module], batches: Sequence[Mapping[str, torch.Tensor]],
+                    warmup: int = 2, repeats: int = 10) -> dict[str, float]:
+    """Median milliseconds per batch of each model's forward pass over ``batches``.
+
+    Every repeat times one pass of each model in turn (interleaved, so a slow spell from other
+    processes falls on all of them); ``warmup`` untimed passes come first.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    timings: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.eval()
+    with torch.inference_mode():
+        for repeat in range(warmup + repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                for batch in batches:
+                    model(**batch)
+                if repeat >= warmup:
+                    timings[name].append((time.perf_counter() - start) * 1000 / len(batches))
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def build_report(args) -> dict:
+    """Read the run, load every model, measure latency (unless --no_latency); the summary as a dict."""
+    from utils.stage import describe_model, load_model, load_tokenizer
+
+    run = read_minidisc_run(Path(args.minidisc_dir), args.teacher_dir)
+    models = {}
+    for row in run["rows"]:
+        model = load_model(run["model_type"], row["path"])
+        row.update({key: value for key, value in describe_model(model).items()
+                    if key in ("num_layers", "heads_kept", "neurons_kept", "prunable_parameters", "total_parameters")})
+        models[row["name"]] = model
+    latency = None
+    if not args.no_latency:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        teacher = models["teacher"]
+        if args.data_dir and args.task_name:
+            tokenizer = load_tokenizer(run["rows"][0]["path"])
+            batches = dev_batches(args.task_name, args.data_dir, tokenizer, run["max_length"], args.batch_size,
+                                  args.num_batches)
+            shape = f"{len(batches)} dev batches of {args.batch_size} (max length {run['max_length']})"
+        else:
+            batches = [random_batch(teacher.config.vocab_size, args.batch_size, args.seq_length)]
+            shape = f"random {args.batch_size} × {args.seq_length} tokens"
+        logger.info("measuring latency on %s, %d threads, %d repeats", shape, torch.get_num_threads(), args.repeats)
+        ms = measure_latency(models, batches, args.warmup, args.repeats)
+        for row in run["rows"]:
+            row["latency_ms"] = ms[row["name"]]
+            row["speedup"] = speedup(ms["teacher"], ms[row["name"]])
+        latency = {"input": shape, "threads": torch.get_num_threads(), "warmup": args.warmup,
+                   "repeats": args.repeats, "unit": "ms per batch, median"}
+    return {**run, "minidisc_dir": str(args.minidisc_dir), "latency": latency}
+
+
+def render(summary: dict) -> str:
+    """The Markdown summary: title, table, and where the schedule picture and settings are."""
+    lines = [f"# MiniDisc summary: {summary['task']}", "", format_table(summary["rows"], summary["metric"]), ""]
+    assistants = [f"{row['sparsity']}S" for row in summary["rows"] if row["role"] == "assistant"]
+    lines.append(f"Assistants chosen by the λ-tradeoff (λ = {summary['lam']}): {', '.join(assistants) or 'none'}.")
+    if summary["latency"]:
+        lat = summary["latency"]
+        lines.append(f"Latency: CPU, {lat['threads']} threads, {lat['input']}, median of {lat['repeats']} "
+                     f"after {lat['warmup']} warm-up passes.")
+    lines.append(f"Schedule picture: {summary['schedule_picture'] or 'none (matplotlib missing?)'}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minidisc_dir", type=Path, required=True, help="output folder of a finished run_minidisc.py")
+    parser.add_argument("--teacher_dir", type=Path, default=None,
+                        help="teacher model folder (default: the run's --teacher_model_path)")
+    parser.add_argument("--data_dir", default=None, help="with --task_name: time on the task's dev batches")
+    parser.add_argument("--task_name", default=None, help="task whose dev set is timed (with --data_dir)")
+    parser.add_argument("--batch_size", type=int, default=32, help="examples per timed batch")
+    parser.add_argument("--num_batches", type=int, default=4, help="dev batches per timed pass")
+    parser.add_argument("--seq_length", type=int, default=64, help="tokens per example of the random batch")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes; the median is reported")
+    parser.add_argument("--no_latency", action="store_true", help="skip the latency measurement")
+    args = parser.parse_args(argv)
+    if bool(args.data_dir) != bool(args.task_name):
+        parser.error("--data_dir and --task_name go together")
+    for name in ("batch_size", "num_batches", "seq_length", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write summary.md and summary.json into the run folder and print the table; 1 on a bad run folder."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = build_report(args)
+    except (ReportError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    text = render(summary)
+    (args.minidisc_dir / "summary.md").write_text(text)
+    (args.minidisc_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(text, end="")
+    print(f"written: {args.minidisc_dir / 'summary.md'} and summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
