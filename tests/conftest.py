@@ -13,6 +13,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+# threads make each small matmul orders of magnitude slower.
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
