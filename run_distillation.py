@@ -28,9 +28,9 @@ from utils.stage import (
     build_student,
     cli,
     finish,
-    load_split,
     load_teacher,
     load_tokenizer,
+    load_train_and_dev,
     resolve_task,
     train_summary,
 )
@@ -47,11 +47,10 @@ def main(argv=None) -> dict:
         tokenizer = load_tokenizer(args.teacher_model_path)
         teacher = load_teacher(args, task).to(run.device)
         student = build_student(args.model_type, args.teacher_model_path, args.layer_or_sparsity, task)
-        train_set = load_split(args, task, tokenizer, "train", args.max_train_samples)
-        dev_set = load_split(args, task, tokenizer, "dev", args.max_eval_samples)
+        data = load_train_and_dev(args, task, tokenizer)
         objective = DistillObjective(teacher, args.objective, args.kd_temperature, task.kind == "regression")
-        selector = MetricSelector(dev_set, args.selection_metric, args.per_device_eval_batch_size, run)
-        result = train(args, run, student, train_set, objective, selector, tokenizer, run.output_dir,
+        selector = MetricSelector(data["dev"], args.selection_metric, args.per_device_eval_batch_size, run)
+        result = train(args, run, student, data["train"], objective, selector, tokenizer, run.output_dir,
                        resume=run.resume)
         summary = train_summary(result, args.model_type)
     results = finish(args, run, task, run.output_dir, summary)

@@ -23,7 +23,15 @@ from utils.args import (
 from utils.loop import MetricSelector, train
 from utils.objectives import TaskObjective
 from utils.run import end_run, start_run
-from utils.stage import cli, finish, load_model, load_split, load_tokenizer, resolve_task, train_summary
+from utils.stage import (
+    cli,
+    finish,
+    load_model,
+    load_tokenizer,
+    load_train_and_dev,
+    resolve_task,
+    train_summary,
+)
 
 GROUPS = (RunArguments, ModelArguments, FinetuneArguments, DataArguments, TrainingArguments)
 
@@ -35,12 +43,11 @@ def main(argv=None) -> dict:
     summary = {}
     if args.do_train:
         tokenizer = load_tokenizer(args.model_name_or_path)
-        train_set = load_split(args, task, tokenizer, "train", args.max_train_samples)
-        dev_set = load_split(args, task, tokenizer, "dev", args.max_eval_samples)
+        data = load_train_and_dev(args, task, tokenizer)
         model = load_model(args.model_type, args.model_name_or_path, new_head=True, num_labels=task.num_labels,
                            finetuning_task=task.name, id2label=dict(enumerate(task.labels or ("score",))))
-        selector = MetricSelector(dev_set, args.selection_metric, args.per_device_eval_batch_size, run)
-        result = train(args, run, model, train_set, TaskObjective(), selector, tokenizer, run.output_dir,
+        selector = MetricSelector(data["dev"], args.selection_metric, args.per_device_eval_batch_size, run)
+        result = train(args, run, model, data["train"], TaskObjective(), selector, tokenizer, run.output_dir,
                        resume=run.resume)
         summary = train_summary(result, args.model_type)
     results = finish(args, run, task, run.output_dir, summary)

@@ -46,9 +46,9 @@ from utils.stage import (
     close_stage,
     finish,
     load_model,
-    load_split,
     load_teacher,
     load_tokenizer,
+    load_train_and_dev,
     read_stage,
     resolve_task,
     train_summary,
@@ -193,8 +193,7 @@ def main(argv=None) -> dict:
     if args.do_train:
         tokenizer = load_tokenizer(args.teacher_model_path)
         paths = expand_paths(args, load_teacher(args, task))
-        data = {"train": load_split(args, task, tokenizer, "train", args.max_train_samples),
-                "dev": load_split(args, task, tokenizer, "dev", args.max_eval_samples)}
+        data = load_train_and_dev(args, task, tokenizer)
         reuse_dir = Path(args.reuse_dir) if args.reuse_dir else run.output_dir.resolve().parent
         outcomes = []
         for path in paths:

@@ -43,9 +43,9 @@ from utils.stage import (
     close_stage,
     finish,
     load_model,
-    load_split,
     load_teacher,
     load_tokenizer,
+    load_train_and_dev,
     read_stage,
     resolve_task,
     train_summary,
@@ -99,8 +99,7 @@ def main(argv=None) -> dict:
         if args.target_sparsity < teacher.config.sparsity:
             raise StageError(f"--target_sparsity {args.target_sparsity} is below the teacher's own sparsity "
                              f"{teacher.config.sparsity}")
-        data = {"train": load_split(args, task, tokenizer, "train", args.max_train_samples),
-                "dev": load_split(args, task, tokenizer, "dev", args.max_eval_samples)}
+        data = load_train_and_dev(args, task, tokenizer)
         teacher_dev = evaluate(teacher.to(run.device), data["dev"], args.per_device_eval_batch_size, run, "teacher")
         logger.info("teacher dev: %s", teacher_dev)
         del teacher

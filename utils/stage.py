@@ -55,6 +55,12 @@ def load_split(args, task, tokenizer, split: str, limit: int | None = None):
     return dataset
 
 
+def load_train_and_dev(args, task, tokenizer) -> dict:
+    """``{"train": ..., "dev": ...}`` encoded datasets, limited by --max_train/eval_samples."""
+    return {"train": load_split(args, task, tokenizer, "train", args.max_train_samples),
+            "dev": load_split(args, task, tokenizer, "dev", args.max_eval_samples)}
+
+
 # --------------------------------------------------------------------------------------------
 # Models
 
