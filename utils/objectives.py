@@ -66,15 +66,23 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return -(target * log_probs).sum(-1).mean() * (t * t)
 
 
-def hidden_mse(student_hidden, teacher_hidden, pairs, attention_mask: torch.Tensor) -> torch.Tensor:
+def gather_states(hidden_states, indices, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The hidden states ``indices`` (of a tuple of [B, T, H]) at non-padding tokens: [len(indices), N, H]."""
+    keep = attention_mask.bool()
+    return torch.stack([hidden_states[i][keep] for i in indices]).float()
+
+
+def hidden_mse(student_hidden, teacher_hidden, pairs, attention_mask: torch.Tensor,
+               teacher_states: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over the paired hidden states at non-padding tokens.
 
     ``student_hidden``/``teacher_hidden`` are tuples of [B, T, H]; the mean runs over tokens ×
-    selected layers × hidden units, with no per-layer weight.
+    selected layers × hidden units, with no per-layer weight. ``teacher_states`` is the teacher side
+    already gathered by :func:`gather_states` (then ``teacher_hidden`` is not read).
     """
-    keep = attention_mask.bool()
-    s = torch.stack([student_hidden[i][keep] for i, _ in pairs]).float()
-    t = torch.stack([teacher_hidden[j][keep] for _, j in pairs]).float()
+    s = gather_states(student_hidden, [i for i, _ in pairs], attention_mask)
+    t = teacher_states if teacher_states is not None else gather_states(
+        teacher_hidden, [j for _, j in pairs], attention_mask)
     return F.mse_loss(s, t)
 
 
@@ -128,10 +136,13 @@ class DistillObjective(Objective):
         self.regression = regression
         self.needs_labels = kind == "kd"
         self._teacher_out = None
+        self._teacher_states = {}
 
     @torch.no_grad()
     def prepare(self, batch):
         self._teacher_out = _forward(self.teacher, {k: v for k, v in batch.items() if k != "labels"})
+        # The teacher's gathered hidden states per layer selection, shared by every width of a sandwich.
+        self._teacher_states = {}
 
     def loss(self, model, module, batch, pass_index):
         teacher = self._teacher_out
@@ -146,8 +157,11 @@ class DistillObjective(Objective):
                 raise ValueError("the kd objective needs gold labels, and the training data has none")
             return 0.5 * (logit_loss + student.loss)
         pairs = layer_pairs(len(student.hidden_states) - 1, len(teacher.hidden_states) - 1)
-        return 0.5 * (hidden_mse(student.hidden_states, teacher.hidden_states, pairs, batch["attention_mask"])
-                      + logit_loss)
+        key = tuple(j for _, j in pairs)
+        if key not in self._teacher_states:
+            self._teacher_states[key] = gather_states(teacher.hidden_states, key, batch["attention_mask"])
+        return 0.5 * (hidden_mse(student.hidden_states, teacher.hidden_states, pairs, batch["attention_mask"],
+                                 self._teacher_states[key]) + logit_loss)
 
 
 class SandwichObjective(Objective):
