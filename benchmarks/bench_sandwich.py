@@ -1,0 +1,407 @@
+"""Benchmark MiniDisc's sandwich training step: speed against the reference's padding, and memory.
+
+One sandwich step is what :func:`utils.loop.train` does per batch with a
+:class:`~utils.objectives.SandwichObjective`: one teacher forward (no grad), then for every width
+``sparsify(s)``, student forward, ``loss / len(widths)``, backward; then gradient clipping and one
+AdamW step. The benchmark drives the project's own objective classes on a sparsified MiniLM and
+the real MRPC training set, and measures in one process, on the same model and batches:
+
+(a) every batch padded to ``--pad_to`` (128), as the reference code pads (in-process baseline);
+(b) dynamic padding (pad to the longest sequence of the batch), the project's default;
+(c) length-grouped batches (``EpochBatches(group_by_length=True)``, ``--group_by_length``);
+(d) the parts of a step on the (b) batches: one teacher forward, and one single-width
+    distillation step per width (a densified student of that width, its own AdamW, teacher
+    outputs precomputed); the sandwich must cost no more than their sum (no hidden waste);
+(e) peak memory (VmHWM after the models are loaded, minus VmRSS then) of sandwich training and
+    of distilling the full-width student alone, each in its own subprocess over a few steps.
+
+Speed is printed as s/step, examples/s, the speedup over the reference's measured step
+(``--anchor_seconds``, 3.78 s on 2 idle threads) and over (a). Calls are interleaved (the order
+reversed every round) and a matmul probe runs between them, so load from other processes hits
+every configuration alike; the probe's GFLOP/s says how much of the machine the run actually got,
+and "achieved" is the step's matmul FLOPs over its median time.
+
+Example:
+    python benchmarks/bench_sandwich.py --model_dir /tmp/sparse_polarity/model --data_dir /tmp/glue
+    python benchmarks/bench_sandwich.py --model_dir /tmp/minilm --data_dir /tmp/glue --random_weights --quick
+    python benchmarks/bench_sandwich.py --model_dir /tmp/minilm --data_dir /tmp/glue --profile
+
+``--data_dir`` holds ``mrpc/train.tsv`` (or ``MRPC/``). A ``--model_dir`` without a sparsity map
+(e.g. the plain all-MiniLM-L6-v2 checkpoint) gets one built from seeded random importance scores.
+"""
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.pipelines import encode_dataset  # noqa: E402
+from data.readers import read_examples  # noqa: E402
+from data.tasks import get_task  # noqa: E402
+from models import SparseBertCls  # noqa: E402
+from utils.importance import build_sparsity_map, normalize_scores  # noqa: E402
+from utils.loop import EpochBatches, build_optimizer  # noqa: E402
+from utils.objectives import DistillObjective, SandwichObjective  # noqa: E402
+from utils.stage import load_model, load_tokenizer  # noqa: E402
+
+logger = logging.getLogger("bench_sandwich")
+
+ANCHOR_SECONDS = 3.78  # the reference's sandwich step, MiniLM-L6, 7 widths, MRPC, batch 16 x 128, 2 threads
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True,
+                        help="sparsebert_cls or plain BERT checkpoint (MiniLM); its tokenizer is used too")
+    parser.add_argument("--data_dir", required=True, help="folder holding mrpc/train.tsv")
+    parser.add_argument("--task_name", default="mrpc")
+    parser.add_argument("--random_weights", action="store_true", help="random weights of the checkpoint's shape")
+    parser.add_argument("--widths", default="50,60,70,80,85,90,95", help="sandwich widths (sparsities)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--pad_to", type=int, default=128, help="fixed padding of (a), also the max length")
+    parser.add_argument("--num_batches", type=int, default=6, help="batches per timed call (first of epoch 0)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported")
+    parser.add_argument("--seed", type=int, default=776)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--anchor_seconds", type=float, default=ANCHOR_SECONDS)
+    parser.add_argument("--memory_steps", type=int, default=3, help="steps per memory subprocess")
+    parser.add_argument("--skip_speed", action="store_true")
+    parser.add_argument("--skip_parts", action="store_true", help="skip (d)")
+    parser.add_argument("--skip_memory", action="store_true", help="skip (e)")
+    parser.add_argument("--profile", action="store_true", help="profile one (b) step and print the top ops")
+    parser.add_argument("--quick", action="store_true", help="2 batches, no warmup, 1 repeat, 2 memory steps")
+    parser.add_argument("--memory_child", choices=("sandwich", "full"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.widths = sorted(int(s) for s in args.widths.split(","))
+    if args.quick:
+        args.num_batches, args.warmup, args.repeats, args.memory_steps = 2, 0, 1, 2
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Model and data
+
+
+def build_teacher(args) -> SparseBertCls:
+    """The sparsified teacher (eval mode): the checkpoint, with a sparsity map covering ``args.widths``."""
+    model = load_model("sparsebert_cls", args.model_dir)
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        model = SparseBertCls(model.config)
+    config = model.config
+    missing = [s for s in args.widths if s not in config.sparsity_map]
+    if missing:
+        if config.sparsity_map:
+            raise SystemExit(f"{args.model_dir} has a sparsity map without levels {missing}")
+        generator = torch.Generator().manual_seed(args.seed)
+        layers = config.num_hidden_layers
+        heads = normalize_scores(torch.rand(layers, config.num_attention_heads, generator=generator))
+        neurons = normalize_scores(torch.rand(layers, config.intermediate_size, generator=generator))
+        config.sparsity_map = build_sparsity_map(heads, neurons, [0, *args.widths], neuron_multiple=8)
+    if config.sparsity != 0:
+        raise SystemExit(f"{args.model_dir} is already pruned to {config.sparsity}S; give a full-width teacher")
+    return model.eval()
+
+
+def load_batches(args, tokenizer, verbose: bool = True) -> dict[str, list[dict]]:
+    """The first ``num_batches`` batches of epoch 0: padded to ``pad_to`` (a), dynamic (b), grouped (c)."""
+    task = get_task(args.task_name)
+    dataset = encode_dataset(task, read_examples(task, args.data_dir, "train"), tokenizer, args.pad_to)
+    plain = EpochBatches(dataset.lengths, args.batch_size, args.seed).epoch(0)
+    grouped = EpochBatches(dataset.lengths, args.batch_size, args.seed, group_by_length=True).epoch(0)
+
+    def collate(indices):
+        batch = dataset.collate_fn([dataset[i] for i in indices])
+        batch.pop("feature_index")
+        return batch
+
+    padded_lengths = {name: statistics.mean(max(dataset.lengths[i] for i in b) for b in batches)
+                      for name, batches in (("dynamic", plain), ("grouped", grouped))}
+    batches = {
+        "padded": [pad_batch(collate(b), args.pad_to, tokenizer.pad_token_id) for b in plain[:args.num_batches]],
+        "dynamic": [collate(b) for b in plain[:args.num_batches]],
+        "grouped": [collate(b) for b in grouped[:args.num_batches]],
+    }
+    if not verbose:
+        return batches
+    print(f"{task.name} train: {len(dataset)} examples, mean {statistics.mean(dataset.lengths):.1f} tokens; "
+          f"padded length per batch over the whole epoch: dynamic {padded_lengths['dynamic']:.1f}, "
+          f"grouped {padded_lengths['grouped']:.1f}; in the {args.num_batches} timed batches: "
+          + ", ".join(f"{k} {statistics.mean(b['input_ids'].shape[1] for b in v):.1f}" for k, v in batches.items()),
+          flush=True)
+    return batches
+
+
+def pad_batch(batch: dict, length: int, pad_token_id: int) -> dict:
+    """``batch`` right-padded to ``length`` tokens (the reference pads every batch to max_length)."""
+    extra = length - batch["input_ids"].shape[1]
+    values = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+    return {k: F.pad(v, (0, extra), value=values[k]) if k in values else v for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0):
+    """One call = the loop's per-batch work on every batch of ``batches`` (one optimizer step each)."""
+
+    def step():
+        for batch in batches:
+            objective.prepare(batch)
+            for p in range(objective.num_passes):
+                objective.loss(module, module, batch, p).backward()
+            objective.finish(module)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def teacher_step(teacher, batches):
+    def step():
+        with torch.no_grad():
+            for batch in batches:
+                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        token_type_ids=batch["token_type_ids"])
+
+    return step
+
+
+class CachedTeacher:
+    """Stands in for the teacher with its precomputed outputs, so a step times the student alone."""
+
+    def __init__(self, teacher, batches):
+        self.outputs = {}
+        with torch.no_grad():
+            for batch in batches:
+                self.outputs[id(batch["input_ids"])] = teacher(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"])
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, **_):
+        return self.outputs[id(input_ids)]
+
+
+def matmul_probe(size: int = 1024, calls: int = 4):
+    """A step that multiplies two fixed matrices; its speed says how much CPU the run is getting."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+
+    def step():
+        for _ in range(calls):
+            torch.mm(a, b)
+
+    step.flops = 2 * size**3 * calls
+    return step
+
+
+def step_flops(widths_per_level: list[dict], config, batches: list[dict], teacher: bool, backward: bool) -> int:
+    """Matmul FLOPs of the encoders at the given kept widths over ``batches`` (x3 with backward),
+    plus one full-width forward when ``teacher``. Embeddings, LayerNorms and heads are not counted."""
+    hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
+
+    def forward(widths, batch_size, seq_len):
+        total = 0
+        for heads, neurons in zip(widths["head"], widths["neuron"], strict=True):
+            width = heads * head_size
+            total += 2 * batch_size * seq_len * (4 * hidden * width + 2 * hidden * neurons)
+            total += 4 * batch_size * seq_len * seq_len * width  # scores and context
+        return total
+
+    full = {"head": [config.num_attention_heads] * config.num_hidden_layers,
+            "neuron": [config.intermediate_size] * config.num_hidden_layers}
+    flops = 0
+    for batch in batches:
+        b, t = batch["input_ids"].shape
+        flops += sum(forward(w, b, t) for w in widths_per_level) * (3 if backward else 1)
+        flops += forward(full, b, t) if teacher else 0
+    return flops
+
+
+def interleaved_times(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each step over ``repeats`` rounds; calls alternate between steps (order
+    reversed every round) so that load from other processes hits every step alike."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+        print(f"  round {round_index + 1}/{repeats} done, load {load()}", flush=True)
+    return times
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def spread(values: list[float], per: int = 1) -> str:
+    return f"[{min(values) / per:.3f}-{max(values) / per:.3f}]"
+
+
+def kept_widths(model, sparsity: int) -> dict:
+    current = model.current_sparsity
+    model.sparsify(sparsity)
+    widths = model.kept_widths()
+    model.sparsify(current)
+    return widths
+
+
+# --------------------------------------------------------------------------------------------
+# Parts of the benchmark
+
+
+def bench_speed(args, teacher, batches) -> None:
+    student = copy.deepcopy(teacher).train()
+    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
+    sandwich = SandwichObjective(DistillObjective(teacher), args.widths, rest_width=0)
+    n = args.num_batches
+    steps = {f"({key[0]}) {name}": train_step(sandwich, student, optimizer, batches[name])
+             for key, name in (("a", "padded"), ("b", "dynamic"), ("c", "grouped"))}
+    singles = {}
+    if not args.skip_parts:
+        cached = CachedTeacher(teacher, batches["dynamic"])
+        steps["(d) teacher forward"] = teacher_step(teacher, batches["dynamic"])
+        for s in args.widths:
+            single = copy.deepcopy(teacher).train()
+            single.sparsify(s)
+            single.densify()
+            single_optimizer = build_optimizer(single, SimpleNamespace(learning_rate=args.learning_rate,
+                                                                       weight_decay=0.01))
+            singles[s] = f"(d) single {s}S"
+            steps[singles[s]] = train_step(DistillObjective(cached), single, single_optimizer, batches["dynamic"])
+    probe = matmul_probe()
+    steps["matmul probe"] = probe
+    print(f"speed: {n} batches per call, warmup {args.warmup}, {args.repeats} rounds, load {load()}", flush=True)
+    times = interleaved_times(steps, args.warmup, args.repeats)
+    median = {name: statistics.median(values) / (1 if name == "matmul probe" else n)
+              for name, values in times.items()}
+    probe_gflops = probe.flops / median["matmul probe"] / 1e9
+    print(f"matmul probe {probe_gflops:.1f} GFLOP/s {spread([probe.flops / t / 1e9 for t in times['matmul probe']])}"
+          f" (the CPU share this run got; 177 GFLOP/s is this CPU's 2-thread peak when idle)")
+    widths = [kept_widths(student, s) for s in args.widths]
+    base = median["(a) padded"]
+    print(f"{'configuration':22s} {'s/step':>7s} {'spread':>15s} {'ex/s':>6s} {'vs anchor':>9s} "
+          f"{'vs (a)':>6s} {'achieved':>9s} {'of probe':>8s}")
+    for key, name in (("a", "padded"), ("b", "dynamic"), ("c", "grouped")):
+        label = f"({key}) {name}"
+        seconds = median[label]
+        flops = step_flops(widths, student.config, batches[name], teacher=True, backward=True) / n
+        print(f"{label:22s} {seconds:7.3f} {spread(times[label], n):>15s} {args.batch_size / seconds:6.2f} "
+              f"{args.anchor_seconds / seconds:8.2f}x {base / seconds:5.2f}x {flops / seconds / 1e9:6.1f} GF/s "
+              f"{flops / seconds / 1e9 / probe_gflops:7.0%}", flush=True)
+    for key, name, target in (("b", "dynamic", 3.0), ("c", "grouped", 4.0)):
+        seconds = median[f"({key}) {name}"]
+        print(f"target ({key}) >= {target:.0f}x the anchor's {args.batch_size / args.anchor_seconds:.2f} ex/s: "
+              f"{args.anchor_seconds / seconds:.2f}x {'MET' if args.anchor_seconds / seconds >= target else 'MISSED'}"
+              f" (load-adjusted to the idle 177 GFLOP/s probe: "
+              f"{args.anchor_seconds / seconds * 177 / probe_gflops:.2f}x)")
+    if singles:
+        parts = median["(d) teacher forward"] + sum(median[label] for label in singles.values())
+        sandwich_seconds = median["(b) dynamic"]
+        print("(d) on the (b) batches: teacher forward " f"{median['(d) teacher forward']:.3f}s; single-width steps "
+              + ", ".join(f"{s}S {median[label]:.3f}s" for s, label in singles.items()))
+        print(f"(d) sandwich {sandwich_seconds:.3f}s vs teacher + sum of single-width steps {parts:.3f}s: "
+              f"ratio {sandwich_seconds / parts:.2f} {'OK' if sandwich_seconds <= parts else 'WASTE'} "
+              f"(the singles include {len(singles)} optimizer steps over the embeddings, the sandwich one)")
+    print(f"load at the end {load()}", flush=True)
+
+
+def profile_step(args, teacher, batches) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    student = copy.deepcopy(teacher).train()
+    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
+    step = train_step(SandwichObjective(DistillObjective(teacher), args.widths, rest_width=0), student, optimizer,
+                      batches["dynamic"][:1])
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
+def memory_child(args, teacher, batches) -> None:
+    """Run a few training steps and print the peak resident memory above the loaded models (JSON)."""
+    student = copy.deepcopy(teacher).train()
+    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
+    distill = DistillObjective(teacher)
+    objective = SandwichObjective(distill, args.widths, rest_width=0) if args.memory_child == "sandwich" else distill
+    step = train_step(objective, student, optimizer, batches["dynamic"][:args.memory_steps])
+    reset = Path("/proc/self/clear_refs")
+    if reset.exists():
+        reset.write_text("5")  # reset the high-water mark to the current RSS
+    baseline = proc_status_kb("VmRSS")
+    step()
+    print(json.dumps({"config": args.memory_child, "baseline_kb": baseline, "peak_kb": proc_status_kb("VmHWM")}))
+
+
+def proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def bench_memory(args, argv) -> None:
+    results = {}
+    for config in ("full", "sandwich"):
+        command = [sys.executable, __file__, *argv, "--memory_child", config]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[config] = json.loads(output.strip().splitlines()[-1])
+    extra = {c: (r["peak_kb"] - r["baseline_kb"]) / 1024 for c, r in results.items()}
+    print(f"(e) peak memory above the loaded teacher + student, {args.memory_steps} steps on the (b) batches: "
+          f"full-width student alone {extra['full']:.0f} MiB, sandwich over {len(args.widths)} widths "
+          f"{extra['sandwich']:.0f} MiB; ratio {extra['sandwich'] / extra['full']:.2f} "
+          f"{'OK' if extra['sandwich'] <= 1.3 * extra['full'] else 'ABOVE'} (target <= 1.30); baselines "
+          f"{results['full']['baseline_kb'] / 1024:.0f} / {results['sandwich']['baseline_kb'] / 1024:.0f} MiB",
+          flush=True)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model_dir)
+    teacher = build_teacher(args)
+    if args.memory_child:
+        memory_child(args, teacher, load_batches(args, tokenizer, verbose=False))
+        return
+    print(f"torch {torch.__version__}, threads {args.threads}, widths {args.widths}, batch {args.batch_size}, "
+          f"model {args.model_dir}{' (random weights)' if args.random_weights else ''}, load {load()}", flush=True)
+    batches = load_batches(args, tokenizer)
+    if args.profile:
+        profile_step(args, teacher, batches)
+        return
+    if not args.skip_speed:
+        bench_speed(args, teacher, batches)
+    if not args.skip_memory:
+        bench_memory(args, argv)
+
+
+if __name__ == "__main__":
+    main()
