@@ -15,7 +15,10 @@ measured inference latency and speedup over the teacher; the schedule picture's 
   repeat, so load from other processes slows them alike. Input: with ``--data_dir``/``--task_name``,
   the first ``--num_batches`` dev batches of ``--batch_size`` (padded to the longest in the batch,
   at most the run's ``--max_length``); otherwise one random batch of ``--batch_size`` ×
-  ``--seq_length`` tokens.
+  ``--seq_length`` tokens. On a CPU shared with other jobs, run with ``OMP_WAIT_POLICY=PASSIVE``
+  (``bert_scripts/common.sh`` sets it): spinning OpenMP threads of competing processes starve each
+  other and the numbers become noise (on 2 busy cores, a 90S student timed 786 ms spinning against
+  107 ms passive). The policy in force is recorded with the numbers.
 
 Example::
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -229,7 +233,8 @@ def build_report(args) -> dict:
             row["latency_ms"] = ms[row["name"]]
             row["speedup"] = speedup(ms["teacher"], ms[row["name"]])
         latency = {"input": shape, "threads": torch.get_num_threads(), "warmup": args.warmup,
-                   "repeats": args.repeats, "unit": "ms per batch, median"}
+                   "repeats": args.repeats, "unit": "ms per batch, median",
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
     return {**run, "minidisc_dir": str(args.minidisc_dir), "latency": latency}
 
 
@@ -240,8 +245,8 @@ def render(summary: dict) -> str:
     lines.append(f"Assistants chosen by the λ-tradeoff (λ = {summary['lam']}): {', '.join(assistants) or 'none'}.")
     if summary["latency"]:
         lat = summary["latency"]
-        lines.append(f"Latency: CPU, {lat['threads']} threads, {lat['input']}, median of {lat['repeats']} "
-                     f"after {lat['warmup']} warm-up passes.")
+        lines.append(f"Latency: CPU, {lat['threads']} threads (OMP_WAIT_POLICY {lat['omp_wait_policy']}), "
+                     f"{lat['input']}, median of {lat['repeats']} after {lat['warmup']} warm-up passes.")
     lines.append(f"Schedule picture: {summary['schedule_picture'] or 'none (matplotlib missing?)'}")
     return "\n".join(lines) + "\n"
 
