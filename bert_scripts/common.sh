@@ -168,9 +168,12 @@ ensure_venv() {
     announce "creating the virtualenv $venv"
     python3 -m venv "$venv" || die "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"
   fi
+  # A stamp per requirements file holds the digest of all of them at its last install; the dev
+  # file includes requirements.txt, so its stamp covers both.
   local stamp="$venv/.installed-$(basename "$1")" wanted
   wanted="$(cat "$REPO_ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1)"
-  if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" &&
+        "$(cat "$venv/.installed-requirements-dev.txt" 2>/dev/null)" != "$wanted" ]]; then
     announce "installing $1 into $venv (first run: a few minutes)"
     "$venv/bin/python" -m pip install -q -r "$requirements" ||
       die "pip install -r $1 failed: is the package index (PyPI) reachable?"
