@@ -180,3 +180,21 @@ def test_infer_without_a_trained_model_is_an_error(teacher_dir, task_dir, tmp_pa
     args.remove("--do_train")
     assert cli(run_distillation.main, args + ["--do_infer"]) == 2
     assert "no model to test" in capsys.readouterr().err
+
+
+def test_training_does_not_depend_on_random_numbers_drawn_before_it(teacher_dir, task_dir, tmp_path, monkeypatch):
+    # MaxiDisc reuses a finished stage for an equal key: that is only sound if a stage's training
+    # is independent of what the process did before it (models built, earlier stages).
+    args = ["--max_steps", "6", "--log_interval", "3"]
+    run_distillation.main(distill_args(teacher_dir, task_dir, tmp_path / "plain", "90S", *args))
+    original = run_distillation.train
+
+    def after_other_work(*a, **k):
+        torch.rand(1000)
+        return original(*a, **k)
+
+    monkeypatch.setattr(run_distillation, "train", after_other_work)
+    run_distillation.main(distill_args(teacher_dir, task_dir, tmp_path / "busy", "90S", *args))
+    plain = read_jsonl(tmp_path / "plain" / "metrics.jsonl")
+    busy = read_jsonl(tmp_path / "busy" / "metrics.jsonl")
+    assert [(r["metrics"], r["train_loss"]) for r in plain] == [(r["metrics"], r["train_loss"]) for r in busy]

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from utils.metrics import compute_metrics
-from utils.run import write_json_atomic
+from utils.run import set_seed, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +393,10 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     best_record = None
 
     saved = load_state(output_dir) if resume else None
+    if saved is None:
+        # Reseed per stage: a stage trains the same whatever ran before it in the process (how many
+        # models were built, earlier stages), which MaxiDisc's stage reuse relies on.
+        set_seed(args.seed)
     # Evaluations logged after the state we continue from (or by a run that died before its first
     # save) are repeated by this run: drop them so metrics.jsonl reads as one uninterrupted run.
     _truncate_metrics(output_dir / "metrics.jsonl", saved["loop"]["step"] if saved else -1, run)
