@@ -175,6 +175,11 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     for noisy in ("transformers", "urllib3", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not sys.stderr.isatty():
+        # transformers' per-file "Loading weights"/"Writing model shards" bars only clutter log files.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def start_run(args, script: str, resumable: bool = True) -> Run:

@@ -123,7 +123,7 @@ def plot_schedule(iterations: list[dict], path: Path, metric: str) -> Path | Non
         if chosen is not None and chosen in perf:
             ax.axvline(1 - chosen / 100, color="red", alpha=0.4)
             ax.annotate(f"{it['role']} {chosen}S", (1 - chosen / 100, perf[chosen]), textcoords="offset points",
-                        xytext=(5, -15), color="red")
+                        xytext=(5, 8), color="red")
         ax.set_xlabel("scale (fraction of prunable encoder weights kept)")
         ax.set_title(f"iteration {it['iteration']}")
         ax.invert_xaxis()
