@@ -317,7 +317,7 @@ def bench_speed(args, teacher, batches) -> None:
         seconds = median[f"({key}) {name}"]
         print(f"target ({key}) >= {target:.0f}x the anchor's {args.batch_size / args.anchor_seconds:.2f} ex/s: "
               f"{args.anchor_seconds / seconds:.2f}x {'MET' if args.anchor_seconds / seconds >= target else 'MISSED'}"
-              f" (load-adjusted to the idle 177 GFLOP/s probe: "
+              f" (scaled to an idle 2-thread probe of 177 GFLOP/s, an optimistic estimate: "
               f"{args.anchor_seconds / seconds * 177 / probe_gflops:.2f}x)")
     if singles:
         parts = median["(d) teacher forward"] + sum(median[label] for label in singles.values())
