@@ -24,7 +24,8 @@ class SparseBertOutput:
 
     Attributes:
         logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
-        hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output.
+        hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output
+            (zero at padding positions).
         loss: scalar task loss when ``labels`` were given, else None.
     """
 

@@ -29,14 +29,17 @@ def padded_batch(seed: int = 0):
 
 
 def assert_matches_hf(ours, hf_model, inputs, atol):
+    """Equal hidden states at every real token; ours are zero at padding (HF's are meaningless there)."""
     with torch.no_grad():
         expected = hf_model(**inputs, output_hidden_states=True)
         got = ours(**inputs)
     states = got.hidden_states if hasattr(got, "hidden_states") else got
     assert len(states) == len(expected.hidden_states)
-    torch.testing.assert_close(states[-1], expected.last_hidden_state, atol=atol, rtol=0)
+    real = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
+    torch.testing.assert_close(states[-1][real], expected.last_hidden_state[real], atol=atol, rtol=0)
     for x, y in zip(states, expected.hidden_states, strict=True):
-        torch.testing.assert_close(x, y, atol=atol, rtol=0)
+        torch.testing.assert_close(x[real], y[real], atol=atol, rtol=0)
+        assert not x[~real].any()
 
 
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
@@ -135,8 +138,9 @@ def test_gradients_equal_hf(train_mode):
     ours.load_state_dict(hf_model.state_dict(), strict=False)
     ours.train(train_mode)
     inputs = padded_batch()
-    hf_model(**inputs).last_hidden_state.square().mean().backward()
-    ours(**inputs)[-1].square().mean().backward()
+    real = inputs["attention_mask"].bool()
+    hf_model(**inputs).last_hidden_state[real].square().mean().backward()
+    ours(**inputs)[-1][real].square().mean().backward()
     theirs = dict(hf_model.named_parameters())
     for name, param in ours.named_parameters():
         torch.testing.assert_close(param.grad, theirs[name].grad, atol=1e-6, rtol=1e-4, msg=name)
