@@ -216,14 +216,17 @@ def matmul_probe(size: int = 1024, calls: int = 4):
 
 def step_flops(widths_per_level: list[dict], config, batches: list[dict], teacher: bool, backward: bool) -> int:
     """Matmul FLOPs of the encoders at the given kept widths over ``batches`` (x3 with backward),
-    plus one full-width forward when ``teacher``. Embeddings, LayerNorms and heads are not counted."""
+    plus one full-width forward when ``teacher``: projections and FFNs over the real tokens (the
+    encoder skips padding), attention scores and context over the padded ``[B, T, T]``.
+    Embeddings, LayerNorms and heads are not counted."""
     hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
 
-    def forward(widths, batch_size, seq_len):
+    def forward(widths, batch):
+        (batch_size, seq_len), tokens = batch["input_ids"].shape, int(batch["attention_mask"].sum())
         total = 0
         for heads, neurons in zip(widths["head"], widths["neuron"], strict=True):
             width = heads * head_size
-            total += 2 * batch_size * seq_len * (4 * hidden * width + 2 * hidden * neurons)
+            total += 2 * tokens * (4 * hidden * width + 2 * hidden * neurons)
             total += 4 * batch_size * seq_len * seq_len * width  # scores and context
         return total
 
@@ -231,9 +234,8 @@ def step_flops(widths_per_level: list[dict], config, batches: list[dict], teache
             "neuron": [config.intermediate_size] * config.num_hidden_layers}
     flops = 0
     for batch in batches:
-        b, t = batch["input_ids"].shape
-        flops += sum(forward(w, b, t) for w in widths_per_level) * (3 if backward else 1)
-        flops += forward(full, b, t) if teacher else 0
+        flops += sum(forward(w, batch) for w in widths_per_level) * (3 if backward else 1)
+        flops += forward(full, batch) if teacher else 0
     return flops
 
 
@@ -324,6 +326,16 @@ def bench_speed(args, teacher, batches) -> None:
         sandwich_seconds = median["(b) dynamic"]
         print("(d) on the (b) batches: teacher forward " f"{median['(d) teacher forward']:.3f}s; single-width steps "
               + ", ".join(f"{s}S {median[label]:.3f}s" for s, label in singles.items()))
+        rates = {f"{s}S": step_flops([w], student.config, batches["dynamic"], teacher=False, backward=True) / n
+                 / median[singles[s]] / 1e9 for s, w in zip(args.widths, widths, strict=True)}
+        rates["teacher forward"] = step_flops([], student.config, batches["dynamic"], teacher=True,
+                                              backward=False) / n / median["(d) teacher forward"] / 1e9
+        needed = step_flops(widths, student.config, batches["dynamic"], teacher=True, backward=True) / n / (
+            args.anchor_seconds / 3) / 1e9
+        print("(d) achieved matmul rate of each part, of the probe: "
+              + ", ".join(f"{name} {rate / probe_gflops:.0%}" for name, rate in rates.items())
+              + f"; the 3x target needs the whole (b) step at {needed / probe_gflops:.0%} of the probe "
+              f"({needed:.0f} GF/s)")
         print(f"(d) sandwich {sandwich_seconds:.3f}s vs teacher + sum of single-width steps {parts:.3f}s: "
               f"ratio {sandwich_seconds / parts:.2f} {'OK' if sandwich_seconds <= parts else 'WASTE'} "
               f"(the singles include {len(singles)} optimizer steps over the embeddings, the sandwich one)")
