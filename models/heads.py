@@ -81,7 +81,12 @@ class _SparseBertTaskModel(SparseBertPreTrainedModel):
         """Current heads and neurons kept per layer: ``{"head": [...], "neuron": [...]}``."""
         return self.bert.kept_widths()
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None, neuron_mask=None):
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The embeddings before dropout, to share between forwards; see :meth:`SparseBertModel.embed`."""
+        return self.bert.embed(input_ids, attention_mask, token_type_ids)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None, neuron_mask=None,
+               embedding_output=None):
         """Run the encoder; returns the L + 1 hidden states ``[B, T, hidden]``."""
         return self.bert(
             input_ids,
@@ -89,6 +94,7 @@ class _SparseBertTaskModel(SparseBertPreTrainedModel):
             token_type_ids=token_type_ids,
             head_mask=head_mask,
             neuron_mask=neuron_mask,
+            embedding_output=embedding_output,
         )
 
 
@@ -100,7 +106,7 @@ class SparseBertCls(_SparseBertTaskModel):
     published teachers. There is no pooler.
 
     ``forward(input_ids [B, T], attention_mask [B, T], token_type_ids [B, T], labels, head_mask [L, H],
-    neuron_mask [L, I]) -> SparseBertOutput`` with ``logits [B, num_labels]``. ``labels`` is a
+    neuron_mask [L, I], embedding_output) -> SparseBertOutput`` with ``logits [B, num_labels]``. ``labels`` is a
     LongTensor ``[B]`` (cross-entropy) or, for regression, a FloatTensor ``[B]`` (MSE on the squeezed
     logits).
     """
@@ -124,8 +130,10 @@ class SparseBertCls(_SparseBertTaskModel):
         labels: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         neuron_mask: torch.Tensor | None = None,
+        embedding_output: torch.Tensor | None = None,
     ) -> SparseBertOutput:
-        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask)
+        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
+                                    embedding_output)
         logits = self.cls(hidden_states[-1][:, 0])
         loss = None
         if labels is not None:
@@ -159,8 +167,10 @@ class SparseBertNer(_SparseBertTaskModel):
         labels: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         neuron_mask: torch.Tensor | None = None,
+        embedding_output: torch.Tensor | None = None,
     ) -> SparseBertOutput:
-        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask)
+        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
+                                    embedding_output)
         logits = self.cls(hidden_states[-1])
         loss = None
         if labels is not None:

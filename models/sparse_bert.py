@@ -212,6 +212,15 @@ class SparseBertEmbeddings(nn.Module):
         packing: TokenPacking | None = None,
     ) -> torch.Tensor:
         """``[B, T, hidden]``, or ``[N, hidden]`` at the real tokens of ``packing``."""
+        return self.dropout(self.normalized(input_ids, token_type_ids, packing))
+
+    def normalized(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        packing: TokenPacking | None = None,
+    ) -> torch.Tensor:
+        """The summed embeddings after LayerNorm, before dropout (deterministic)."""
         seq_len = input_ids.shape[1]
         if seq_len > self.position_embeddings.num_embeddings:
             raise ValueError(
@@ -230,7 +239,7 @@ class SparseBertEmbeddings(nn.Module):
             embeddings = embeddings + self.token_type_embeddings.weight[0]
         else:
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(embeddings))
+        return self.LayerNorm(embeddings)
 
 
 class SparseBertSelfAttention(nn.Module):
@@ -544,12 +553,15 @@ class SparseBertModel(SparseBertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         neuron_mask: torch.Tensor | None = None,
+        embedding_output: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Encode ``input_ids [B, T]``; returns the L + 1 hidden states, each ``[B, T, hidden]``, zero at padding.
 
         ``head_mask [L, H]`` / ``neuron_mask [L, I]`` (1 = keep) multiply each head's context and each
         FFN activation; row ``l`` is applied to layer ``l``'s leading ``num_heads``/``num_neurons``
-        entries (give them at the model's physical widths).
+        entries (give them at the model's physical widths). ``embedding_output`` is what
+        :meth:`embed` returns for these inputs: given, the embeddings are not recomputed (dropout
+        is still applied), so several forwards of one batch can share one embedding backward.
         """
         num_layers = len(self.layers)
         for name, mask, widths in (
@@ -562,11 +574,15 @@ class SparseBertModel(SparseBertPreTrainedModel):
                 raise ValueError(
                     f"{name} must be [{num_layers}, >= {max(widths, default=0)}], got {tuple(mask.shape)}"
                 )
-        # No padding: no mask, and SDPA takes its fastest path. Padding: run on the real tokens only.
-        packing = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            packing = TokenPacking(attention_mask)
-        hidden = self.embeddings(input_ids, token_type_ids, packing)
+        packing = self._packing(attention_mask)
+        if embedding_output is None:
+            hidden = self.embeddings(input_ids, token_type_ids, packing)
+        else:
+            expected = (input_ids.numel() if packing is None else len(packing.index), self.config.hidden_size)
+            if embedding_output.shape[-1] != expected[1] or embedding_output.flatten(0, -2).shape[0] != expected[0]:
+                raise ValueError(f"embedding_output must be what embed() returns for these inputs: "
+                                 f"{expected[0]} tokens x {expected[1]}, got {tuple(embedding_output.shape)}")
+            hidden = self.embeddings.dropout(embedding_output)
         hidden_states = [hidden]
         for i, layer in enumerate(self.layers):
             hidden = layer(
@@ -579,6 +595,24 @@ class SparseBertModel(SparseBertPreTrainedModel):
         if packing is not None:
             hidden_states = [packing.pad(state) for state in hidden_states]
         return tuple(hidden_states)
+
+    @staticmethod
+    def _packing(attention_mask: torch.Tensor | None) -> TokenPacking | None:
+        # No padding: no mask, and SDPA takes its fastest path. Padding: run on the real tokens only.
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        return TokenPacking(attention_mask)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The embeddings' LayerNorm output (before dropout) as :meth:`forward` computes it: ``[B, T, hidden]``,
+        or ``[N, hidden]`` at the real tokens when ``attention_mask`` has padding. Independent of the
+        current width; pass it back as ``forward(..., embedding_output=...)``."""
+        return self.embeddings.normalized(input_ids, token_type_ids, self._packing(attention_mask))
 
     # The verbs of pruning.
 

@@ -46,3 +46,65 @@ def test_hidden_mse_ignores_padding():
     teacher[2][0, 0] = 2.0  # a real token in a paired layer: 2 values of 4 over 2 pairs × 2 tokens × 2 units
     loss = hidden_mse(student, teacher, [(0, 0), (2, 2)], mask)
     assert loss.item() == pytest.approx(2 * 4.0 / 8)
+
+
+def _tiny_supernet(seed: int):
+    from conftest import make_tiny_config
+
+    from models import SparseBertCls
+    from tests.helpers import random_sparsity_map
+
+    torch.manual_seed(seed)
+    config = make_tiny_config(num_labels=3)
+    config.sparsity_map = random_sparsity_map(config.num_hidden_layers, config.num_attention_heads,
+                                              config.intermediate_size, (40, 70, 90), seed=seed)
+    return SparseBertCls(config)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_sandwich_shares_embeddings_without_changing_losses_or_gradients(padding):
+    """One embedding backward per batch (the sandwich) == one per width (independent passes), dropout on."""
+    from utils.objectives import DistillObjective, SandwichObjective
+
+    teacher, student = _tiny_supernet(0).eval(), _tiny_supernet(1).train()
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(5, 80, (3, 10), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    if padding:
+        attention_mask[0, 6:] = 0
+        attention_mask[2, 3:] = 0
+    batch = {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
+             "token_type_ids": torch.zeros_like(input_ids)}
+    widths = [0, 40, 70, 90]
+
+    def run(shared: bool):
+        student.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        objective = SandwichObjective(DistillObjective(teacher), widths, rest_width=0)
+        objective.prepare(batch)
+        losses = []
+        for p in range(objective.num_passes):
+            if shared:
+                loss = objective.loss(student, student, batch, p)
+            else:
+                student.sparsify(objective.widths[p])
+                loss = objective.base.loss(student, student, batch, p) / objective.num_passes
+            loss.backward()
+            losses.append(loss.item())
+        objective.finish(student)
+        return losses, {name: param.grad.clone() for name, param in student.named_parameters()}
+
+    shared_losses, shared_grads = run(shared=True)
+    plain_losses, plain_grads = run(shared=False)
+    assert shared_losses == pytest.approx(plain_losses, rel=1e-6)
+    assert shared_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert shared_grads["bert.embeddings.word_embeddings.weight"].abs().sum() > 0
+
+
+def test_embedding_output_of_the_wrong_shape_is_refused():
+    model = _tiny_supernet(0)
+    input_ids = torch.randint(5, 80, (2, 7))
+    with pytest.raises(ValueError, match="embedding_output must be what embed"):
+        model(input_ids, embedding_output=torch.zeros(2, 6, model.config.hidden_size))

@@ -93,9 +93,10 @@ def _scored(logits: torch.Tensor, batch) -> torch.Tensor:
     return logits
 
 
-def _forward(model, batch):
+def _forward(model, batch, embedding_output=None):
+    extra = {} if embedding_output is None else {"embedding_output": embedding_output}
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"], labels=batch.get("labels"))
+                 token_type_ids=batch["token_type_ids"], labels=batch.get("labels"), **extra)
 
 
 class Objective:
@@ -144,9 +145,11 @@ class DistillObjective(Objective):
         # The teacher's gathered hidden states per layer selection, shared by every width of a sandwich.
         self._teacher_states = {}
 
-    def loss(self, model, module, batch, pass_index):
+    def loss(self, model, module, batch, pass_index, embedding_output=None):
+        """``embedding_output``: the student's :meth:`embed` output to reuse (see :class:`SandwichObjective`)."""
         teacher = self._teacher_out
-        student = _forward(model, batch if self.kind == "kd" else {k: v for k, v in batch.items() if k != "labels"})
+        student = _forward(model, batch if self.kind == "kd" else {k: v for k, v in batch.items() if k != "labels"},
+                           embedding_output)
         zs, zt = _scored(student.logits, batch), _scored(teacher.logits, batch)
         if self.regression:
             logit_loss = F.mse_loss(zs.float().squeeze(-1), zt.float().squeeze(-1))
@@ -172,6 +175,11 @@ class SandwichObjective(Objective):
     next width runs, and takes one optimizer step for all of them. Widths run narrowest first:
     under DistributedDataParallel only the last pass synchronises gradients, and the widest
     width uses every weight any narrower one does.
+
+    The embeddings (before their dropout) are the same for every width, so they are computed once
+    per batch: the earlier passes backpropagate into a detached copy, and the last pass carries the
+    sum of those gradients into the embedding weights, which are backpropagated once instead of
+    once per width (each width still draws its own embedding dropout).
     """
 
     def __init__(self, base: DistillObjective, widths: list[int], rest_width: int):
@@ -185,10 +193,27 @@ class SandwichObjective(Objective):
 
     def prepare(self, batch):
         self.base.prepare(batch)
+        self._embedded = self._detached = None
 
     def loss(self, model, module, batch, pass_index):
         module.sparsify(self.widths[pass_index])
-        return self.base.loss(model, module, batch, pass_index) / self.num_passes
+        embedding_output = self._shared_embeddings(module, batch, pass_index)
+        return self.base.loss(model, module, batch, pass_index, embedding_output) / self.num_passes
+
+    def _shared_embeddings(self, module, batch, pass_index):
+        """Pass ``pass_index``'s embedding output: a detached leaf before the last pass, the real one then."""
+        if self.num_passes == 1:
+            return None
+        if pass_index == 0:
+            self._embedded = module.embed(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            self._detached = self._embedded.detach().requires_grad_()
+        if pass_index < self.num_passes - 1:
+            return self._detached
+        embedded, detached = self._embedded, self._detached
+        self._embedded = self._detached = None
+        if detached.grad is not None:
+            embedded.register_hook(lambda grad: grad + detached.grad)
+        return embedded
 
     def finish(self, module):
         module.sparsify(self.rest_width)
