@@ -6,7 +6,7 @@
 """
 
 from .heads import SparseBertCls, SparseBertNer, SparseBertOutput
-from .sparse_bert import SparseBertModel
+from .sparse_bert import HiddenStates, SparseBertModel
 from .sparsity_map import normalize_sparsity_map, truncate_sparsity_map
 
 MODEL_REGISTRY = {
@@ -31,6 +31,7 @@ def get_model_class(model_type: str) -> type:
 
 __all__ = [
     "MODEL_REGISTRY",
+    "HiddenStates",
     "SparseBertCls",
     "SparseBertModel",
     "SparseBertNer",

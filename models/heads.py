@@ -6,6 +6,7 @@ the training loop never reaches into ``model.bert``.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,12 +26,12 @@ class SparseBertOutput:
     Attributes:
         logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
         hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output
-            (zero at padding positions).
+            (zero at padding positions); a :class:`~models.sparse_bert.HiddenStates` sequence.
         loss: scalar task loss when ``labels`` were given, else None.
     """
 
     logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...]
+    hidden_states: Sequence[torch.Tensor]
     loss: torch.Tensor | None = None
 
 

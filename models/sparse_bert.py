@@ -173,8 +173,16 @@ class TokenPacking:
 
     def __init__(self, attention_mask: torch.Tensor):
         self.batch, self.seq_len = attention_mask.shape
+        self.attention_mask = attention_mask
         self.index = attention_mask.flatten().nonzero().squeeze(1)
         self.attn_mask = attention_mask[:, None, None, :].to(torch.bool)
+
+    def packs(self, attention_mask: torch.Tensor) -> bool:
+        """Whether ``attention_mask`` selects the same tokens as this packing's."""
+        return attention_mask is self.attention_mask or (
+            attention_mask.shape == self.attention_mask.shape
+            and torch.equal(attention_mask.bool(), self.attention_mask.bool())
+        )
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, ...] -> [N, ...]``."""
@@ -184,6 +192,42 @@ class TokenPacking:
         """``[N, ...] -> [B, T, ...]`` with zeros at the padding."""
         padded = x.new_zeros(self.batch * self.seq_len, *x.shape[1:]).index_copy_(0, self.index, x)
         return padded.view(self.batch, self.seq_len, *x.shape[1:])
+
+
+class HiddenStates(Sequence):
+    """The L + 1 hidden states of a forward: ``states[i]`` is ``[B, T, hidden]`` (zero at padding).
+
+    A packed forward keeps its states as ``[N, hidden]`` and pads one only when it is indexed, so a
+    loss over the real tokens (:meth:`at_tokens`) never builds the padded copies.
+    """
+
+    def __init__(self, states: Sequence[torch.Tensor], packing: TokenPacking | None = None):
+        self._states = tuple(states)
+        self._padded = {}
+        self.packing = packing
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(len(self))[i])
+        i = range(len(self))[i]
+        if self.packing is None:
+            return self._states[i]
+        if i not in self._padded:
+            self._padded[i] = self.packing.pad(self._states[i])
+        return self._padded[i]
+
+    def at_tokens(self, i: int, attention_mask: torch.Tensor) -> torch.Tensor:
+        """State ``i`` at the tokens ``attention_mask`` keeps, in row-major order: ``[N, hidden]``
+        (``states[i][attention_mask.bool()]``, without padding a packed state first)."""
+        state = self._states[i]
+        if self.packing is not None and self.packing.packs(attention_mask):
+            return state
+        if self.packing is None and bool(attention_mask.all()):
+            return state.flatten(0, -2)
+        return self[i][attention_mask.bool()]
 
 
 class SparseBertEmbeddings(nn.Module):
@@ -518,7 +562,7 @@ class SparseBertModel(SparseBertPreTrainedModel):
     densified checkpoint reloads with ``from_pretrained``.
 
     ``forward(input_ids [B, T], attention_mask [B, T] (1 = token, 0 = padding), token_type_ids [B, T],
-    head_mask [L, H], neuron_mask [L, I]) -> tuple of L + 1 hidden states [B, T, hidden]``
+    head_mask [L, H], neuron_mask [L, I]) -> HiddenStates``, the L + 1 hidden states ``[B, T, hidden]``
     (embedding output first, then each layer's output; zero at padding positions).
 
     Example:
@@ -554,7 +598,7 @@ class SparseBertModel(SparseBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         neuron_mask: torch.Tensor | None = None,
         embedding_output: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> HiddenStates:
         """Encode ``input_ids [B, T]``; returns the L + 1 hidden states, each ``[B, T, hidden]``, zero at padding.
 
         ``head_mask [L, H]`` / ``neuron_mask [L, I]`` (1 = keep) multiply each head's context and each
@@ -592,9 +636,7 @@ class SparseBertModel(SparseBertPreTrainedModel):
                 None if neuron_mask is None else neuron_mask[i],
             )
             hidden_states.append(hidden)
-        if packing is not None:
-            hidden_states = [packing.pad(state) for state in hidden_states]
-        return tuple(hidden_states)
+        return HiddenStates(hidden_states, packing)
 
     @staticmethod
     def _packing(attention_mask: torch.Tensor | None) -> TokenPacking | None:

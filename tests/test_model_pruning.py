@@ -401,3 +401,26 @@ def test_config_with_string_keys_loads(tmp_path, sparsity_map):
     reloaded = get_model_class("sparsebert_cls").from_pretrained(tmp_path)
     assert reloaded.config.sparsity_map == model.config.sparsity_map
     assert reloaded.available_sparsities() == [0, 30, 60, 90]
+
+
+def test_hidden_states_pad_lazily_and_gather_real_tokens():
+    model = build("sparsebert_cls")
+    inputs = batch()
+    states = model.bert(**inputs)
+    mask = inputs["attention_mask"]
+    real = mask.bool()
+    assert len(states) == model.config.num_hidden_layers + 1
+    assert states[-1] is states[len(states) - 1]  # padded once, then cached
+    assert [s.shape for s in states[1:3]] == [states[1].shape, states[2].shape]
+    with pytest.raises(IndexError):
+        states[len(states)]
+    for i in range(len(states)):
+        expected = states[i][real]
+        torch.testing.assert_close(states.at_tokens(i, mask), expected, rtol=0, atol=0)
+        torch.testing.assert_close(states.at_tokens(i, mask.clone()), expected, rtol=0, atol=0)
+    other = mask.clone()
+    other[1, 0] = 0  # a different selection falls back to indexing the padded state
+    torch.testing.assert_close(states.at_tokens(2, other), states[2][other.bool()], rtol=0, atol=0)
+    unpadded = model.bert(inputs["input_ids"])
+    ones = torch.ones_like(mask)
+    torch.testing.assert_close(unpadded.at_tokens(1, ones), unpadded[1][ones.bool()], rtol=0, atol=0)

@@ -67,7 +67,10 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def gather_states(hidden_states, indices, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The hidden states ``indices`` (of a tuple of [B, T, H]) at non-padding tokens: [len(indices), N, H]."""
+    """The hidden states ``indices`` (of a tuple of [B, T, H], or a model's ``HiddenStates``) at
+    non-padding tokens: [len(indices), N, H]."""
+    if hasattr(hidden_states, "at_tokens"):
+        return torch.stack([hidden_states.at_tokens(i, attention_mask) for i in indices]).float()
     keep = attention_mask.bool()
     return torch.stack([hidden_states[i][keep] for i in indices]).float()
 
