@@ -18,9 +18,9 @@ def test_keep_mask_has_the_asked_rate_and_an_unbiased_scale(p):
     rate = keep.float().mean().item()
     # five standard deviations of a binomial proportion
     assert abs(rate - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    kept_probability = 1 - round(p * 65536) / 65536
-    assert abs(kept_probability - (1 - p)) <= 2**-17
-    assert scale * kept_probability == pytest.approx(1.0, abs=1e-12)
+    # the scale inverts the kept probability after rounding p to 2^-16, which is within 2^-17 of 1 - p
+    assert abs(1 / scale - (1 - p)) <= 2**-17
+    assert scale * (1 - round(p * 65536) / 65536) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_keep_mask_lanes_are_not_correlated():
