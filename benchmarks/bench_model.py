@@ -8,6 +8,9 @@ Two parts, measured in one run on the same random inputs (CPU, median over repea
 2. Inference latency of densified BERT-base-shaped models at several sparsities: measured speedup over
    0S against the ideal speedup from the encoder FLOP count (Q/K/V/O and FFN matmuls plus the attention
    score and context matmuls). Prints measured / ideal.
+3. Ours in float32 against ours under bfloat16 autocast (what ``--use_bf16`` does: fp32 weights,
+   bf16 matmuls), forward+backward and inference, per shape. Prints bf16/fp32 time ratios (< 1 means
+   bf16 is faster; expect ~1 or worse on a CPU without bf16 matrix units).
 
 Example:
     python benchmarks/bench_model.py                       # full run (several minutes on 2 cores)
@@ -53,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="random lengths in [seq_len/2, seq_len] (ours then skips the padding outside attention)")
     parser.add_argument("--skip_hf", action="store_true", help="skip part 1")
     parser.add_argument("--skip_sparse", action="store_true", help="skip part 2")
+    parser.add_argument("--skip_bf16", action="store_true", help="skip part 3")
     parser.add_argument("--quick", action="store_true", help="batch 8 x 64, 1 warmup, 2 repeats")
     args = parser.parse_args(argv)
     if args.quick:
@@ -134,6 +138,40 @@ def bench_against_hf(args) -> None:
         del hf, ours
 
 
+def autocast_step(make_step, model, inputs):
+    """``make_step``'s step run under bfloat16 autocast on the CPU."""
+    inner = make_step(model, inputs)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inner()
+
+    return step
+
+
+def bench_bf16(args) -> None:
+    for shape in args.shapes.split(","):
+        config = make_config(shape)
+        torch.manual_seed(0)
+        ours = SparseBertModel(config).train()
+        inputs = make_inputs(args, config.vocab_size)
+        with torch.no_grad():
+            real = inputs["attention_mask"].bool()
+            fp32 = last_hidden(ours, inputs)[real]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = last_hidden(ours, inputs)[real].float()
+            error = ((bf16 - fp32).norm() / fp32.norm()).item()
+        for mode, make_step in (("fwd+bwd", train_step), ("inference", infer_step)):
+            steps = {"fp32": make_step(ours, inputs), "bf16": autocast_step(make_step, ours, inputs)}
+            times = interleaved_medians(steps, args.warmup, args.repeats)
+            print(
+                f"{shape:10s} {mode:9s}  fp32 {times['fp32']:7.3f}s  bf16 {times['bf16']:7.3f}s  "
+                f"bf16/fp32 {times['bf16'] / times['fp32']:.3f}   (relative error {error:.1e})",
+                flush=True,
+            )
+        del ours
+
+
 def encoder_flops(widths: dict, config: BertConfig, batch_size: int, seq_len: int) -> int:
     """Multiply-add FLOPs (x2) of the encoder at the given per-layer widths."""
     hidden = config.hidden_size
@@ -212,6 +250,8 @@ def main(argv=None) -> None:
         bench_against_hf(args)
     if not args.skip_sparse:
         bench_densified(args)
+    if not args.skip_bf16:
+        bench_bf16(args)
 
 
 if __name__ == "__main__":

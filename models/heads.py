@@ -139,7 +139,8 @@ class SparseBertCls(_SparseBertTaskModel):
         loss = None
         if labels is not None:
             if self.config.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+                # In fp32 even under autocast: bf16 would round the gold scores (3.7 -> 3.703125).
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
             else:
                 loss = F.cross_entropy(logits, labels)
         return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)

@@ -337,6 +337,10 @@ class SparseBertResidualOutput(nn.Module):
     ``forward(features [B, T, width] or None, residual [B, T, hidden], width) -> [B, T, hidden]``.
     With ``width == 0`` (or ``features`` None) the projection contributes only its bias, as an
     all-zero mask would.
+
+    Without dropout and autocast the matmul accumulates into ``residual + bias`` (fused, fp32).
+    Under ``torch.autocast`` it runs unfused as in HF BERT: the projection comes out in half
+    precision, the residual add promotes it back to the residual's fp32, and LayerNorm runs in fp32.
     """
 
     def __init__(self, config: BertConfig, width: int):
@@ -348,11 +352,12 @@ class SparseBertResidualOutput(nn.Module):
     def forward(self, features: torch.Tensor | None, residual: torch.Tensor, width: int) -> torch.Tensor:
         if features is None or width == 0:
             return self.LayerNorm(residual + self.dropout(self.dense.bias.expand_as(residual)))
-        if self.training and self.dropout.p > 0:
+        if (self.training and self.dropout.p > 0) or torch.is_autocast_enabled(features.device.type):
             projected = _cols_linear(self.dense, features, width)
             return self.LayerNorm(residual + self.dropout(projected))
-        # Without dropout, accumulate the matmul into (residual + bias): one pass over [B, T, hidden]
-        # fewer than bias-initialised matmul followed by a residual add, which matters for narrow layers.
+        # Without dropout or autocast, accumulate the matmul into (residual + bias): one pass over
+        # [B, T, hidden] fewer than bias-initialised matmul followed by a residual add, which matters
+        # for narrow layers.
         summed = (residual + self.dense.bias).flatten(0, -2)
         weight = self.dense.weight if width == self.dense.in_features else self.dense.weight[:, :width]
         summed = summed.addmm_(features.flatten(0, -2), weight.t())

@@ -136,12 +136,19 @@ def _pick_device(args, local_rank: int) -> torch.device:
 
 
 def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
-    wanted = torch.float16 if getattr(args, "use_fp16", False) else torch.bfloat16 if getattr(args, "use_bf16", False) else None
-    if wanted is not None and device.type != "cuda":
-        flag = "--use_fp16" if wanted is torch.float16 else "--use_bf16"
-        logger.warning("%s ignored: mixed precision needs CUDA; this run is on the CPU in float32", flag)
-        return None
-    return wanted
+    """The ``torch.autocast`` dtype of ``--use_fp16``/``--use_bf16`` on ``device``, or None (fp32).
+
+    Weights and optimizer stay fp32 either way. ``--use_bf16`` works on CUDA and on the CPU;
+    ``--use_fp16`` needs CUDA (float16 autocast with a gradient scaler) and is refused elsewhere.
+    """
+    if getattr(args, "use_fp16", False):
+        if device.type != "cuda":
+            raise RunError(f"--use_fp16 needs CUDA (float16 autocast with a gradient scaler), but this run is on "
+                           f"the {device.type.upper()}; use --use_bf16 for mixed precision on the CPU")
+        return torch.float16
+    if getattr(args, "use_bf16", False):
+        return torch.bfloat16
+    return None
 
 
 def _prepare_output_dir(output_dir: Path, overwrite: bool, resumable: bool) -> bool:

@@ -1,0 +1,352 @@
+"""Mixed precision: bfloat16 autocast on the CPU against fp32, model by model and script by script.
+
+Tolerance. bf16 keeps 8 significant bits (unit roundoff 2^-9, about 0.2%); autocast rounds the
+inputs of every matmul and of attention, while the residual stream, LayerNorms and losses stay
+fp32. We compare by relative error in the Frobenius norm, ``|a - b| / |b|``, i.e. relative to the
+scale of the whole output (or of one parameter's whole gradient). Over every case below the tiny
+4-layer models measure at most 1.8% (median 0.8%) on losses, logits and hidden states, and at most
+6.5% (median 2%) on a single parameter's gradient (the worst are 32-element biases, whose gradient
+is a sum over tokens that partly cancels). FWD_TOL = 3% and GRAD_TOL = 10% leave 1.5-2x headroom.
+
+The models are built with ``initializer_range=0.2`` so that every head and neuron matters: at
+BERT's 0.02 a random layer's projections are ~10% of its residual and masking one head moves the
+logits by less than bf16 noise. At 0.2, masking one head or four neurons of one layer moves the
+logits by 30-40% and some gradient by 30-90%, which
+:func:`test_tolerance_detects_one_masked_head_or_four_neurons` checks stays 3x above the
+tolerances; so a dropped residual, a wrong slice or a lost bias fails these tests.
+"""
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import run_finetuning
+import run_minidisc
+import run_sparsification
+from data.pipelines import encode_dataset
+from data.readers import read_examples
+from data.tasks import get_task
+from models import get_model_class
+from tests.conftest import make_tiny_config
+from tests.helpers import random_sparsity_map, save_tiny_teacher, write_sst2_task
+from utils.args import RunArguments
+from utils.importance import accumulate_importance, normalize_scores
+from utils.objectives import DistillObjective, SandwichObjective
+from utils.run import Run, RunError, _amp_dtype, start_run
+from utils.stage import cli
+
+FWD_TOL = 0.03
+GRAD_TOL = 0.1
+BF16 = torch.bfloat16
+MODEL_TYPES = ("sparsebert_cls", "sparsebert_ner")
+NUM_LABELS = 3
+# A random level of a random map, and a level at which layer 1 has no head and layer 2 no neuron left.
+LEVEL = (30, 60, 90)[int(torch.randint(3, (1,), generator=torch.Generator().manual_seed(11)))]
+EMPTY_LEVEL = 95
+
+
+def sparsity_map() -> dict:
+    result = random_sparsity_map(4, 4, 37, (30, 60, 90), seed=4)
+    emptied = copy.deepcopy(result[90])
+    emptied["head"][1] = 4
+    emptied["neuron"][2] = 37
+    result[EMPTY_LEVEL] = emptied
+    return result
+
+
+def build(model_type: str, dropout: float = 0.0, seed: int = 0, num_labels: int = NUM_LABELS):
+    torch.manual_seed(seed)
+    config = make_tiny_config(num_labels=num_labels, initializer_range=0.2, hidden_dropout_prob=dropout,
+                              attention_probs_dropout_prob=dropout)
+    config.sparsity_map = sparsity_map()
+    return get_model_class(model_type)(config)
+
+
+def make_batch(model_type: str, padding: bool = True, seed: int = 1, size: int = 4, seq_len: int = 12):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 80, (size, seq_len), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    if padding:
+        attention_mask[1, 7:] = 0
+        attention_mask[3, 3:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, seq_len // 2:] = 1
+    batch = {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
+             "token_type_ids": token_type_ids * attention_mask}
+    if model_type == "sparsebert_ner":
+        labels = torch.randint(0, NUM_LABELS, (size, seq_len), generator=generator)
+        labels[attention_mask == 0] = -100
+    else:
+        labels = torch.randint(0, NUM_LABELS, (size,), generator=generator)
+    return batch, labels
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(actual, expected, tol=FWD_TOL, what=""):
+    assert actual.shape == expected.shape, what
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol}"
+
+
+def assert_grads_close(grads16: dict, grads32: dict, tol=GRAD_TOL):
+    """Per parameter: relative error within ``tol``, and fp32's exact zeros (sliced-off rows, emptied
+    layers, unused embeddings) exactly zero in bf16 too.
+
+    The key bias is the exception: its gradient is zero in exact arithmetic (softmax ignores a
+    per-query constant), so both precisions hold only rounding noise there; bf16's noise must stay
+    small next to the key weight's gradient (each ``sum`` over tokens of ``dK``, which cancels).
+    """
+    assert grads16.keys() == grads32.keys()
+    for name, g32 in grads32.items():
+        g16 = grads16[name]
+        assert g16.dtype == g32.dtype == torch.float32, name
+        if name.endswith("key.bias"):
+            scale = grads32[name.replace("key.bias", "key.weight")].norm().item()
+            assert g16.norm().item() <= tol * scale, f"{name}: {g16.norm().item():.3g} vs key.weight {scale:.3g}"
+            continue
+        assert torch.all(g16[g32 == 0] == 0), f"{name}: gradient where fp32 has none"
+        err = rel_err(g16, g32)
+        assert err <= tol, f"{name}: gradient relative error {err:.3g} > {tol}"
+
+
+def forward_backward(model, batch, labels, amp: bool, head_mask=None, neuron_mask=None):
+    """One forward (bf16 autocast or fp32) and backward; the same dropout masks in both precisions."""
+    model.zero_grad(set_to_none=True)
+    masks = [m.detach().clone().requires_grad_() if m is not None else None for m in (head_mask, neuron_mask)]
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=BF16, enabled=amp):
+        out = model(**batch, labels=labels, head_mask=masks[0], neuron_mask=masks[1])
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    for name, mask in zip(("head_mask", "neuron_mask"), masks, strict=True):
+        if mask is not None:
+            grads[name] = mask.grad
+    return out, grads
+
+
+def assert_outputs_close(out16, out32, attention_mask):
+    assert out16.loss.dtype == torch.float32
+    assert_close(out16.loss, out32.loss, what="loss")
+    assert_close(out16.logits, out32.logits, what="logits")
+    assert len(out16.hidden_states) == len(out32.hidden_states)
+    padding = attention_mask == 0
+    for i, (h16, h32) in enumerate(zip(out16.hidden_states, out32.hidden_states, strict=True)):
+        assert h16.dtype == torch.float32, "the residual stream (and its LayerNorms) must stay fp32"
+        assert_close(h16, h32, what=f"hidden state {i}")
+        assert not h16[padding].any(), f"hidden state {i} is not zero at padding"
+
+
+def random_masks(seed: int = 5):
+    generator = torch.Generator().manual_seed(seed)
+    head_mask = (torch.rand(4, 4, generator=generator) > 0.3).float()
+    neuron_mask = (torch.rand(4, 37, generator=generator) > 0.3).float()
+    head_mask[1] = 0  # a layer emptied of heads by its mask
+    neuron_mask[2] = 0  # and one emptied of neurons
+    return head_mask, neuron_mask
+
+
+SETUPS = ("full", "masked", "sliced", "densified", "sliced_emptied", "densified_emptied")
+MODES = ("eval", "train", "train_dropout")
+
+
+def prepared(model_type: str, setup: str, mode: str):
+    model = build(model_type, dropout=0.1 if mode == "train_dropout" else 0.0)
+    model.train(mode != "eval")
+    masks = random_masks() if setup == "masked" else (None, None)
+    if setup.startswith(("sliced", "densified")):
+        model.sparsify(EMPTY_LEVEL if setup.endswith("emptied") else LEVEL)
+        if setup.startswith("densified"):
+            model.densify()
+    return model, masks
+
+
+@pytest.mark.parametrize("padding", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bf16_forward_and_backward_match_fp32(model_type, setup, mode, padding):
+    model, (head_mask, neuron_mask) = prepared(model_type, setup, mode)
+    if setup.endswith("emptied"):
+        assert model.kept_widths()["head"][1] == 0 and model.kept_widths()["neuron"][2] == 0
+    batch, labels = make_batch(model_type, padding)
+    out32, grads32 = forward_backward(model, batch, labels, False, head_mask, neuron_mask)
+    out16, grads16 = forward_backward(model, batch, labels, True, head_mask, neuron_mask)
+    assert out16.logits.dtype == BF16  # autocast did run the matmuls in bf16
+    assert_outputs_close(out16, out32, batch["attention_mask"])
+    assert_grads_close(grads16, grads32)
+
+
+def test_tolerance_detects_one_masked_head_or_four_neurons():
+    """What the tolerances must catch: a small structural change moves fp32 outputs far beyond them."""
+    for model_type in MODEL_TYPES:
+        model = build(model_type).eval()
+        batch, labels = make_batch(model_type)
+        reference, grads = forward_backward(model, batch, labels, False)
+        head_mask, neuron_mask = torch.ones(4, 4), torch.ones(4, 37)
+        head_mask[2, 0] = 0
+        neuron_mask[3, :4] = 0
+        for masks in ((head_mask, None), (None, neuron_mask)):
+            changed, changed_grads = forward_backward(model, batch, labels, False, *masks)
+            assert rel_err(changed.logits, reference.logits) > 3 * FWD_TOL
+            assert rel_err(changed.hidden_states[-1], reference.hidden_states[-1]) > 3 * FWD_TOL
+            worst = max(rel_err(changed_grads[name], g) for name, g in grads.items() if "key.bias" not in name)
+            assert worst > 3 * GRAD_TOL
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_teacher_forward_under_no_grad(model_type):
+    teacher = build(model_type, dropout=0.1)
+    teacher.sparsify(LEVEL)
+    teacher.densify()
+    teacher.eval()
+    batch, _ = make_batch(model_type)
+    with torch.no_grad():
+        out32 = teacher(**batch)
+        with torch.autocast("cpu", dtype=BF16):
+            out16 = teacher(**batch)
+    assert_close(out16.logits, out32.logits, what="logits")
+    for i, (h16, h32) in enumerate(zip(out16.hidden_states, out32.hidden_states, strict=True)):
+        assert h16.dtype == torch.float32 and not h16.requires_grad
+        assert_close(h16, h32, what=f"hidden state {i}")
+
+
+def test_regression_loss_keeps_the_gold_scores_in_fp32():
+    model = build("sparsebert_cls", num_labels=1).eval()
+    batch, _ = make_batch("sparsebert_cls")
+    labels = torch.tensor([3.7, 0.2, 4.9, 1.3])
+    with torch.autocast("cpu", dtype=BF16):
+        out = model(**batch, labels=labels)
+    expected = torch.nn.functional.mse_loss(out.logits.float().squeeze(-1), labels)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, expected, rtol=1e-6, atol=0)
+
+
+def test_importance_pass_under_bf16(tokenizer, tmp_path):
+    task = get_task("sst2")
+    dev = encode_dataset(task, read_examples(task, write_sst2_task(tmp_path), "dev"), tokenizer, 32)
+    model = build("sparsebert_cls", dropout=0.1, num_labels=2)
+    cpu = torch.device("cpu")
+    head32, neuron32 = accumulate_importance(model, dev, 4, Run(output_dir=tmp_path, device=cpu))
+    head16, neuron16 = accumulate_importance(model, dev, 4, Run(output_dir=tmp_path, device=cpu, amp_dtype=BF16))
+    assert model.training and not any(p.grad is not None for p in model.parameters())
+    for scores16, scores32, top in ((head16, head32, 4), (neuron16, neuron32, 30)):
+        assert scores16.dtype == torch.float64 and scores16.shape == scores32.shape
+        a, b = normalize_scores(scores16), normalize_scores(scores32)
+        for layer in range(a.shape[0]):
+            assert_close(a[layer], b[layer], what=f"layer {layer} importance")
+        # the most important units overall are (mostly) the same ones
+        common = set(a.flatten().topk(top).indices.tolist()) & set(b.flatten().topk(top).indices.tolist())
+        assert len(common) >= 0.8 * top
+
+
+@pytest.mark.parametrize("padding", [True, False], ids=["padded", "unpadded"])
+def test_minidisc_sandwich_step_under_bf16(padding):
+    """One MiniDisc step as the loop runs it: teacher under autocast + no_grad, one backward per width."""
+    teacher = build("sparsebert_cls", seed=0).eval()
+    student = build("sparsebert_cls", dropout=0.1, seed=1).train()
+    batch, _ = make_batch("sparsebert_cls", padding)
+
+    def step(amp: bool):
+        student.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        objective = SandwichObjective(DistillObjective(teacher), [0, 30, 60, 90], rest_width=0)
+        with torch.autocast("cpu", dtype=BF16, enabled=amp):
+            objective.prepare(batch)
+        losses = []
+        for p in range(objective.num_passes):
+            with torch.autocast("cpu", dtype=BF16, enabled=amp):
+                loss = objective.loss(student, student, batch, p)
+            loss.backward()
+            losses.append(loss.detach())
+        objective.finish(student)
+        return losses, {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
+
+    losses32, grads32 = step(False)
+    losses16, grads16 = step(True)
+    for width, l16, l32 in zip([90, 60, 30, 0], losses16, losses32, strict=True):
+        assert l16.dtype == torch.float32
+        assert_close(l16, l32, what=f"loss at width {width}")
+    assert_grads_close(grads16, grads32)
+
+
+# --------------------------------------------------------------------------------------------
+# Flags and scripts
+
+
+def test_amp_dtype_bf16_on_the_cpu_and_fp16_only_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+
+    def flags(fp16=False, bf16=False):
+        return SimpleNamespace(use_fp16=fp16, use_bf16=bf16)
+
+    assert _amp_dtype(flags(bf16=True), cpu) is BF16
+    assert _amp_dtype(flags(bf16=True), cuda) is BF16
+    assert _amp_dtype(flags(fp16=True), cuda) is torch.float16
+    assert _amp_dtype(flags(), cpu) is None and _amp_dtype(flags(), cuda) is None
+    with pytest.raises(RunError) as error:
+        _amp_dtype(flags(fp16=True), cpu)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "--use_fp16" in message and "CUDA" in message and "--use_bf16" in message
+
+
+def test_start_run_records_bf16_on_the_cpu(tmp_path):
+    run = start_run(RunArguments(output_dir=str(tmp_path / "run"), use_cpu=True, use_bf16=True), "test")
+    assert run.device.type == "cpu" and run.amp_dtype is BF16
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"
+
+
+@pytest.fixture(scope="module")
+def sst2_dir(tmp_path_factory):
+    return write_sst2_task(tmp_path_factory.mktemp("data"), n_train=16, n_dev=8, n_test=4)
+
+
+def finetune_args(teacher_dir, task_dir, out, *extra):
+    return ["--model_name_or_path", str(teacher_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
+            "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--log_interval", "2",
+            "--max_steps", "4", "--seed", "3", "--do_train", "--use_cpu", *extra]
+
+
+def test_use_fp16_on_the_cpu_is_refused_with_one_line(sst2_dir, tmp_path, capsys):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    assert cli(run_finetuning.main, finetune_args(teacher, sst2_dir, tmp_path / "ft", "--use_fp16")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and "--use_fp16" in lines[-1] and "--use_bf16" in lines[-1]
+    assert not (tmp_path / "ft" / "results.json").exists()
+
+
+def test_scripts_run_end_to_end_with_use_bf16(sst2_dir, tmp_path):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    ft = tmp_path / "ft"
+    results = run_finetuning.main(finetune_args(teacher, sst2_dir, ft, "--use_bf16"))
+    assert json.loads((ft / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"
+    assert (ft / "results.json").exists() and results["best_score"] >= 0
+    assert all(torch.isfinite(torch.tensor(json.loads(line)["train_loss"]))
+               for line in (ft / "metrics.jsonl").read_text().splitlines())
+
+    sparse = tmp_path / "sparse"
+    run_sparsification.main(["--teacher_model_path", str(ft / "best"), "--task_name", "sst2", "--data_dir",
+                             str(sst2_dir), "--output_dir", str(sparse), "--max_length", "16",
+                             "--per_device_eval_batch_size", "8", "--neuron_multiple", "1",
+                             "--sparsities", "50,70,90", "--use_cpu", "--use_bf16"])
+    assert (sparse / "results.json").exists() and (sparse / "model" / "importance.json").exists()
+    importance = json.loads((sparse / "model" / "importance.json").read_text())
+    assert all(sum(row) > 0 for row in importance["head"] + importance["neuron"])
+
+    mini = tmp_path / "mini"
+    results = run_minidisc.main(["--teacher_model_path", str(sparse / "model"), "--task_name", "sst2",
+                                 "--data_dir", str(sst2_dir), "--output_dir", str(mini), "--max_length", "16",
+                                 "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
+                                 "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2",
+                                 "--seed", "5", "--target_iteration", "1", "--do_train", "--use_cpu",
+                                 "--use_bf16"])
+    assert (mini / "results.json").exists() and results["model"]["sparsity"] == 90
+    assert json.loads((mini / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"
