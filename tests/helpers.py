@@ -68,3 +68,31 @@ def save_tiny_teacher(directory: Path, num_labels: int = 2, levels=None, seed: i
     model.save_pretrained(directory)
     save_tiny_tokenizer(Path(directory))
     return Path(directory)
+
+
+def write_conll_task(root: Path, n_train: int = 16, n_dev: int = 8, seed: int = 0) -> Path:
+    """``root/conll/{train,dev,test}.txt`` in the CoNLL-2003 format, sentences of 2 to 9 words.
+
+    Names are tagged B-PER/I-PER, places B-LOC, everything else O, so the tags are learnable.
+    """
+    rng = random.Random(seed)
+    names, places = ["peter", "blackburn"], ["eu", "german", "british"]
+
+    def sentence() -> str:
+        rows = []
+        for _ in range(rng.randint(2, 9)):
+            kind = rng.random()
+            if kind < 0.2:
+                rows += [f"{names[0]} NNP I-NP B-PER", f"{names[1]} NNP I-NP I-PER"]
+            elif kind < 0.35:
+                rows.append(f"{rng.choice(places)} NNP I-NP B-LOC")
+            else:
+                rows.append(f"{rng.choice(FILLER)} NN I-NP O")
+        return "\n".join(rows)
+
+    folder = root / "conll"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_dev)):
+        text = "-DOCSTART- -X- O O\n\n" + "\n\n".join(sentence() for _ in range(n)) + "\n"
+        (folder / f"{split}.txt").write_text(text)
+    return root

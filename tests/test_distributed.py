@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import save_tiny_teacher, write_sst2_task
+from tests.conftest import save_tiny_model
+from tests.helpers import save_tiny_teacher, write_conll_task, write_sst2_task
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -105,15 +106,13 @@ def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
 
 
 def test_minidisc_two_processes_equal_one(tmp_path):
-    # equal-length sentences: per-process token means then average to the global mean exactly
-    folder = tmp_path / "data" / "sst2"
-    folder.mkdir(parents=True)
-    words = ["good", "bad", "great", "dull", "fun", "awful"]
-    rows = [f"the movie was {words[i % 6]} and fun\t{int(words[i % 6] in ('good', 'great', 'fun'))}" for i in range(16)]
-    for split in ("train", "dev"):
-        (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    # sentences of different lengths: each process's token mean is weighted by its share of the
+    # global batch's tokens, so the gradient is that of one mean over all tokens
+    data = write_sst2_task(tmp_path / "data", n_train=16, n_dev=11, seed=4)
+    lengths = {len(line.split("\t")[0].split()) for line in (data / "sst2" / "train.tsv").read_text().splitlines()[1:]}
+    assert len(lengths) > 3
     teacher = save_tiny_teacher(tmp_path / "teacher", levels=(0, 50, 60, 90), **NO_DROPOUT)
-    base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(tmp_path / "data"),
+    base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data),
             "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",
             "--target_iteration", "1", "--do_train", "--use_cpu"]
     launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
@@ -123,3 +122,19 @@ def test_minidisc_two_processes_equal_one(tmp_path):
     assert one[-1]["widths"] == two[-1]["widths"]
     assert one[-1]["train_loss"] == pytest.approx(two[-1]["train_loss"], abs=1e-5)
     assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best")
+
+
+def test_token_task_fine_tuning_two_processes_equal_one(tmp_path):
+    # CoNLL sentences of 2-9 words: the token cross-entropy is a mean over every process's scored words
+    data = write_conll_task(tmp_path / "data", n_train=16, n_dev=7)
+    teacher = save_tiny_model(tmp_path / "ner", "sparsebert_ner", num_labels=9, **NO_DROPOUT)
+    base = ["--model_type", "sparsebert_ner", "--data_type", "bert_ner", "--model_name_or_path", str(teacher),
+            "--task_name", "conll", "--data_dir", str(data), "--max_length", "32", "--learning_rate", "1e-3",
+            "--log_interval", "2", "--max_steps", "4", "--do_train", "--use_cpu"]
+    launch("run_finetuning.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
+    launch("run_finetuning.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2)
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    for a, b in zip(one, two, strict=True):
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+    assert same_weights(tmp_path / "one" / "best", tmp_path / "two" / "best")

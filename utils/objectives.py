@@ -11,11 +11,17 @@ Losses (T is the temperature; ``SCE(a, b) = -mean Σ_c softmax(b)_c log softmax(
 * ``kd``        ½ [T² SCE(z_s/T, z_t/T) + task loss]      (regression: ½ [MSE(z_s, z_t) + MSE(z_s, y)]);
 * ``hidden_kd`` ½ [MSE(H_s, H_t) + SCE(z_s, z_t)], no gold labels (regression: ½ [MSE(H) + MSE(z_s, z_t)]);
   ``H`` stacks the hidden states selected by :func:`layer_pairs` at non-padding tokens.
+
+Each loss is a mean over its terms (real tokens for ``MSE(H)``, scored words for token tasks,
+examples otherwise). Under several processes each process's mean is weighted by its share of all
+processes' terms (:func:`process_shares`), so that DistributedDataParallel's gradient average is the
+gradient of one mean over the global batch: N processes train as one, whatever the lengths.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 OBJECTIVES = ("ft", "kd", "hidden_kd")
@@ -89,6 +95,35 @@ def hidden_mse(student_hidden, teacher_hidden, pairs, attention_mask: torch.Tens
     return F.mse_loss(s, t)
 
 
+def process_shares(counts: dict[str, int], device) -> dict[str, float]:
+    """``{name: world_size · count / Σ_processes count}`` for each count of loss terms on this process.
+
+    A per-process mean multiplied by its share, then averaged over processes (as DDP averages
+    gradients), equals the mean over every process's terms. Every process must call this for the
+    same batches (it all-reduces the counts). All 1.0 in a single process.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict.fromkeys(counts, 1.0)
+    local = torch.tensor(list(counts.values()), dtype=torch.float64, device=device)
+    total = local.clone()
+    dist.all_reduce(total)
+    world = dist.get_world_size()
+    return {name: world * c / t if t > 0 else 0.0
+            for name, c, t in zip(counts, local.tolist(), total.tolist(), strict=True)}
+
+
+def loss_terms(batch) -> dict[str, int]:
+    """How many terms each loss of ``batch`` averages: real ``tokens`` (hidden-state MSE), ``scored``
+    logits (words of a token task, else examples) and gold ``labels`` (not -100)."""
+    size = batch["input_ids"].shape[0]
+    labels = batch.get("labels")
+    return {
+        "tokens": int(batch["attention_mask"].sum()),
+        "scored": int(batch["label_mask"].sum()) if "label_mask" in batch else size,
+        "labels": int((labels != -100).sum()) if labels is not None and labels.dim() == 2 else size,
+    }
+
+
 def _scored(logits: torch.Tensor, batch) -> torch.Tensor:
     """Logits at scored positions: [B, C] for sequence tasks, [N_words, C] for token tasks."""
     if logits.dim() == 3:
@@ -122,10 +157,13 @@ class Objective:
 class TaskObjective(Objective):
     """Fine-tuning: the task loss against gold labels."""
 
+    def prepare(self, batch):
+        self._shares = process_shares(loss_terms(batch), batch["input_ids"].device)
+
     def loss(self, model, module, batch, pass_index):
         if "labels" not in batch:
             raise ValueError("the training data has no gold labels; the ft objective needs them")
-        return _forward(model, batch).loss
+        return _forward(model, batch).loss * self._shares["labels"]
 
 
 class DistillObjective(Objective):
@@ -144,6 +182,7 @@ class DistillObjective(Objective):
 
     @torch.no_grad()
     def prepare(self, batch):
+        self._shares = process_shares(loss_terms(batch), batch["input_ids"].device)
         self._teacher_out = _forward(self.teacher, {k: v for k, v in batch.items() if k != "labels"})
         # The teacher's gathered hidden states per layer selection, shared by every width of a sandwich.
         self._teacher_states = {}
@@ -158,16 +197,18 @@ class DistillObjective(Objective):
             logit_loss = F.mse_loss(zs.float().squeeze(-1), zt.float().squeeze(-1))
         else:
             logit_loss = soft_cross_entropy(zs, zt, self.temperature if self.kind == "kd" else 1.0)
+        logit_loss = logit_loss * self._shares["scored"]
         if self.kind == "kd":
             if student.loss is None:
                 raise ValueError("the kd objective needs gold labels, and the training data has none")
-            return 0.5 * (logit_loss + student.loss)
+            return 0.5 * (logit_loss + student.loss * self._shares["labels"])
         pairs = layer_pairs(len(student.hidden_states) - 1, len(teacher.hidden_states) - 1)
         key = tuple(j for _, j in pairs)
         if key not in self._teacher_states:
             self._teacher_states[key] = gather_states(teacher.hidden_states, key, batch["attention_mask"])
-        return 0.5 * (hidden_mse(student.hidden_states, teacher.hidden_states, pairs, batch["attention_mask"],
-                                 self._teacher_states[key]) + logit_loss)
+        hidden_loss = hidden_mse(student.hidden_states, teacher.hidden_states, pairs, batch["attention_mask"],
+                                 self._teacher_states[key])
+        return 0.5 * (hidden_loss * self._shares["tokens"] + logit_loss)
 
 
 class SandwichObjective(Objective):
