@@ -26,6 +26,7 @@ from utils.objectives import DistillObjective
 from utils.run import end_run, start_run
 from utils.stage import (
     build_student,
+    check_model_path,
     cli,
     finish,
     load_teacher,
@@ -41,7 +42,8 @@ GROUPS = (RunArguments, ModelArguments, DistillationArguments, StudentArguments,
 def main(argv=None) -> dict:
     args = parse_args(GROUPS, argv, description=__doc__)
     task = resolve_task(args)
-    run = start_run(args, "run_distillation")
+    check_model_path(args.teacher_model_path, "--teacher_model_path")
+    run = start_run(args, "run_distillation", training=args.do_train)
     summary = {}
     if args.do_train:
         tokenizer = load_tokenizer(args.teacher_model_path)

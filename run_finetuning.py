@@ -24,6 +24,7 @@ from utils.loop import MetricSelector, train
 from utils.objectives import TaskObjective
 from utils.run import end_run, start_run
 from utils.stage import (
+    check_model_path,
     cli,
     finish,
     load_model,
@@ -39,7 +40,8 @@ GROUPS = (RunArguments, ModelArguments, FinetuneArguments, DataArguments, Traini
 def main(argv=None) -> dict:
     args = parse_args(GROUPS, argv, description=__doc__)
     task = resolve_task(args)
-    run = start_run(args, "run_finetuning")
+    check_model_path(args.model_name_or_path, "--model_name_or_path")
+    run = start_run(args, "run_finetuning", training=args.do_train)
     summary = {}
     if args.do_train:
         tokenizer = load_tokenizer(args.model_name_or_path)

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.args import (
-    ArgumentError,
     DataArguments,
     DistillationArguments,
     ModelArguments,
@@ -36,11 +34,14 @@ from utils.args import (
     arg,
     parse_args,
 )
+from utils.errors import ArgumentError
+from utils.fingerprint import settings_key
 from utils.loop import BEST_DIR, MetricSelector, train
 from utils.objectives import DistillObjective
-from utils.run import end_run, start_run, write_json_atomic
+from utils.run import end_run, start_run
 from utils.stage import (
     build_student,
+    check_model_path,
     check_model_task,
     cli,
     close_stage,
@@ -51,17 +52,17 @@ from utils.stage import (
     load_train_and_dev,
     read_stage,
     resolve_task,
+    stage_settings,
     train_summary,
 )
 
 logger = logging.getLogger("run_maxidisc")
 
-# Settings that change what a stage learns; two stages with equal keys are interchangeable.
-KEY_SETTINGS = ("model_type", "task_name", "data_type", "data_dir", "max_length", "max_train_samples",
-                "max_eval_samples", "objective", "kd_temperature", "per_device_train_batch_size", "learning_rate",
-                "weight_decay", "num_train_epochs", "max_steps", "num_patience_epochs", "num_grad_accum_steps",
-                "lr_scheduler_type", "warmup_proportion", "max_grad_norm", "log_interval", "selection_metric",
-                "group_by_length", "seed", "use_fp16", "use_bf16")
+STAGE_FILE = "stage.json"
+
+# Flags that choose which chains run, not what a stage learns: left out of a stage's key, so a stage
+# trained by one MaxiDisc command is reused by another with the same settings.
+CHAIN_FLAGS = ("layer_or_sparsity_path", "search_assistants", "trunc_sparsity")
 
 
 @dataclass
@@ -112,53 +113,48 @@ def expand_paths(args, teacher) -> list[list[str]]:
     return [[f"{s}S", f"{target}S"] for s in assistants] + [[f"{target}S"]]
 
 
-def teacher_identity(path: str) -> str:
-    """A fingerprint of the original teacher: its location, config and weight file sizes."""
-    folder = Path(path)
-    if not folder.is_dir():  # a hub name
-        return path
-    sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
-    config = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
-    return json.dumps({"path": str(folder.resolve()), "config": config, "weights": sizes}, sort_keys=True)
-
-
-def stage_key(parent_key: str, spec: str, args) -> str:
-    settings = {name: getattr(args, name) for name in KEY_SETTINGS}
-    blob = json.dumps({"parent": parent_key, "student": spec, "settings": settings}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def stage_key(parent_key: str, spec: str, run) -> str:
+    """The key of a stage: its teacher (the content of the original teacher, or the previous stage's
+    key), its student and the run's settings but the chain flags. Equal keys = interchangeable stages."""
+    settings = {name: value for name, value in run.settings.items() if name not in CHAIN_FLAGS}
+    return settings_key({"parent": parent_key, "student": spec, "settings": settings})
 
 
 def find_finished_stage(reuse_dir: Path, key: str, exclude: Path) -> Path | None:
     """A finished stage folder with this key under ``reuse_dir`` (its best/ intact), or None."""
-    for marker in sorted(reuse_dir.rglob("stage.json")):
+    for marker in sorted(reuse_dir.rglob(STAGE_FILE)):
         folder = marker.parent
         if folder == exclude:
             continue
         try:
             same = json.loads(marker.read_text()).get("key") == key
+            finished = same and json.loads((folder / "results.json").read_text()).get("key") == key
         except (OSError, json.JSONDecodeError):
             continue
-        if same and (folder / "results.json").exists() and (folder / BEST_DIR).is_dir():
+        if finished and (folder / BEST_DIR).is_dir():
             return folder
     return None
 
 
 def run_path(args, run, task, tokenizer, data, path: list[str], path_dir: Path, reuse_dir: Path) -> dict:
-    """Distil along one chain; return the final student's summary with every stage's cost."""
-    teacher_path, parent_key, stages = args.teacher_model_path, teacher_identity(args.teacher_model_path), []
+    """Distil along one chain; return the final student's summary with every stage's cost.
+
+    A stage's ``stage.json`` (its key) is written only when the stage has finished, by training or
+    by reuse, so a key always describes how the stage's model was made.
+    """
+    teacher_path, parent_key, stages = args.teacher_model_path, run.settings["teacher_model_path"], []
     for k, spec in enumerate(path, start=1):
         stage_dir = path_dir / f"iter_{k}"
-        key = stage_key(parent_key, spec, args)
-        if run.is_main:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(stage_dir / "stage.json", {"key": key, "student": spec, "path": path_name(path),
-                                                         "teacher": teacher_path})
-        summary = read_stage(stage_dir)
+        key = stage_key(parent_key, spec, run)
+        settings = stage_settings(run, key=key)
+        marker = {"key": key, "student": spec, "path": path_name(path), "teacher": teacher_path}
+        summary = read_stage(stage_dir, settings)
         source = None if summary else find_finished_stage(reuse_dir, key, stage_dir)
         if summary is None and source is not None:
             logger.info("stage %s of %s: reusing the finished stage %s", spec, path_name(path), source)
-            summary = {**json.loads((source / "results.json").read_text()), "reused_from": str(source)}
-            close_stage(run, stage_dir, summary)
+            summary = {**json.loads((source / "results.json").read_text()), "reused_from": str(source),
+                       "settings": settings}
+            close_stage(run, stage_dir, summary, {STAGE_FILE: {**marker, "reused_from": str(source)}})
         elif summary is None:
             logger.info("stage %d/%d of %s: %s → %s", k, len(path), path_name(path), teacher_path, spec)
             teacher = load_model(args.model_type, teacher_path)
@@ -170,13 +166,15 @@ def run_path(args, run, task, tokenizer, data, path: list[str], path_dir: Path, 
             result = train(args, run, student, data["train"], objective, selector, tokenizer, stage_dir, resume=True,
                            extra_state={"key": key})
             summary = {**train_summary(result, args.model_type), "student": spec, "key": key,
-                       "model_dir": str(stage_dir / BEST_DIR)}
-            close_stage(run, stage_dir, summary)
+                       "model_dir": str(stage_dir / BEST_DIR), "settings": settings}
+            close_stage(run, stage_dir, summary, {STAGE_FILE: marker})
         stages.append(summary)
         teacher_path = summary["model_dir"]
         parent_key = key
     trained = [s for s in stages if "reused_from" not in s]
-    return {**stages[-1], "path": path_name(path), "student_dir": teacher_path,
+    return {**{k: v for k, v in stages[-1].items() if k != "settings"}, "path": path_name(path),
+            "student_dir": teacher_path,
+            "reused_from": [s["reused_from"] for s in stages if "reused_from" in s],
             "cost": {"stages_trained": len(trained), "stages_reused": len(stages) - len(trained),
                      "steps": sum(s["train"]["steps"] for s in trained),
                      "seconds": round(sum(s["train"]["seconds"] for s in trained), 2),
@@ -188,7 +186,8 @@ def main(argv=None) -> dict:
     args = parse_args(GROUPS, argv, description=__doc__,
                       validate=lambda ns: [parse_path(p) for p in ns.layer_or_sparsity_path.split(";") if p.strip()])
     task = resolve_task(args)
-    run = start_run(args, "run_maxidisc")
+    check_model_path(args.teacher_model_path, "--teacher_model_path")
+    run = start_run(args, "run_maxidisc", training=args.do_train)
     summary, student_dir = {}, None
     if args.do_train:
         tokenizer = load_tokenizer(args.teacher_model_path)
@@ -201,10 +200,12 @@ def main(argv=None) -> dict:
             outcomes.append(run_path(args, run, task, tokenizer, data, path, path_dir, reuse_dir))
         best = max(outcomes, key=lambda o: o["best_score"])
         student_dir = Path(best["student_dir"])
-        table = [{"path": o["path"], "score": o["best_score"], "dev": o["best_dev"], **o["cost"]} for o in outcomes]
+        table = [{"path": o["path"], "score": o["best_score"], "dev": o["best_dev"], **o["cost"],
+                  "reused_from": o["reused_from"]} for o in outcomes]
         for row in table:
+            reused = f"  (reused {', '.join(row['reused_from'])})" if row["reused_from"] else ""
             logger.info("%-12s %s %.4f  steps %d  seconds %.1f%s", row["path"], args.selection_metric, row["score"],
-                        row["steps"], row["seconds"], f"  (reused {row['stages_reused']})" if row["stages_reused"] else "")
+                        row["steps"], row["seconds"], reused)
         summary = {**best, "best_path": best["path"], "paths_tried": table,
                    "total_cost": {"steps": sum(r["steps"] for r in table),
                                   "seconds": round(sum(r["seconds"] for r in table), 2)}}

@@ -30,13 +30,14 @@ from utils.args import (
     TrainingArguments,
     parse_args,
 )
+from utils.errors import StageError
 from utils.loop import BEST_DIR, MetricSelector, evaluate, train
 from utils.objectives import DistillObjective, SandwichObjective
 from utils.run import end_run, start_run, write_json_atomic
 from utils.schedule import SandwichSelector, plot_schedule
 from utils.stage import (
-    StageError,
     build_student,
+    check_model_path,
     check_model_task,
     check_sparsity_available,
     cli,
@@ -48,6 +49,7 @@ from utils.stage import (
     load_train_and_dev,
     read_stage,
     resolve_task,
+    stage_settings,
     train_summary,
 )
 
@@ -77,8 +79,8 @@ def run_iteration(args, run, task, tokenizer, teacher_path: str, stage_dir: Path
                                     export_dir=stage_dir / "export" if args.export_all else None, tokenizer=tokenizer)
         logger.info("iteration %d: sandwich over widths %s from a %dS teacher", iteration, widths, teacher_sparsity)
     result = train(args, run, model, data["train"], objective, selector, tokenizer, stage_dir, resume=True,
-                   extra_state={"iteration": iteration, "teacher": teacher_path})
-    summary = train_summary(result, args.model_type)
+                   extra_state={"iteration": iteration})
+    summary = {**train_summary(result, args.model_type), "settings": stage_settings(run, iteration=iteration)}
     schedule = selector.summary() if isinstance(selector, SandwichSelector) else {"selected": args.target_sparsity}
     schedule.update(iteration=iteration, teacher=teacher_path, teacher_sparsity=teacher_sparsity,
                     mode="alone" if isinstance(selector, MetricSelector) else "sandwich")
@@ -90,7 +92,8 @@ def run_iteration(args, run, task, tokenizer, teacher_path: str, stage_dir: Path
 def main(argv=None) -> dict:
     args = parse_args(GROUPS, argv, description=__doc__)
     task = resolve_task(args)
-    run = start_run(args, "run_minidisc")
+    check_model_path(args.teacher_model_path, "--teacher_model_path")
+    run = start_run(args, "run_minidisc", training=args.do_train)
     summary, student_dir = {}, None
     if args.do_train:
         tokenizer = load_tokenizer(args.teacher_model_path)
@@ -106,7 +109,7 @@ def main(argv=None) -> dict:
         teacher_path, iterations = args.teacher_model_path, []
         for k in range(1, args.target_iteration + 1):
             stage_dir = run.output_dir / f"iter_{k}"
-            stage = read_stage(stage_dir)
+            stage = read_stage(stage_dir, stage_settings(run, iteration=k))
             if stage is None:
                 stage = run_iteration(args, run, task, tokenizer, teacher_path, stage_dir, k, data)
                 close_stage(run, stage_dir, stage)
@@ -123,7 +126,8 @@ def main(argv=None) -> dict:
             plot_schedule(schedule, run.output_dir / "schedule.png", args.selection_metric)
         student_dir = Path(teacher_path)
         assistants = [s["selected"] for s in schedule if s["role"] == "assistant"]
-        summary = {**iterations[-1], "teacher_dev": teacher_dev, "assistants": assistants, "schedule": schedule,
+        last = {key: value for key, value in iterations[-1].items() if key != "settings"}
+        summary = {**last, "teacher_dev": teacher_dev, "assistants": assistants, "schedule": schedule,
                    "iterations": [{k: it[k] for k in ("best_step", "best_score", "best_dev", "model", "train")}
                                   for it in iterations]}
         summary["paths"] = {**summary["paths"], "student": str(student_dir),

@@ -39,6 +39,7 @@ from utils.loop import evaluate, save_model_atomic
 from utils.run import end_run, start_run
 from utils.stage import (
     StageError,
+    check_model_path,
     check_model_task,
     cli,
     describe_model,
@@ -118,6 +119,7 @@ def main(argv=None) -> dict:
     args = parse_args(GROUPS, argv, description=__doc__)
     levels = parse_sparsities(args.sparsities)
     task = resolve_task(args)
+    check_model_path(args.teacher_model_path, "--teacher_model_path")
     run = start_run(args, "run_sparsification", resumable=False)
     tokenizer = load_tokenizer(args.teacher_model_path)
     teacher = load_model(args.model_type, args.teacher_model_path).to(run.device)

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.readers import read_examples
-from data.tasks import POS_TAGS, get_task
+from data.tasks import POS_TAGS, DataError, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     counts = prepare_glue_task(task, args.output_dir, args.source, tmp)
                 print(f"{task}: {counts} in {args.output_dir / task}")
-        except (PrepareError, FileNotFoundError, ValueError) as error:
+        except (PrepareError, DataError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
     return 0

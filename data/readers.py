@@ -17,15 +17,19 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.tasks import TaskSpec, get_task
+from data.tasks import DataError, TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DataError):
     """A data file that does not have the expected layout (message: file, line, what was expected)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """No data folder or split file where the task's data should be (message: the paths tried)."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ _TSV_FORMATS: dict[str, tuple[str | None, _Layout, _Layout]] = {
 def find_task_dir(task: TaskSpec, data_dir: str | Path) -> Path:
     """The folder holding ``task``'s files: ``data_dir/{name}`` or an official folder name under it.
 
-    ``data_dir`` may also be that folder itself. Raises FileNotFoundError listing the paths tried.
+    ``data_dir`` may also be that folder itself. Raises MissingDataError listing the paths tried.
     """
     root = Path(data_dir)
     tried = [root / folder for folder in task.folders]
@@ -92,14 +96,14 @@ def find_task_dir(task: TaskSpec, data_dir: str | Path) -> Path:
             return candidate
     if root.is_dir() and any((root / f).is_file() for _, files in task.split_files for f in files):
         return root
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"no data folder for task {task.name}; tried: {', '.join(str(p) for p in tried)} "
         f"(prepare it with `python -m data.prepare {task.name}`)"
     )
 
 
 def find_split_file(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
-    """Path of ``split``'s file for ``task``; FileNotFoundError listing the paths tried."""
+    """Path of ``split``'s file for ``task``; MissingDataError listing the paths tried."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     folder = find_task_dir(task, data_dir)
@@ -107,7 +111,7 @@ def find_split_file(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"no {split} file for task {task.name}; tried: {', '.join(str(p) for p in tried)}")
+    raise MissingDataError(f"no {split} file for task {task.name}; tried: {', '.join(str(p) for p in tried)}")
 
 
 def read_examples(task: TaskSpec | str, data_dir: str | Path, split: str) -> list[Example]:
@@ -117,7 +121,7 @@ def read_examples(task: TaskSpec | str, data_dir: str | Path, split: str) -> lis
     ...; ``conll2003`` for CoNLL). Returns ``ClsExample``s or ``TokenExample``s in file order.
 
     Raises:
-        FileNotFoundError: no folder or file (message lists the paths tried).
+        MissingDataError: no folder or file (message lists the paths tried).
         DataFormatError: empty file or malformed row (file, 1-based line, what was expected).
     """
     task = get_task(task)

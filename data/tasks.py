@@ -37,6 +37,11 @@ METRIC_KEYS = {
 }
 
 
+class DataError(ValueError):
+    """Task data or a task setting that cannot be used (an input error, not a bug): the message names
+    the file, line, task or flag and what was expected."""
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything the project knows about one task.
@@ -154,13 +159,13 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     """Return the registered :class:`TaskSpec` for ``name`` (case-insensitive; a TaskSpec passes through).
 
     Raises:
-        ValueError: unknown name; the message lists the known ones.
+        DataError: unknown name; the message lists the known ones.
     """
     if isinstance(name, TaskSpec):
         return name
     key = str(name).lower().replace("-", "")
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise DataError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[key]
 
 
@@ -168,13 +173,13 @@ def validate_selection_metric(task: str | TaskSpec, metric: str | None) -> str:
     """Return ``metric`` (or the task's default when None) after checking the task produces it.
 
     Raises:
-        ValueError: naming the metric, the task and the valid metric names.
+        DataError: naming the metric, the task and the valid metric names.
     """
     spec = get_task(task)
     if metric is None:
         return spec.selection_metric
     if metric not in spec.metric_names:
-        raise ValueError(
+        raise DataError(
             f"selection metric {metric!r} is not produced by task {spec.name}; "
             f"valid: {', '.join(spec.metric_names)}"
         )

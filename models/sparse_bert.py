@@ -46,7 +46,7 @@ from torch import nn
 from transformers import BertConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .sparsity_map import UNITS, normalize_sparsity_map, truncate_sparsity_map
+from .sparsity_map import UNITS, ModelConfigError, normalize_sparsity_map, truncate_sparsity_map
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class SparseBertEmbeddings(nn.Module):
         super().__init__()
         position_type = getattr(config, "position_embedding_type", "absolute")
         if position_type != "absolute":
-            raise ValueError(f"only absolute position embeddings are supported, got {position_type!r}")
+            raise ModelConfigError(f"config position_embedding_type {position_type!r}: only 'absolute' is supported")
         self.word_embeddings = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
@@ -543,7 +543,7 @@ def _prepare_sparsity_config(config: BertConfig) -> None:
     sparsity_map = normalize_sparsity_map(getattr(config, "sparsity_map", None))
     sparsity_map = truncate_sparsity_map(sparsity_map, num_layers=config.num_hidden_layers)
     if sparsity != 0 and sparsity not in sparsity_map:
-        raise ValueError(
+        raise ModelConfigError(
             f"config.sparsity={sparsity} is not a level of config.sparsity_map {sorted(sparsity_map)}"
         )
     config.sparsity = sparsity
@@ -556,7 +556,7 @@ def _widths_at(config: BertConfig, sparsity: int, num_layers: int) -> tuple[list
     heads = [config.num_attention_heads - entry["head"].get(i, 0) for i in range(num_layers)]
     neurons = [config.intermediate_size - entry["neuron"].get(i, 0) for i in range(num_layers)]
     if min(heads + neurons, default=0) < 0:
-        raise ValueError(f"sparsity map level {sparsity} removes more heads or neurons than exist")
+        raise ModelConfigError(f"sparsity map level {sparsity} removes more heads or neurons than exist")
     return heads, neurons
 
 

@@ -17,6 +17,11 @@ UNITS = ("head", "neuron")
 SparsityMap = dict[int, dict[str, dict[int, int]]]
 
 
+class ModelConfigError(ValueError):
+    """A saved model configuration this project cannot build (an input error, not a bug): the
+    message names the field and what was expected."""
+
+
 def normalize_sparsity_map(sparsity_map: Mapping | None) -> SparsityMap:
     """Return a copy of ``sparsity_map`` with ``int`` sparsity and layer keys and ``int`` counts.
 
@@ -27,18 +32,18 @@ def normalize_sparsity_map(sparsity_map: Mapping | None) -> SparsityMap:
     {90: {'head': {0: 3}, 'neuron': {1: 20}}}
 
     Raises:
-        ValueError: for an unknown unit name or a negative count.
+        ModelConfigError: for an unknown unit name or a negative count.
     """
     result: SparsityMap = {}
     for level, entry in (sparsity_map or {}).items():
         unknown = set(entry) - set(UNITS)
         if unknown:
-            raise ValueError(f"sparsity map level {level}: unknown units {sorted(unknown)}, expected {UNITS}")
+            raise ModelConfigError(f"sparsity map level {level}: unknown units {sorted(unknown)}, expected {UNITS}")
         normalized: dict[str, dict[int, int]] = {}
         for unit in UNITS:
             counts = {int(layer): int(count) for layer, count in (entry.get(unit) or {}).items()}
             if any(count < 0 for count in counts.values()):
-                raise ValueError(f"sparsity map level {level}: negative {unit} count in {counts}")
+                raise ModelConfigError(f"sparsity map level {level}: negative {unit} count in {counts}")
             normalized[unit] = counts
         result[int(level)] = normalized
     return result

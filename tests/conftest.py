@@ -5,6 +5,7 @@ Everything here is offline. Real GLUE/CoNLL files live in ``../shared/data`` bes
 """
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -70,6 +71,17 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _drop_run_log_handlers():
+    """Remove the log handlers a script's ``start_run`` installed: they hold this test's captured
+    stderr, which is closed once the test ends, and later log lines would hit it."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_minidisc", False)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def save_tiny_model(

@@ -11,6 +11,7 @@ from data.readers import read_examples
 from data.tasks import get_task
 from models import SparseBertCls
 from tests.conftest import FIXTURES, make_tiny_config
+from utils.errors import StageError
 from utils.importance import (
     DEFAULT_SPARSITIES,
     accumulate_importance,
@@ -137,5 +138,5 @@ def test_importance_file_round_trips_exactly(tmp_path):
     assert (loaded["split"], loaded["num_examples"]) == ("train", 12)
     with pytest.raises(ValueError, match="model has"):
         load_importance(tmp_path, 4, 4, 37)
-    with pytest.raises(FileNotFoundError, match="importance.json"):
+    with pytest.raises(StageError, match="importance.json"):
         load_importance(tmp_path / "nowhere", 3, 4, 37)

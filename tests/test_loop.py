@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import run_distillation
 import run_finetuning
 from tests.helpers import save_tiny_teacher, write_sst2_task
-from utils.loop import EpochBatches
+from utils.loop import EpochBatches, load_state
 from utils.stage import cli
 
 
@@ -116,6 +116,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(teacher_dir, task_dir, tmp
     full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     cut = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [(r["step"], r["metrics"]) for r in full] == [(r["step"], r["metrics"]) for r in cut]
+    # the running training loss is part of the state: saved at step 3, logged at step 5
+    assert [r["train_loss"] for r in full] == pytest.approx([r["train_loss"] for r in cut], abs=1e-6)
     a = load_file(tmp_path / "full" / "best" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "best" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -198,3 +200,130 @@ def test_training_does_not_depend_on_random_numbers_drawn_before_it(teacher_dir,
     plain = read_jsonl(tmp_path / "plain" / "metrics.jsonl")
     busy = read_jsonl(tmp_path / "busy" / "metrics.jsonl")
     assert [(r["metrics"], r["train_loss"]) for r in plain] == [(r["metrics"], r["train_loss"]) for r in busy]
+
+
+def test_last_partial_accumulation_group_is_a_mean_over_its_batches(tmp_path, task_dir):
+    # 12 examples / batch 4 = 3 batches per epoch; with accumulation 2 the last group holds one batch.
+    # A learning rate of 1e-30 leaves the weights unchanged, so every step's loss can be compared.
+    teacher = save_tiny_teacher(tmp_path / "still", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    data = write_sst2_task(tmp_path / "twelve", n_train=12)
+    flags = ["--learning_rate", "1e-30", "--log_interval", "1", "--num_train_epochs", "1", "--warmup_proportion", "0"]
+    run_finetuning.main(finetune_args(teacher, data, tmp_path / "one", *flags))
+    run_finetuning.main(finetune_args(teacher, data, tmp_path / "two", *flags, "--num_grad_accum_steps", "2"))
+    single = [r["train_loss"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
+    grouped = [r["train_loss"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")]
+    assert len(single) == 3 and len(grouped) == 2
+    assert grouped == pytest.approx([(single[0] + single[1]) / 2, single[2]], rel=1e-5)
+
+
+def test_best_saved_after_the_last_checkpoint_is_what_the_results_describe(teacher_dir, task_dir, tmp_path,
+                                                                          monkeypatch):
+    # Checkpoints only at epoch ends (10 steps); the run dies right after saving best/ at step 14. The
+    # resumed run's evaluations come out lower (as a nondeterministic GPU kernel could make them):
+    # best/ from step 14 must stay the best, and results.json must say so.
+    import utils.loop
+
+    args = finetune_args(teacher_dir, task_dir, tmp_path / "ft", "--log_interval", "2", "--save_steps", "1000")
+    original_save = utils.loop.save_model_atomic
+
+    def scripted(self, model, step):
+        return {"metrics": {"acc": step / 100}, "score": step / 100}
+
+    def save_then_die(model, tokenizer, directory, files=None):
+        original_save(model, tokenizer, directory, files)
+        if files["selection.json"]["step"] == 14:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.loop.MetricSelector, "evaluate", scripted)
+    monkeypatch.setattr(utils.loop, "save_model_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetuning.main(args)
+    assert load_state(tmp_path / "ft")["loop"]["best_step"] == 10
+    monkeypatch.setattr(utils.loop, "save_model_atomic", original_save)
+    monkeypatch.setattr(utils.loop.MetricSelector, "evaluate",
+                        lambda self, model, step: {"metrics": {"acc": 0.0}, "score": 0.0})
+    results = run_finetuning.main(args)
+    selection = json.loads((tmp_path / "ft" / "best" / "selection.json").read_text())
+    assert selection["step"] == 14
+    assert (results["best_step"], results["best_score"]) == (14, 0.14)
+    assert results["best_dev"] == selection["metrics"]
+
+
+def test_resuming_with_changed_settings_stops_with_one_line(teacher_dir, task_dir, tmp_path, monkeypatch, capsys):
+    import utils.loop
+
+    args = finetune_args(teacher_dir, task_dir, tmp_path / "ft", "--save_steps", "3")
+    original = utils.loop.EpochBatches.epoch
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", lambda self, epoch: original(self, epoch)[:5] + [None])
+    with pytest.raises(TypeError):
+        run_finetuning.main(args)
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
+    changed = [*args, "--learning_rate", "2e-3", "--per_device_train_batch_size", "2"]
+    assert cli(run_finetuning.main, changed) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {tmp_path / 'ft'} holds a run started with other settings")
+    assert "learning_rate 0.001 -> 0.002" in err and "per_device_train_batch_size 4 -> 2" in err
+    assert "--overwrite_output_dir" in err and "another --output_dir" in err
+    # the state was left as it was: the same command resumes it
+    assert load_state(tmp_path / "ft")["loop"]["step"] == 3
+    assert run_finetuning.main(args)["train"]["steps"] == 20
+    assert run_finetuning.main(changed + ["--overwrite_output_dir"])["train"]["steps"] == 40
+
+
+def test_a_changed_teacher_is_a_changed_setting(task_dir, tmp_path, capsys):
+    teacher = save_tiny_teacher(tmp_path / "teacher", levels=(0, 90))
+    args = distill_args(teacher, task_dir, tmp_path / "d", "90S", "--save_steps", "2")
+    run_distillation.main(args)
+    (tmp_path / "d" / "results.json").unlink()  # as if it had died before writing its results
+    save_tiny_teacher(teacher, levels=(0, 90), seed=1)  # same files, same sizes, other weights
+    assert cli(run_distillation.main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'teacher_model_path "sha256:' in err, err
+
+
+def test_scoring_a_finished_run_keeps_its_model_and_results(teacher_dir, task_dir, tmp_path):
+    out = tmp_path / "ft"
+    trained = run_finetuning.main(finetune_args(teacher_dir, task_dir, out, "--max_steps", "4"))
+    score = [a for a in finetune_args(teacher_dir, task_dir, out) if a != "--do_train"]
+    for extra in ([], ["--overwrite_output_dir"]):
+        results = run_finetuning.main(score + ["--do_infer", *extra])
+        assert (out / "best" / "model.safetensors").exists() and (out / "SST-2.tsv").exists()
+        assert results["best_step"] == trained["best_step"] and results["prediction_file"].endswith("SST-2.tsv")
+        assert json.loads((out / "results.json").read_text())["best_dev"] == trained["best_dev"]
+        assert json.loads((out / "args.json").read_text())["args"]["do_train"] is True
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(teacher_dir, task_dir, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    assert cli(run_finetuning.main, finetune_args(teacher_dir, task_dir, tmp_path / "taken")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: --output_dir {tmp_path / 'taken'} is a file, not a directory: choose another --output_dir"
+
+
+@pytest.mark.parametrize("flag_value,needle", [
+    ("outputs/nowhere/best", "--teacher_model_path outputs/nowhere/best: no such directory"),
+    ("./nowhere", "--teacher_model_path ./nowhere: no such directory"),
+])
+def test_a_missing_teacher_directory_is_named(task_dir, tmp_path, capsys, flag_value, needle):
+    assert cli(run_distillation.main, distill_args(flag_value, task_dir, tmp_path / "x", "90S")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {needle}"
+    assert not (tmp_path / "x").exists()
+
+
+def test_kd_temperature_is_refused_with_hidden_kd(teacher_dir, task_dir, tmp_path, capsys):
+    args = distill_args(teacher_dir, task_dir, tmp_path / "t", "90S", "--kd_temperature", "2")
+    assert cli(run_distillation.main, args) == 2
+    assert "--kd_temperature 2.0 is not used by --objective hidden_kd" in capsys.readouterr().err
+    assert cli(run_distillation.main, args + ["--objective", "kd", "--max_steps", "1"]) == 0
+
+
+def test_a_bug_keeps_its_traceback(teacher_dir, task_dir, tmp_path, monkeypatch):
+    # cli turns input errors into one line, but a ValueError from a bug must not read like user error
+    import utils.objectives
+
+    def broken(*args, **kwargs):
+        raise ValueError("mat1 and mat2 shapes cannot be multiplied (4x32 and 37x32)")
+
+    monkeypatch.setattr(utils.objectives, "hidden_mse", broken)
+    with pytest.raises(ValueError, match="cannot be multiplied"):
+        cli(run_distillation.main, distill_args(teacher_dir, task_dir, tmp_path / "bug", "90S"))

@@ -186,3 +186,101 @@ def test_minidisc_needs_a_sparsified_teacher(task_dir, tmp_path, capsys):
     plain = save_tiny_teacher(tmp_path / "plain")
     assert cli(run_minidisc.main, common(plain, task_dir, tmp_path / "x")) == 2
     assert "run_sparsification.py" in capsys.readouterr().err
+
+
+def scripted_widths(monkeypatch, scores_by_eval):
+    """Make every sandwich evaluation return ``scores_by_eval[i][sparsity]`` as the acc of that width."""
+    import utils.schedule
+
+    calls = {"n": 0, "last": None}
+
+    def evaluate(model, dataset, batch_size, run, desc=""):
+        s = utils.loop.unwrap(model).current_sparsity
+        if calls["last"] is None or s <= calls["last"]:  # widths are evaluated in ascending order
+            calls["n"] += 1
+        calls["last"] = s
+        return {"acc": scores_by_eval[min(calls["n"], len(scores_by_eval)) - 1][s]}
+
+    monkeypatch.setattr(utils.schedule, "evaluate", evaluate)
+
+
+def test_a_later_tie_keeps_the_saved_assistant(teacher_dir, task_dir, tmp_path, monkeypatch):
+    # λ = 0.2. Evaluation 1: τ(90) = 0.5 + 0.18 = 0.68 is the best → the target, saved as best/.
+    # Evaluation 2: τ(85) = 0.51 + 0.17 = 0.68 ties it, and a tie goes to the smaller sparsity; but τ did
+    # not rise, so nothing is saved, and the schedule must go on describing the saved 90S model.
+    base = {50: 0.3, 60: 0.3, 70: 0.3, 80: 0.3, 85: 0.3, 90: 0.5, 95: 0.3}
+    scripted_widths(monkeypatch, [base, {**base, 85: 0.51}])
+    out = tmp_path / "tie"
+    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.2"))
+    lines = read_jsonl(out / "iter_1" / "metrics.jsonl")
+    assert [line["choice"] for line in lines] == [90, 85]
+    assert lines[0]["score"] == pytest.approx(lines[1]["score"])
+    first = json.loads((out / "schedule.json").read_text())["iterations"][0]
+    saved = json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"]
+    assert first["selected"] == saved == 90
+    assert (first["selected_step"], first["selected_score"]) == (3, pytest.approx(0.68))
+    assert first["role"] == "student" and results["assistants"] == [] and not (out / "iter_2").exists()
+
+
+def test_an_assistant_is_saved_and_reported_at_its_step(teacher_dir, task_dir, tmp_path, monkeypatch):
+    base = {50: 0.3, 60: 0.3, 70: 0.3, 80: 0.3, 85: 0.3, 90: 0.3, 95: 0.3}
+    scripted_widths(monkeypatch, [base, {**base, 70: 0.9}])
+    out = tmp_path / "assistant"
+    run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.2"))
+    first = json.loads((out / "schedule.json").read_text())["iterations"][0]
+    assert (first["selected"], first["selected_step"]) == (70, 6) and first["role"] == "assistant"
+    assert first["performance"]["70"] == {"score": 0.9, "step": 6}
+    assert json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 70
+    assert json.loads((out / "iter_1" / "best" / "selection.json").read_text())["step"] == 6
+
+
+def test_minidisc_with_a_changed_lambda_does_not_reuse_iteration_one(teacher_dir, task_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    args = common(teacher_dir, task_dir, tmp_path / "m", "--lam", "0", "--max_steps", "3")
+    original = utils.loop.EpochBatches.epoch
+    calls = {"n": 0}
+
+    def crash_in_iteration_two(self, epoch):
+        calls["n"] += 1
+        return original(self, epoch)[:1] + [None] if calls["n"] == 2 else original(self, epoch)
+
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", crash_in_iteration_two)
+    with pytest.raises(TypeError):
+        run_minidisc.main(args)
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
+    assert (tmp_path / "m" / "iter_1" / "results.json").exists()
+    assert cli(run_minidisc.main, args + ["--lam", "0.3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(lam 0.0 -> 0.3)" in err, err
+    # a finished iteration checks its own record too (here: as if args.json had been rewritten)
+    record = json.loads((tmp_path / "m" / "args.json").read_text())
+    (tmp_path / "m" / "args.json").write_text(json.dumps({**record, "settings": None}))
+    assert cli(run_minidisc.main, args + ["--lam", "0.3"]) == 2
+    assert "iter_1 holds a finished stage started with other settings (run.lam" in capsys.readouterr().err
+    assert run_minidisc.main(args)["schedule"][0]["iteration"] == 1
+
+
+def test_maxidisc_writes_a_stage_key_only_for_a_stage_trained_under_it(teacher_dir, task_dir, tmp_path, monkeypatch,
+                                                                       capsys):
+    root = tmp_path / "runs"
+    args = common(teacher_dir, task_dir, root / "a", "--layer_or_sparsity_path", "80,90S")
+    original = utils.loop.EpochBatches.epoch
+    # die in the second epoch of the first stage, after its first checkpoint
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch",
+                        lambda self, epoch: original(self, epoch)[:1] + [None] if epoch == 1 else original(self, epoch))
+    with pytest.raises(TypeError):
+        run_maxidisc.main(args)
+    assert (root / "a" / "iter_1" / "checkpoint").is_dir()
+    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
+    assert not (root / "a" / "iter_1" / "stage.json").exists()
+    assert cli(run_maxidisc.main, args + ["--learning_rate", "2e-3"]) == 2
+    assert "learning_rate 0.001 -> 0.002" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (root / "a" / "iter_1" / "stage.json").exists()
+    first = run_maxidisc.main(args)
+    key = json.loads((root / "a" / "iter_1" / "stage.json").read_text())["key"]
+    assert json.loads((root / "a" / "iter_1" / "results.json").read_text())["key"] == key
+    # a stage reused from another run is reported as reused, with where it came from
+    second = run_maxidisc.main(common(teacher_dir, task_dir, root / "b", "--layer_or_sparsity_path", "80,95S"))
+    assert second["paths_tried"][0]["reused_from"] == [str(root / "a" / "iter_1")]
+    assert json.loads((root / "b" / "iter_1" / "stage.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
+    assert first["paths_tried"][0]["reused_from"] == []

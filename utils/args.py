@@ -19,11 +19,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from utils.errors import ArgumentError
+
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-
-
-class ArgumentError(ValueError):
-    """A flag value that cannot work; the message names the flag and what was expected."""
 
 
 def arg(default=dataclasses.MISSING, help: str = "", choices=None, **kwargs):  # noqa: A002 - argparse vocabulary
@@ -132,11 +130,14 @@ class DistillationArguments:
     teacher_model_path: str = arg(help="Fine-tuned (and, for sS students, sparsified) teacher directory.")
     objective: str = arg("hidden_kd", help="hidden_kd: hidden-state MSE + logit KD, no gold labels (MiniDisc); "
                          "kd: logit KD + task loss.", choices=("hidden_kd", "kd"))
-    kd_temperature: float = arg(1.0, help="Softmax temperature of logit distillation.")
+    kd_temperature: float = arg(1.0, help="Softmax temperature of logit distillation (--objective kd only).")
 
     def __post_init__(self):
         if self.kd_temperature <= 0:
             raise ArgumentError(f"--kd_temperature {self.kd_temperature}: expected a positive number")
+        if self.objective == "hidden_kd" and self.kd_temperature != 1.0:
+            raise ArgumentError(f"--kd_temperature {self.kd_temperature} is not used by --objective hidden_kd, which "
+                                "matches logits at temperature 1 (as the reference); use --objective kd, or drop it")
 
 
 @dataclass

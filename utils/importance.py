@@ -42,6 +42,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from models.sparsity_map import SparsityMap
+from utils.errors import StageError
 from utils.run import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -240,18 +241,18 @@ def load_importance(directory: Path, num_layers: int, num_heads: int, intermedia
         ``{"head": [L, H] float64, "neuron": [L, I] float64, "split": str, "num_examples": int}``.
 
     Raises:
-        FileNotFoundError: when the file is absent (names the script that writes it).
-        ValueError: when the saved shapes do not match the model.
+        StageError: when the file is absent (naming the script that writes it), or its shapes do not
+            match the model.
     """
     path = Path(directory) / IMPORTANCE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"--reuse_importance: {path} does not exist; pass the model/ folder written by "
+        raise StageError(f"--reuse_importance: {path} does not exist; pass the model/ folder written by "
                                 "run_sparsification.py, or drop --reuse_importance to score importance afresh")
     payload = json.loads(path.read_text())
     head = torch.tensor(payload["head"], dtype=torch.float64)
     neuron = torch.tensor(payload["neuron"], dtype=torch.float64)
     if tuple(head.shape) != (num_layers, num_heads) or tuple(neuron.shape) != (num_layers, intermediate_size):
-        raise ValueError(f"{path} holds scores of shapes {tuple(head.shape)} and {tuple(neuron.shape)}, but the "
+        raise StageError(f"{path} holds scores of shapes {tuple(head.shape)} and {tuple(neuron.shape)}, but the "
                          f"model has [{num_layers}, {num_heads}] heads and [{num_layers}, {intermediate_size}] neurons")
     return {"head": head, "neuron": neuron, "split": payload.get("split"),
             "num_examples": payload.get("num_examples")}

@@ -33,6 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from utils.errors import RunError
+from utils.fingerprint import check_settings
 from utils.metrics import compute_metrics
 from utils.run import set_seed, write_json_atomic
 
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 BEST_DIR = "best"
 STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
+SELECTION_FILE = "selection.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,11 +160,16 @@ class Selector:
     """Evaluates the model being trained and decides what "best" means.
 
     ``evaluate`` returns a JSON-able record for ``metrics.jsonl`` holding a ``score`` (higher is
-    better); ``model_to_save`` gives the model to write as ``best/`` when the score improves.
+    better). When the score beats the best so far, the loop calls ``accept`` with the record, then
+    saves ``model_to_save(module)`` as ``best/``: whatever the selector reports as its choice must
+    come from the accepted record, so that it always describes the model in ``best/``.
     """
 
     def evaluate(self, model, step: int) -> dict:
         raise NotImplementedError
+
+    def accept(self, record: dict) -> None:
+        """``record`` (an entry of ``metrics.jsonl``) is the new best; ``best/`` is about to be written from it."""
 
     def model_to_save(self, module):
         return module
@@ -255,6 +263,12 @@ class RunningMean:
     def reset(self) -> None:
         self.total, self.count = 0.0, 0
 
+    def state_dict(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.count = state["total"], state["count"]
+
 
 @dataclass
 class LoopState:
@@ -287,19 +301,23 @@ class TrainResult:
     best_dir: Path
 
 
-def _save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopState, selector, run, extra) -> None:
-    """Write the resumable state; a finished run keeps only its counters and selection (no weights)."""
-    rng = _rng_state()
+def _save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopState, selector, losses, run,
+                settings: dict, extra: dict) -> None:
+    """Write the resumable state; a finished run keeps only its counters and selection (no weights).
+
+    Each process's random state and running training loss are gathered, so every rank resumes its own.
+    """
+    per_rank = {"rng": _rng_state(), "loss": losses.state_dict()}
     if run.distributed:
         gathered = [None] * run.world_size
-        dist.all_gather_object(gathered, rng)
-        rng = gathered
+        dist.all_gather_object(gathered, per_rank)
     else:
-        rng = [rng]
+        gathered = [per_rank]
     if not run.is_main:
         return
     path.mkdir(parents=True, exist_ok=True)
-    payload = {"loop": asdict(state), "selector": selector.state_dict(), "rng": rng, "extra": extra}
+    payload = {"loop": asdict(state), "selector": selector.state_dict(), "ranks": gathered,
+               "settings": settings, "extra": extra}
     if not state.finished:
         payload.update(model=module.state_dict(), optimizer=optimizer.state_dict(),
                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
@@ -356,7 +374,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
 
     Args:
         args: the parsed training arguments (see :class:`utils.args.TrainingArguments`).
-        run: the :class:`utils.run.Run` (device, ranks, precision).
+        run: the :class:`utils.run.Run` (device, ranks, precision, settings).
         model: the model to train (bare module; wrapped in DDP here when distributed).
         train_dataset: an encoded dataset with ``lengths`` and ``collate_fn``.
         objective: how a batch becomes losses (one backward per pass).
@@ -364,7 +382,11 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         tokenizer: saved beside every best model.
         output_dir: this stage's folder (a script's run folder, or ``iter_k/`` of a schedule).
         resume: continue from ``output_dir/checkpoint`` when it exists.
-        extra_state: JSON-able facts saved with the resumable state (e.g. a schedule key).
+        extra_state: JSON-able facts that identify this stage (e.g. a schedule's iteration or key);
+            with ``run.settings`` they must match the saved state's for a resume.
+
+    Raises:
+        SettingsMismatch: when the state to resume was saved under other settings.
     """
     output_dir = Path(output_dir)
     if run.is_main:
@@ -389,14 +411,19 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
                               num_warmup_steps=int(args.warmup_proportion * total_steps),
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype is torch.float16)
-    state = LoopState()
-    best_record = None
+    state, losses, best_record = LoopState(), RunningMean(), None
+    settings = {"run": run.settings, "stage": extra_state or {}}
 
     saved = load_state(output_dir) if resume else None
     if saved is None:
         # Reseed per stage: a stage trains the same whatever ran before it in the process (how many
         # models were built, earlier stages), which MaxiDisc's stage reuse relies on.
         set_seed(args.seed)
+    elif "settings" not in saved:
+        raise RunError(f"{output_dir / STATE_DIR} was written by an older version of this code and cannot be "
+                       "resumed: pass --overwrite_output_dir to start afresh, or choose another --output_dir")
+    else:
+        check_settings(saved["settings"], settings, output_dir / STATE_DIR, "resumable state")
     # Evaluations logged after the state we continue from (or by a run that died before its first
     # save) are repeated by this run: drop them so metrics.jsonl reads as one uninterrupted run.
     _truncate_metrics(output_dir / "metrics.jsonl", saved["loop"]["step"] if saved else -1, run)
@@ -408,15 +435,24 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             scheduler.load_state_dict(saved["scheduler"])
             scaler.load_state_dict(saved["scaler"])
         selector.load_state_dict(saved["selector"])
-        rngs = saved["rng"]
-        _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0])
-        best_record = (saved.get("extra") or {}).get("best_record")
+        ranks = saved["ranks"]
+        mine = ranks[run.rank] if run.rank < len(ranks) else ranks[0]
+        _set_rng_state(mine["rng"])
+        losses.load_state_dict(mine["loss"])
+        best_record = saved["extra"].get("best_record")
         logger.info("resumed from step %d (epoch %d, batch %d); best %.4f at step %d", state.step, state.epoch,
                     state.batch_in_epoch, state.best_score, state.best_step)
+    # A crash between a best/ save and the next checkpoint leaves best/ ahead of the state: take its
+    # record as the best, so that the results always describe the model in best/.
+    newer = _newer_best(output_dir, state.best_step)
+    if newer is not None:
+        state.best_score, state.best_step, best_record = newer["score"], newer["step"], newer
+        selector.accept(newer)
+        logger.info("best/ was saved at step %d after the last checkpoint: keeping it as the best", newer["step"])
 
     def checkpoint():
-        _save_state(output_dir / STATE_DIR, module, optimizer, scheduler, scaler, state, selector, run,
-                    {**(extra_state or {}), "best_record": best_record})
+        _save_state(output_dir / STATE_DIR, module, optimizer, scheduler, scaler, state, selector, losses, run,
+                    settings, {"best_record": best_record})
 
     def run_evaluation():
         nonlocal best_record
@@ -430,9 +466,10 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         if improved:
             state.best_score, state.best_step = record["score"], state.step
             best_record = entry
+            selector.accept(entry)
             if run.is_main:
                 save_model_atomic(selector.model_to_save(module), tokenizer, output_dir / BEST_DIR,
-                                  {"selection.json": entry})
+                                  {SELECTION_FILE: entry})
             run.barrier()
         logger.info("step %d/%d: score %.4f%s (best %.4f at step %d)", state.step, total_steps, record["score"],
                     " *" if improved else "", state.best_score, state.best_step)
@@ -445,23 +482,24 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=_quiet(run))
     accum = args.num_grad_accum_steps
-    losses = RunningMean()
     while not state.finished and not state.stop_reason and state.step < total_steps:
         batches = sampler.epoch(state.epoch)
-        micro = 0
         tick = time.time()
         step_loss = 0.0
         for position in range(state.batch_in_epoch, len(batches)):
             batch = _to_device(train_dataset.collate_fn([train_dataset[i] for i in batches[position]]), run.device)
-            micro += 1
-            last_micro = micro == accum or position == len(batches) - 1
+            # Micro-batches are grouped by ``accum`` from the start of the epoch; the epoch's last group
+            # may be shorter, and its losses are averaged over the batches it really has.
+            group_start = position - position % accum
+            group_size = min(accum, len(batches) - group_start)
+            last_micro = position == group_start + group_size - 1
             with autocast:
                 objective.prepare(batch)
             for p in range(objective.num_passes):
                 sync = last_micro and p == objective.num_passes - 1
                 with (ddp_model.no_sync() if run.distributed and not sync else nullcontext()):
                     with autocast:
-                        loss = objective.loss(ddp_model, module, batch, p) / accum
+                        loss = objective.loss(ddp_model, module, batch, p) / group_size
                     scaler.scale(loss).backward()
                 step_loss += loss.item()
             objective.finish(module)
@@ -469,7 +507,6 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             state.batch_in_epoch = position + 1
             if not last_micro:
                 continue
-            micro = 0
             if args.max_grad_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(module.parameters(), args.max_grad_norm)
@@ -511,6 +548,15 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         examples_per_second=round(state.examples_seen / state.train_seconds, 2) if state.train_seconds else 0.0,
         stop_reason=state.stop_reason, best_dir=output_dir / BEST_DIR,
     )
+
+
+def _newer_best(output_dir: Path, best_step: int) -> dict | None:
+    """The record of ``best/`` when it was saved after step ``best_step`` (by a run that then died), else None."""
+    path = Path(output_dir) / BEST_DIR / SELECTION_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record["step"] > best_step else None
 
 
 def run_append_jsonl(run, path: Path, payload: dict) -> None:

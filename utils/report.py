@@ -40,12 +40,14 @@ from pathlib import Path
 
 import torch
 
+from utils.errors import USER_ERRORS, UserError
+
 logger = logging.getLogger(__name__)
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A run folder the report cannot read (not a finished MiniDisc run, missing models); one line."""
 
 
@@ -280,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = build_report(args)
-    except (ReportError, ValueError, OSError) as err:
+    except (*USER_ERRORS, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     text = render(summary)

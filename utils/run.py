@@ -28,14 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils.errors import RunError
+from utils.fingerprint import check_settings, run_settings
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ARGS_FILE = "args.json"
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "scipy", "seqeval", "safetensors")
-
-
-class RunError(ValueError):
-    """A run that cannot start as asked (finished output dir, missing model, ...)."""
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Run:
         rank, world_size, local_rank: torch.distributed coordinates (0, 1, 0 when single-process).
         amp_dtype: ``torch.float16``/``torch.bfloat16`` under mixed precision, else None.
         resume: True when ``checkpoint/`` was found and training continues from it.
+        settings: what the run's results depend on (:func:`utils.fingerprint.run_settings`).
     """
 
     output_dir: Path
@@ -57,6 +58,7 @@ class Run:
     local_rank: int = 0
     amp_dtype: torch.dtype | None = None
     resume: bool = False
+    settings: dict | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -151,17 +153,33 @@ def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _prepare_output_dir(output_dir: Path, overwrite: bool, resumable: bool) -> bool:
-    """Check the output folder; return True when an interrupted run is to be resumed."""
-    finished = (output_dir / "results.json").exists()
-    has_state = (output_dir / "checkpoint").is_dir()
+def _has_progress(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds training to continue: a resumable state, a saved best model or a
+    finished stage of a schedule (a run that failed before training has none)."""
+    return (any(output_dir.rglob("state.pt")) or any(output_dir.rglob("selection.json"))
+            or any(p.parent != output_dir for p in output_dir.rglob("results.json")))
+
+
+def _prepare_output_dir(output_dir: Path, overwrite: bool, resumable: bool, training: bool, settings: dict) -> bool:
+    """Check the output folder; return True when an interrupted run is to be resumed.
+
+    Training refuses a finished run (unless ``overwrite``, which deletes it) and a run in progress
+    that was started with other settings. A run that only scores (``--do_test``/``--do_infer``
+    without ``--do_train``) never deletes or refuses anything: it reads the model it scores.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunError(f"--output_dir {output_dir} is a file, not a directory: choose another --output_dir")
+    if not training:
+        return False
     if overwrite and output_dir.exists():
         shutil.rmtree(output_dir)
         return False
-    if finished:
+    if (output_dir / "results.json").exists():
         raise RunError(f"{output_dir} holds a finished run (results.json); pass --overwrite_output_dir "
                        "to replace it or choose another --output_dir")
-    return resumable and has_state
+    if resumable and output_dir.is_dir() and _has_progress(output_dir) and (output_dir / ARGS_FILE).exists():
+        check_settings(json.loads((output_dir / ARGS_FILE).read_text()).get("settings"), settings, output_dir)
+    return resumable and (output_dir / "checkpoint").is_dir()
 
 
 def setup_logging(output_dir: Path | None, is_main: bool) -> None:
@@ -189,26 +207,33 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-def start_run(args, script: str, resumable: bool = True) -> Run:
-    """Set up processes, device, output folder, logging, seeds and ``args.json`` for one script run."""
+def start_run(args, script: str, resumable: bool = True, training: bool = True) -> Run:
+    """Set up processes, device, output folder, logging, seeds and ``args.json`` for one script run.
+
+    ``training`` False (``--do_test``/``--do_infer`` alone) scores an existing model: the folder's
+    training record is kept, nothing is deleted, and the command is recorded in the log only.
+    """
     rank, world_size, local_rank = _init_distributed(args)
     device = _pick_device(args, local_rank)
+    amp_dtype = _amp_dtype(args, device)
     output_dir = Path(args.output_dir)
-    resume = False
+    resume, settings = False, None
     if rank == 0:
-        resume = _prepare_output_dir(output_dir, args.overwrite_output_dir, resumable)
+        settings = run_settings(args, world_size)
+        resume = _prepare_output_dir(output_dir, args.overwrite_output_dir, resumable, training, settings)
         output_dir.mkdir(parents=True, exist_ok=True)
     if world_size > 1:
-        flag = [resume]
-        dist.broadcast_object_list(flag, src=0)
-        resume = flag[0]
+        shared = [resume, settings]
+        dist.broadcast_object_list(shared, src=0)
+        resume, settings = shared
     setup_logging(output_dir, rank == 0)
     run = Run(output_dir=output_dir, device=device, rank=rank, world_size=world_size, local_rank=local_rank,
-              amp_dtype=_amp_dtype(args, device), resume=resume)
+              amp_dtype=amp_dtype, resume=resume, settings=settings)
     set_seed(args.seed)
     record = {
         "script": script,
         "args": vars(args),
+        "settings": settings,
         "world_size": world_size,
         "device": str(device),
         "amp_dtype": str(run.amp_dtype) if run.amp_dtype else None,
@@ -217,12 +242,13 @@ def start_run(args, script: str, resumable: bool = True) -> Run:
         "command": [sys.executable, *sys.argv],
     }
     if rank == 0:
-        name = "args.json"
-        if resume and (output_dir / name).exists():
-            # Keep the original record; note the resumption in the log instead.
-            logger.info("resuming the interrupted run in %s", output_dir)
+        if (output_dir / ARGS_FILE).exists() and (not training or _has_progress(output_dir)):
+            # The same run continues (its settings were checked), or a finished one is only scored:
+            # keep the record of how it was trained.
+            logger.info("%s in %s: %s", "continuing the run" if training else "scoring the run", output_dir,
+                        " ".join(record["command"]))
         else:
-            run.write_json(name, record)
+            run.write_json(ARGS_FILE, record)
     logger.info("%s: output_dir=%s device=%s world_size=%d", script, output_dir, device, world_size)
     return run
 

@@ -18,10 +18,15 @@ logger = logging.getLogger(__name__)
 class SandwichSelector(Selector):
     """Scores every candidate width of a supernet; P(s) is the best dev score so far at width s.
 
-    With ``choose_assistant`` the score is τ(s*) for the λ-tradeoff's choice s* among
-    ``low ≤ s ≤ target``; otherwise (the final student) it is P(target). ``best/`` receives a
-    densified copy of the supernet at the selected width. With ``export_dir`` each width's best
-    is also written there as a standalone densified checkpoint (``{s}S/``).
+    With ``choose_assistant`` each evaluation's ``choice`` is the λ-tradeoff's s* among
+    ``low ≤ s ≤ target`` and its score τ(s*); otherwise (the final student) the choice is the target
+    and the score P(target). The loop keeps an evaluation only when its score strictly beats the best
+    so far; then (:meth:`accept`) its choice becomes ``selected`` and ``best/`` receives a densified
+    copy of the supernet at that width. ``selected`` therefore changes only together with ``best/``:
+    a later evaluation that merely ties τ(s*) with another width keeps the saved assistant. Since P is
+    a running maximum, a strict rise of τ(s*) means s* itself improved at that evaluation, so the
+    saved weights score P(selected) at the saved step. With ``export_dir`` each width's best is also
+    written there as a standalone densified checkpoint (``{s}S/``).
     """
 
     def __init__(self, dataset, metric: str, batch_size: int, run, widths, rest_width: int, lam: float, low: int,
@@ -34,6 +39,8 @@ class SandwichSelector(Selector):
         self.performance: dict[int, float] = {}
         self.performance_step: dict[int, int] = {}
         self.selected: int | None = None
+        self.selected_score: float | None = None
+        self.selected_step: int | None = None
 
     def evaluate(self, model, step):
         module = unwrap(model)
@@ -46,9 +53,9 @@ class SandwichSelector(Selector):
                 self.performance[s], self.performance_step[s] = metrics[self.metric], step
                 improved.append(s)
         if self.choose_assistant:
-            self.selected, score = select_assistant(self.performance, self.lam, self.low, self.target)
+            choice, score = select_assistant(self.performance, self.lam, self.low, self.target)
         else:
-            self.selected, score = self.target, self.performance[self.target]
+            choice, score = self.target, self.performance[self.target]
         if self.export_dir is not None and self.run.is_main:
             for s in improved:
                 save_model_atomic(self._densified(module, s), self.tokenizer, self.export_dir / f"{s}S",
@@ -59,9 +66,12 @@ class SandwichSelector(Selector):
             "performance": {str(s): p for s, p in sorted(self.performance.items())},
             "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
                          if self.low <= s <= self.target},
-            "selected": self.selected,
+            "choice": choice,
             "score": score,
         }
+
+    def accept(self, record):
+        self.selected, self.selected_score, self.selected_step = record["choice"], record["score"], record["step"]
 
     @staticmethod
     def _densified(module, sparsity: int):
@@ -75,15 +85,17 @@ class SandwichSelector(Selector):
 
     def state_dict(self):
         return {"performance": dict(self.performance), "performance_step": dict(self.performance_step),
-                "selected": self.selected}
+                "selected": self.selected, "selected_score": self.selected_score, "selected_step": self.selected_step}
 
     def load_state_dict(self, state):
         self.performance = {int(k): v for k, v in state["performance"].items()}
         self.performance_step = {int(k): v for k, v in state["performance_step"].items()}
-        self.selected = state["selected"]
+        self.selected, self.selected_score, self.selected_step = (state["selected"], state["selected_score"],
+                                                                  state["selected_step"])
 
     def summary(self, lams=DEFAULT_LAMBDA_GRID) -> dict:
-        """P(s) with the step that reached it, τ(s), the choice, and the λ sweep (JSON-able)."""
+        """P(s) with the step that reached it, τ(s), the saved choice with its score and step, and the λ
+        sweep (JSON-able)."""
         return {
             "candidates": self.widths,
             "performance": {str(s): {"score": self.performance[s], "step": self.performance_step[s]}
@@ -93,6 +105,8 @@ class SandwichSelector(Selector):
             "lam": self.lam,
             "range": [self.low, self.target],
             "selected": self.selected,
+            "selected_score": self.selected_score,
+            "selected_step": self.selected_step,
             "lambda_sweep": lambda_sweep(self.performance, lams, self.low, self.target) if self.performance else [],
         }
 
