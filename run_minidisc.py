@@ -1,16 +1,16 @@
 """MiniDisc: choose the teacher assistant in one trial, then distil the student through it.
 
-Iteration 1 trains every candidate width (sparsity ≥ --trunc_sparsity) of a supernet copied from
-the sparsified teacher at once (sandwich), scores each width on dev, and picks the assistant that
+Iteration 1 trains every candidate sparsity (≥ --trunc_sparsity) of a supernet copied from
+the sparsified teacher at once (sandwich), scores each on dev, and picks the assistant that
 maximises τ(s) = P(s) + λ·s/100 between the teacher's sparsity and the target. Iteration 2 starts
-from the assistant and produces the student at --target_sparsity (jointly with the wider widths,
+from the assistant and produces the student at --target_sparsity (jointly with the less sparse candidates,
 as the reference does, or alone with --final_student alone). Each iteration writes ``iter_k/``
 with its own run files; ``schedule.json`` and ``schedule.png`` describe the choices.
 
 Example::
 
-    python run_minidisc.py --model_type sparsebert_cls --teacher_model_path outputs/sparse_mrpc/model \\
-        --task_name mrpc --data_type bert_cls --target_sparsity 90 --lam 0.2 --output_dir outputs/minidisc_mrpc \\
+    python run_minidisc.py --teacher_model_path outputs/sparse_mrpc/model \\
+        --task_name mrpc --target_sparsity 90 --lam 0.2 --output_dir outputs/minidisc_mrpc \\
         --learning_rate 3e-5 --per_device_train_batch_size 16 --num_train_epochs 10 --log_interval 10 \\
         --max_grad_norm 5.0 --num_patience_epochs 5 --do_train --do_infer
 """
@@ -19,99 +19,99 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from utils.args import (
-    DataArguments,
-    DistillationArguments,
-    ModelArguments,
-    RunArguments,
+    DistillScriptArguments,
     ScheduleArguments,
-    TrainingArguments,
     parse_args,
 )
+from utils.checkpoint import BEST_DIR
+from utils.cli import cli
 from utils.errors import StageError
-from utils.loop import BEST_DIR, MetricSelector, evaluate, train
+from utils.evaluation import MetricSelector, evaluate
+from utils.loop import train
+from utils.model_io import check_model_task, load_model, load_teacher, load_tokenizer
 from utils.objectives import DistillObjective, SandwichObjective
+from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run, write_json_atomic
 from utils.schedule import SandwichSelector, plot_schedule
-from utils.stage import (
-    build_student,
-    check_model_path,
-    check_model_task,
-    check_sparsity_available,
-    cli,
-    close_stage,
-    finish,
-    load_model,
-    load_teacher,
-    load_tokenizer,
-    load_train_and_dev,
-    read_stage,
-    resolve_task,
-    stage_settings,
-    train_summary,
-)
+from utils.students import StudentSpec, build_student, check_sparsity_available
+from utils.task_data import load_train_and_dev
 
 logger = logging.getLogger("run_minidisc")
 
-GROUPS = (RunArguments, ModelArguments, DistillationArguments, ScheduleArguments, DataArguments, TrainingArguments)
+
+@dataclass
+class Arguments(DistillScriptArguments):
+    schedule: ScheduleArguments
 
 
-def run_iteration(args, run, task, tokenizer, teacher_path: str, stage_dir: Path, iteration: int, data) -> dict:
+def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iteration: int, data) -> dict:
     """Train one iteration from ``teacher_path`` into ``stage_dir``; return its summary with the schedule."""
-    final = iteration == args.target_iteration
-    teacher = load_model(args.model_type, teacher_path).to(run.device)
+    task, model_type, schedule_args, training = args.task, args.model.model_type, args.schedule, args.training
+    final = iteration == schedule_args.target_iteration
+    teacher = load_model(model_type, teacher_path).to(run.device)
     check_model_task(teacher, task, teacher_path)
     teacher_sparsity = teacher.config.sparsity
-    distill = DistillObjective(teacher, args.objective, args.kd_temperature, task.kind == "regression")
-    if final and args.final_student == "alone":
-        model = build_student(args.model_type, teacher_path, f"{args.target_sparsity}S", task)
-        objective, selector = distill, MetricSelector(data["dev"], args.selection_metric,
-                                                      args.per_device_eval_batch_size, run)
+    distill = DistillObjective(teacher, args.distill.objective, args.distill.kd_temperature, task.kind == "regression")
+    if final and schedule_args.final_student == "alone":
+        model = build_student(model_type, teacher_path, StudentSpec(sparsity=schedule_args.target_sparsity), task)
+        objective, selector = distill, MetricSelector(data["dev"], training.selection_metric,
+                                                      training.per_device_eval_batch_size, run)
     else:
-        model = load_model(args.model_type, teacher_path)
-        widths = [s for s in model.available_sparsities() if s >= max(args.trunc_sparsity, teacher_sparsity)]
-        objective = SandwichObjective(distill, widths, rest_width=teacher_sparsity)
-        selector = SandwichSelector(data["dev"], args.selection_metric, args.per_device_eval_batch_size, run, widths,
-                                    rest_width=teacher_sparsity, lam=args.lam, low=teacher_sparsity,
-                                    target=args.target_sparsity, choose_assistant=not final,
-                                    export_dir=stage_dir / "export" if args.export_all else None, tokenizer=tokenizer)
-        logger.info("iteration %d: sandwich over widths %s from a %dS teacher", iteration, widths, teacher_sparsity)
-    result = train(args, run, model, data["train"], objective, selector, tokenizer, stage_dir, resume=True,
+        model = load_model(model_type, teacher_path)
+        sparsities = [s for s in model.available_sparsities()
+                      if s >= max(schedule_args.trunc_sparsity, teacher_sparsity)]
+        objective = SandwichObjective(distill, sparsities, rest_sparsity=teacher_sparsity)
+        selector = SandwichSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run,
+                                    sparsities, rest_sparsity=teacher_sparsity, lam=schedule_args.lam,
+                                    low=teacher_sparsity, target=schedule_args.target_sparsity,
+                                    choose_assistant=not final,
+                                    export_dir=stage_dir / "export" if schedule_args.export_all else None,
+                                    tokenizer=tokenizer)
+        logger.info("iteration %d: sandwich over sparsities %s from a %dS teacher", iteration, sparsities,
+                    teacher_sparsity)
+    result = train(training, run, model, data["train"], objective, selector, tokenizer, stage_dir, resume=True,
                    extra_state={"iteration": iteration})
-    summary = {**train_summary(result, args.model_type), "settings": stage_settings(run, iteration=iteration)}
-    schedule = selector.summary() if isinstance(selector, SandwichSelector) else {"selected": args.target_sparsity}
+    summary = {**train_summary(result, model_type), "settings": stage_settings(run, iteration=iteration)}
+    if isinstance(selector, SandwichSelector):
+        schedule = selector.summary()
+    else:
+        schedule = {"selected": schedule_args.target_sparsity}
     schedule.update(iteration=iteration, teacher=teacher_path, teacher_sparsity=teacher_sparsity,
                     mode="alone" if isinstance(selector, MetricSelector) else "sandwich")
-    schedule["role"] = "student" if schedule["selected"] == args.target_sparsity else "assistant"
+    schedule["role"] = "student" if schedule["selected"] == schedule_args.target_sparsity else "assistant"
     summary["schedule"] = schedule
     return summary
 
 
 def main(argv=None) -> dict:
-    args = parse_args(GROUPS, argv, description=__doc__)
-    task = resolve_task(args)
-    check_model_path(args.teacher_model_path, "--teacher_model_path")
-    run = start_run(args, "run_minidisc", training=args.do_train)
+    args = parse_args(Arguments, argv, description=__doc__)
+    task, training, schedule_args = args.task, args.training, args.schedule
+    target, metric = schedule_args.target_sparsity, training.selection_metric
+    run = start_run(args, "run_minidisc", training=training.do_train)
     summary, student_dir = {}, None
-    if args.do_train:
-        tokenizer = load_tokenizer(args.teacher_model_path)
-        teacher = load_teacher(args, task)
-        check_sparsity_available(teacher, args.target_sparsity, args.teacher_model_path, "--target_sparsity")
-        if args.target_sparsity < teacher.config.sparsity:
-            raise StageError(f"--target_sparsity {args.target_sparsity} is below the teacher's own sparsity "
+    if training.do_train:
+        teacher_path = args.distill.teacher_model_path
+        tokenizer = load_tokenizer(teacher_path)
+        teacher = load_teacher(args.model.model_type, teacher_path, task)
+        check_sparsity_available(teacher, target, teacher_path, "--target_sparsity")
+        if target < teacher.config.sparsity:
+            raise StageError(f"--target_sparsity {target} is below the teacher's own sparsity "
                              f"{teacher.config.sparsity}")
-        data = load_train_and_dev(args, task, tokenizer)
-        teacher_dev = evaluate(teacher.to(run.device), data["dev"], args.per_device_eval_batch_size, run, "teacher")
+        data = load_train_and_dev(args.data, task, tokenizer)
+        teacher_dev = evaluate(teacher.to(run.device), data["dev"], training.per_device_eval_batch_size, run,
+                               "teacher")
         logger.info("teacher dev: %s", teacher_dev)
         del teacher
-        teacher_path, iterations = args.teacher_model_path, []
-        for k in range(1, args.target_iteration + 1):
+        iterations = []
+        for k in range(1, schedule_args.target_iteration + 1):
             stage_dir = run.output_dir / f"iter_{k}"
             stage = read_stage(stage_dir, stage_settings(run, iteration=k))
             if stage is None:
-                stage = run_iteration(args, run, task, tokenizer, teacher_path, stage_dir, k, data)
+                stage = run_iteration(args, run, tokenizer, teacher_path, stage_dir, k, data)
                 close_stage(run, stage_dir, stage)
             else:
                 logger.info("iteration %d already finished in %s: reusing it", k, stage_dir)
@@ -121,9 +121,9 @@ def main(argv=None) -> dict:
                 break
         schedule = [it["schedule"] for it in iterations]
         if run.is_main:
-            write_json_atomic(run.output_dir / "schedule.json", {"metric": args.selection_metric, "lam": args.lam,
+            write_json_atomic(run.output_dir / "schedule.json", {"metric": metric, "lam": schedule_args.lam,
                                                                  "iterations": schedule})
-            plot_schedule(schedule, run.output_dir / "schedule.png", args.selection_metric)
+            plot_schedule(schedule, run.output_dir / "schedule.png", metric)
         student_dir = Path(teacher_path)
         assistants = [s["selected"] for s in schedule if s["role"] == "assistant"]
         last = {key: value for key, value in iterations[-1].items() if key != "settings"}
@@ -132,8 +132,7 @@ def main(argv=None) -> dict:
                                   for it in iterations]}
         summary["paths"] = {**summary["paths"], "student": str(student_dir),
                             "schedule": str(run.output_dir / "schedule.json")}
-        logger.info("assistants %s; student %dS dev %s", assistants or "none", args.target_sparsity,
-                    summary["best_dev"])
+        logger.info("assistants %s; student %dS dev %s", assistants or "none", target, summary["best_dev"])
     results = finish(args, run, task, run.output_dir, summary, model_dir=student_dir)
     end_run(run)
     return results

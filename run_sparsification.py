@@ -7,8 +7,8 @@ level by slicing (the pruning curve, no training).
 
 Example (an MRPC teacher, the reference grid)::
 
-    python run_sparsification.py --model_type sparsebert_cls --teacher_model_path outputs/ft_mrpc/best \\
-        --task_name mrpc --data_type bert_cls --output_dir outputs/sparse_mrpc
+    python run_sparsification.py --teacher_model_path outputs/ft_mrpc/best \\
+        --task_name mrpc --output_dir outputs/sparse_mrpc
 
 Re-sparsify with a finer grid from the saved scores (no importance pass)::
 
@@ -21,9 +21,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from utils.args import ArgumentError, DataArguments, ModelArguments, RunArguments, arg, parse_args
+from data.tasks import TaskSpec
+from utils.args import DataArguments, ModelArguments, RunArguments, arg, complete_task, parse_args
+from utils.checkpoint import save_model_atomic
+from utils.cli import cli
+from utils.errors import ArgumentError, StageError
+from utils.evaluation import evaluate
 from utils.importance import (
     DEFAULT_SPARSITIES,
     IMPORTANCE_FILE,
@@ -35,19 +40,10 @@ from utils.importance import (
     normalize_scores,
     parse_sparsities,
 )
-from utils.loop import evaluate, save_model_atomic
+from utils.model_io import check_model_task, load_model, load_tokenizer
 from utils.run import end_run, start_run
-from utils.stage import (
-    StageError,
-    check_model_path,
-    check_model_task,
-    cli,
-    describe_model,
-    load_model,
-    load_split,
-    load_tokenizer,
-    resolve_task,
-)
+from utils.students import describe_model
+from utils.task_data import load_split
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +66,11 @@ class SparsificationArguments:
     reuse_importance: bool = arg(False, help="Rebuild the map from TEACHER/importance.json (saved by an earlier run) "
                                  "instead of a new importance pass; the weights are already in importance order.")
     per_device_eval_batch_size: int = arg(32, help="Batch size of the importance pass and of evaluation.")
+    levels: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
         try:
-            parse_sparsities(self.sparsities)
+            self.levels = parse_sparsities(self.sparsities)
         except ValueError as err:
             raise ArgumentError(str(err)) from None
         for name in ("neuron_multiple", "per_device_eval_batch_size"):
@@ -83,21 +80,31 @@ class SparsificationArguments:
             raise ArgumentError(f"--importance_samples {self.importance_samples}: expected a positive number")
 
 
-GROUPS = (RunArguments, ModelArguments, SparsificationArguments, DataArguments)
+@dataclass
+class Arguments:
+    run: RunArguments
+    model: ModelArguments
+    sparsify: SparsificationArguments
+    data: DataArguments
+    task: TaskSpec = field(init=False)
+
+    def __post_init__(self):
+        self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path")
 
 
 def score_importance(args, run, task, teacher, tokenizer) -> dict:
     """Importance pass, per-layer normalisation and reorder; returns the scores in the new order."""
-    if args.importance_split == "dev" and run.is_main:
+    options = args.sparsify
+    if options.importance_split == "dev" and run.is_main:
         logger.warning("importance is scored on dev, which also selects checkpoints and assistants: dev-based "
                        "selection is optimistically biased (pass --importance_split train to avoid it)")
-    data = load_split(args, task, tokenizer, args.importance_split, args.importance_samples)
-    head, neuron = accumulate_importance(teacher, data, args.per_device_eval_batch_size, run)
+    data = load_split(args.data, task, tokenizer, options.importance_split, options.importance_samples)
+    head, neuron = accumulate_importance(teacher, data, options.per_device_eval_batch_size, run)
     head, neuron = normalize_scores(head), normalize_scores(neuron)
     head_order, neuron_order = layer_order(head), layer_order(neuron)
     teacher.reorder(head_order, neuron_order)
     return {"head": head.gather(1, head_order), "neuron": neuron.gather(1, neuron_order),
-            "split": args.importance_split, "num_examples": len(data.examples)}
+            "split": options.importance_split, "num_examples": len(data.examples)}
 
 
 def pruning_curve(model, dev, levels, batch_size: int, run) -> list[dict]:
@@ -116,44 +123,44 @@ def pruning_curve(model, dev, levels, batch_size: int, run) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(GROUPS, argv, description=__doc__)
-    levels = parse_sparsities(args.sparsities)
-    task = resolve_task(args)
-    check_model_path(args.teacher_model_path, "--teacher_model_path")
+    args = parse_args(Arguments, argv, description=__doc__)
+    task, options = args.task, args.sparsify
+    levels = options.levels
     run = start_run(args, "run_sparsification", resumable=False)
-    tokenizer = load_tokenizer(args.teacher_model_path)
-    teacher = load_model(args.model_type, args.teacher_model_path).to(run.device)
-    check_model_task(teacher, task, args.teacher_model_path)
+    tokenizer = load_tokenizer(options.teacher_model_path)
+    teacher = load_model(args.model.model_type, options.teacher_model_path).to(run.device)
+    check_model_task(teacher, task, options.teacher_model_path)
     if teacher.config.sparsity != 0:
-        raise StageError(f"{args.teacher_model_path} is already pruned (config.sparsity {teacher.config.sparsity}): "
+        raise StageError(f"{options.teacher_model_path} is already pruned (config.sparsity {teacher.config.sparsity}): "
                          "sparsify the full teacher (config.sparsity 0) instead")
-    dev = load_split(args, task, tokenizer, "dev", args.max_eval_samples)
-    teacher_dev = evaluate(teacher, dev, args.per_device_eval_batch_size, run, "dev (teacher)")
+    dev = load_split(args.data, task, tokenizer, "dev", args.data.max_eval_samples)
+    teacher_dev = evaluate(teacher, dev, options.per_device_eval_batch_size, run, "dev (teacher)")
     started = time.time()
-    if args.reuse_importance:
+    if options.reuse_importance:
         config = teacher.config
-        scores = load_importance(args.teacher_model_path, config.num_hidden_layers, config.num_attention_heads,
+        scores = load_importance(options.teacher_model_path, config.num_hidden_layers, config.num_attention_heads,
                                  config.intermediate_size)
     else:
         scores = score_importance(args, run, task, teacher, tokenizer)
     teacher.config.sparsity = 0
-    teacher.config.sparsity_map = build_sparsity_map(scores["head"], scores["neuron"], levels, args.neuron_multiple)
+    teacher.config.sparsity_map = build_sparsity_map(scores["head"], scores["neuron"], levels,
+                                                     options.neuron_multiple)
     teacher.config.importance_split = scores["split"]
     teacher.config.importance_samples = scores["num_examples"]
-    teacher.config.neuron_multiple = args.neuron_multiple
+    teacher.config.neuron_multiple = options.neuron_multiple
     importance_seconds = time.time() - started
-    curve = pruning_curve(teacher, dev, levels, args.per_device_eval_batch_size, run)
+    curve = pruning_curve(teacher, dev, levels, options.per_device_eval_batch_size, run)
     model_dir = run.output_dir / MODEL_DIR
     if run.is_main:
         record = importance_record(scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
         save_model_atomic(teacher, tokenizer, model_dir, {IMPORTANCE_FILE: record})
     results = {
         "task": task.name,
-        "teacher_model_path": args.teacher_model_path,
+        "teacher_model_path": options.teacher_model_path,
         "importance": {"split": scores["split"], "num_examples": scores["num_examples"],
-                       "reused": args.reuse_importance, "seconds": importance_seconds},
+                       "reused": options.reuse_importance, "seconds": importance_seconds},
         "sparsities": list(levels),
-        "neuron_multiple": args.neuron_multiple,
+        "neuron_multiple": options.neuron_multiple,
         "sparsity_map": {str(s): {unit: {str(k): v for k, v in counts.items()} for unit, counts in entry.items()}
                          for s, entry in teacher.config.sparsity_map.items()},
         "teacher_dev": teacher_dev,

@@ -20,17 +20,13 @@ Example:
 import argparse
 import copy
 import logging
-import statistics
-import sys
-import time
-from pathlib import Path
+from functools import partial
 
 import torch
+from common import add_timing_arguments, encoder_flops, inference_step, interleaved_times, medians
 from transformers import BertConfig, BertModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import SparseBertModel  # noqa: E402
+from models import SparseBertModel
 
 logger = logging.getLogger("bench_model")
 
@@ -44,11 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    add_timing_arguments(parser, repeats=5)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
     parser.add_argument("--shapes", default="bert-base,minilm", help=f"comma list of {sorted(SHAPES)}")
     parser.add_argument("--sparsities", default="0,50,70,90,95", help="densified levels for part 2")
     parser.add_argument("--sparsity_shape", default="bert-base", help="shape used for part 2")
@@ -78,22 +72,6 @@ def make_inputs(args, vocab_size: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def interleaved_medians(steps: dict, warmup: int, repeats: int) -> dict:
-    """Median seconds per call of each step; calls alternate between steps (order reversed every
-    round) so that load from other processes on a shared machine hits every step alike."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times = {name: [] for name in steps}
-    names = list(steps)
-    for round_index in range(repeats):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def last_hidden(model, inputs) -> torch.Tensor:
     if isinstance(model, SparseBertModel):
         return model(**inputs)[-1]
@@ -109,11 +87,7 @@ def train_step(model, inputs):
 
 
 def infer_step(model, inputs):
-    def step():
-        with torch.no_grad():
-            last_hidden(model, inputs)
-
-    return step
+    return inference_step(partial(last_hidden, model), [inputs])
 
 
 def bench_against_hf(args) -> None:
@@ -129,7 +103,7 @@ def bench_against_hf(args) -> None:
             diff = (last_hidden(ours, inputs)[real] - last_hidden(hf, inputs)[real]).abs().max().item()
         for mode, make_step in (("fwd+bwd", train_step), ("inference", infer_step)):
             steps = {"hf": make_step(hf, inputs), "ours": make_step(ours, inputs)}
-            times = interleaved_medians(steps, args.warmup, args.repeats)
+            times = medians(interleaved_times(steps, args.warmup, args.repeats))
             print(
                 f"{shape:10s} {mode:9s}  HF {times['hf']:7.3f}s  ours {times['ours']:7.3f}s  "
                 f"ours/HF {times['ours'] / times['hf']:.3f}   (max |diff| {diff:.1e})",
@@ -163,27 +137,13 @@ def bench_bf16(args) -> None:
             error = ((bf16 - fp32).norm() / fp32.norm()).item()
         for mode, make_step in (("fwd+bwd", train_step), ("inference", infer_step)):
             steps = {"fp32": make_step(ours, inputs), "bf16": autocast_step(make_step, ours, inputs)}
-            times = interleaved_medians(steps, args.warmup, args.repeats)
+            times = medians(interleaved_times(steps, args.warmup, args.repeats))
             print(
                 f"{shape:10s} {mode:9s}  fp32 {times['fp32']:7.3f}s  bf16 {times['bf16']:7.3f}s  "
                 f"bf16/fp32 {times['bf16'] / times['fp32']:.3f}   (relative error {error:.1e})",
                 flush=True,
             )
         del ours
-
-
-def encoder_flops(widths: dict, config: BertConfig, batch_size: int, seq_len: int) -> int:
-    """Multiply-add FLOPs (x2) of the encoder at the given per-layer widths."""
-    hidden = config.hidden_size
-    head_size = hidden // config.num_attention_heads
-    tokens = batch_size * seq_len
-    flops = 0
-    for heads, neurons in zip(widths["head"], widths["neuron"], strict=True):
-        width = heads * head_size
-        flops += 2 * tokens * (4 * hidden * width)  # Q, K, V and the output projection
-        flops += 2 * batch_size * seq_len * seq_len * width * 2  # scores and context
-        flops += 2 * tokens * (2 * hidden * neurons)  # FFN up and down
-    return flops
 
 
 def uniform_global_map(config: BertConfig, levels) -> dict:
@@ -218,9 +178,9 @@ def bench_densified(args) -> None:
         model.densify()
         models[level] = model
     del full
-    times = interleaved_medians(
+    times = medians(interleaved_times(
         {level: infer_step(model, inputs) for level, model in models.items()}, args.warmup, args.repeats
-    )
+    ))
     flops = {
         level: encoder_flops(model.kept_widths(), config, args.batch_size, args.seq_len)
         for level, model in models.items()

@@ -3,8 +3,9 @@
 One sandwich step is what :func:`utils.loop.train` does per batch with a
 :class:`~utils.objectives.SandwichObjective`: one teacher forward (no grad), then for every width
 ``sparsify(s)``, student forward, ``loss / len(widths)``, backward; then gradient clipping and one
-AdamW step. The benchmark drives the project's own objective classes on a sparsified MiniLM and
-the real MRPC training set, and measures in one process, on the same model and batches:
+AdamW step. The timed step calls the loop's own step functions (``utils.step.backward_batch`` and
+``optimizer_step``) with the project's objective classes on a sparsified MiniLM and the real MRPC
+training set, and measures in one process, on the same model and batches:
 
 (a) every batch padded to ``--pad_to`` (128), as the reference code pads (in-process baseline);
 (b) dynamic padding (pad to the longest sequence of the batch), the project's default;
@@ -34,27 +35,35 @@ import argparse
 import copy
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from common import (
+    add_timing_arguments,
+    collate,
+    encode_split,
+    encoder_flops,
+    encoder_inputs,
+    full_widths,
+    inference_step,
+    interleaved_times,
+    kept_widths,
+    load_average,
+    medians,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.pipelines import encode_dataset  # noqa: E402
-from data.readers import read_examples  # noqa: E402
-from data.tasks import get_task  # noqa: E402
-from models import SparseBertCls  # noqa: E402
-from utils.importance import build_sparsity_map, normalize_scores  # noqa: E402
-from utils.loop import EpochBatches, build_optimizer  # noqa: E402
-from utils.objectives import DistillObjective, SandwichObjective  # noqa: E402
-from utils.stage import load_model, load_tokenizer  # noqa: E402
+from data.tasks import get_task
+from models import SparseBertCls
+from utils.batches import EpochBatches
+from utils.importance import build_sparsity_map, normalize_scores
+from utils.model_io import load_model, load_tokenizer
+from utils.objectives import DistillObjective, SandwichObjective
+from utils.step import backward_batch, build_optimizer, optimizer_step
 
 logger = logging.getLogger("bench_sandwich")
 
@@ -72,9 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--pad_to", type=int, default=128, help="fixed padding of (a), also the max length")
     parser.add_argument("--num_batches", type=int, default=6, help="batches per timed call (first of epoch 0)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported")
+    add_timing_arguments(parser, repeats=3)
     parser.add_argument("--seed", type=int, default=776)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--anchor_seconds", type=float, default=ANCHOR_SECONDS)
@@ -98,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_teacher(args) -> SparseBertCls:
     """The sparsified teacher (eval mode): the checkpoint, with a sparsity map covering ``args.widths``."""
-    model = load_model("sparsebert_cls", args.model_dir)
+    # new_head: a plain pretrained encoder (no classifier) is accepted; every encoder weight must still load
+    model = load_model("sparsebert_cls", args.model_dir, new_head=True)
     if args.random_weights:
         torch.manual_seed(args.seed)
         model = SparseBertCls(model.config)
@@ -120,21 +128,22 @@ def build_teacher(args) -> SparseBertCls:
 def load_batches(args, tokenizer, verbose: bool = True) -> dict[str, list[dict]]:
     """The first ``num_batches`` batches of epoch 0: padded to ``pad_to`` (a), dynamic (b), grouped (c)."""
     task = get_task(args.task_name)
-    dataset = encode_dataset(task, read_examples(task, args.data_dir, "train"), tokenizer, args.pad_to)
+    dataset = encode_split(task, args.data_dir, "train", tokenizer, args.pad_to)
     plain = EpochBatches(dataset.lengths, args.batch_size, args.seed).epoch(0)
     grouped = EpochBatches(dataset.lengths, args.batch_size, args.seed, group_by_length=True).epoch(0)
 
-    def collate(indices):
-        batch = dataset.collate_fn([dataset[i] for i in indices])
+    def training_batch(indices):
+        batch = collate(dataset, indices)
         batch.pop("feature_index")
         return batch
 
     padded_lengths = {name: statistics.mean(max(dataset.lengths[i] for i in b) for b in batches)
                       for name, batches in (("dynamic", plain), ("grouped", grouped))}
     batches = {
-        "padded": [pad_batch(collate(b), args.pad_to, tokenizer.pad_token_id) for b in plain[:args.num_batches]],
-        "dynamic": [collate(b) for b in plain[:args.num_batches]],
-        "grouped": [collate(b) for b in grouped[:args.num_batches]],
+        "padded": [pad_batch(training_batch(b), args.pad_to, tokenizer.pad_token_id)
+                   for b in plain[:args.num_batches]],
+        "dynamic": [training_batch(b) for b in plain[:args.num_batches]],
+        "grouped": [training_batch(b) for b in grouped[:args.num_batches]],
     }
     if not verbose:
         return batches
@@ -144,6 +153,16 @@ def load_batches(args, tokenizer, verbose: bool = True) -> dict[str, list[dict]]
           + ", ".join(f"{k} {statistics.mean(b['input_ids'].shape[1] for b in v):.1f}" for k, v in batches.items()),
           flush=True)
     return batches
+
+
+def trainable_copy(teacher, args, densify_to: int | None = None):
+    """A copy of ``teacher`` in training mode (densified to sparsity ``densify_to`` when given) and
+    the loop's AdamW over it."""
+    model = copy.deepcopy(teacher).train()
+    if densify_to is not None:
+        model.sparsify(densify_to)
+        model.densify()
+    return model, build_optimizer(model, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
 
 
 def pad_batch(batch: dict, length: int, pad_token_id: int) -> dict:
@@ -157,30 +176,26 @@ def pad_batch(batch: dict, length: int, pad_token_id: int) -> dict:
 # Steps
 
 
+def sandwich_objective(distill: DistillObjective, args) -> SandwichObjective:
+    """The sandwich over ``args.widths``, leaving the student at full width (sparsity 0) after each step."""
+    return SandwichObjective(distill, args.widths, 0)
+
+
 def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0):
-    """One call = the loop's per-batch work on every batch of ``batches`` (one optimizer step each)."""
+    """One call = the loop's optimizer step on every batch of ``batches`` (one optimizer step each):
+    the same :func:`utils.step.backward_batch` and :func:`utils.step.optimizer_step` the loop calls
+    (one process, no accumulation, fp32, no schedule)."""
 
     def step():
         for batch in batches:
-            objective.prepare(batch)
-            for p in range(objective.num_passes):
-                objective.loss(module, module, batch, p).backward()
-            objective.finish(module)
-            torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            backward_batch(objective, module, module, batch)
+            optimizer_step(module, optimizer, max_grad_norm)
 
     return step
 
 
 def teacher_step(teacher, batches):
-    def step():
-        with torch.no_grad():
-            for batch in batches:
-                teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        token_type_ids=batch["token_type_ids"])
-
-    return step
+    return inference_step(lambda batch: teacher(**encoder_inputs(batch)), batches)
 
 
 class CachedTeacher:
@@ -190,9 +205,7 @@ class CachedTeacher:
         self.outputs = {}
         with torch.no_grad():
             for batch in batches:
-                self.outputs[id(batch["input_ids"])] = teacher(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"])
+                self.outputs[id(batch["input_ids"])] = teacher(**encoder_inputs(batch))
 
     def eval(self):
         return self
@@ -216,60 +229,30 @@ def matmul_probe(size: int = 1024, calls: int = 4):
 
 def step_flops(widths_per_level: list[dict], config, batches: list[dict], teacher: bool, backward: bool) -> int:
     """Matmul FLOPs of the encoders at the given kept widths over ``batches`` (x3 with backward),
-    plus one full-width forward when ``teacher``: projections and FFNs over the real tokens (the
-    encoder skips padding), attention scores and context over the padded ``[B, T, T]``.
-    Embeddings, LayerNorms and heads are not counted."""
-    hidden, head_size = config.hidden_size, config.hidden_size // config.num_attention_heads
+    plus one full-width forward when ``teacher``; see :func:`common.encoder_flops` (projections and
+    FFNs over the real tokens, as the encoder skips padding; attention over the padded batch)."""
 
     def forward(widths, batch):
-        (batch_size, seq_len), tokens = batch["input_ids"].shape, int(batch["attention_mask"].sum())
-        total = 0
-        for heads, neurons in zip(widths["head"], widths["neuron"], strict=True):
-            width = heads * head_size
-            total += 2 * tokens * (4 * hidden * width + 2 * hidden * neurons)
-            total += 4 * batch_size * seq_len * seq_len * width  # scores and context
-        return total
+        batch_size, seq_len = batch["input_ids"].shape
+        return encoder_flops(widths, config, batch_size, seq_len, tokens=int(batch["attention_mask"].sum()))
 
-    full = {"head": [config.num_attention_heads] * config.num_hidden_layers,
-            "neuron": [config.intermediate_size] * config.num_hidden_layers}
     flops = 0
     for batch in batches:
         flops += sum(forward(w, batch) for w in widths_per_level) * (3 if backward else 1)
-        flops += forward(full, batch) if teacher else 0
+        flops += forward(full_widths(config), batch) if teacher else 0
     return flops
 
 
-def interleaved_times(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each step over ``repeats`` rounds; calls alternate between steps (order
-    reversed every round) so that load from other processes hits every step alike."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times = {name: [] for name in names}
-    for round_index in range(repeats):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-        print(f"  round {round_index + 1}/{repeats} done, load {load()}", flush=True)
-    return times
+def report_round(repeats: int):
+    """An ``after_round`` for :func:`common.interleaved_times` that prints progress and the load."""
+    def after_round(round_index: int) -> None:
+        print(f"  round {round_index + 1}/{repeats} done, load {load_average()}", flush=True)
 
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return after_round
 
 
 def spread(values: list[float], per: int = 1) -> str:
     return f"[{min(values) / per:.3f}-{max(values) / per:.3f}]"
-
-
-def kept_widths(model, sparsity: int) -> dict:
-    current = model.current_sparsity
-    model.sparsify(sparsity)
-    widths = model.kept_widths()
-    model.sparsify(current)
-    return widths
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +260,8 @@ def kept_widths(model, sparsity: int) -> dict:
 
 
 def bench_speed(args, teacher, batches) -> None:
-    student = copy.deepcopy(teacher).train()
-    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
-    sandwich = SandwichObjective(DistillObjective(teacher), args.widths, rest_width=0)
+    student, optimizer = trainable_copy(teacher, args)
+    sandwich = sandwich_objective(DistillObjective(teacher), args)
     n = args.num_batches
     steps = {f"({key[0]}) {name}": train_step(sandwich, student, optimizer, batches[name])
              for key, name in (("a", "padded"), ("b", "dynamic"), ("c", "grouped"))}
@@ -288,19 +270,15 @@ def bench_speed(args, teacher, batches) -> None:
         cached = CachedTeacher(teacher, batches["dynamic"])
         steps["(d) teacher forward"] = teacher_step(teacher, batches["dynamic"])
         for s in args.widths:
-            single = copy.deepcopy(teacher).train()
-            single.sparsify(s)
-            single.densify()
-            single_optimizer = build_optimizer(single, SimpleNamespace(learning_rate=args.learning_rate,
-                                                                       weight_decay=0.01))
+            single, single_optimizer = trainable_copy(teacher, args, densify_to=s)
             singles[s] = f"(d) single {s}S"
             steps[singles[s]] = train_step(DistillObjective(cached), single, single_optimizer, batches["dynamic"])
     probe = matmul_probe()
     steps["matmul probe"] = probe
-    print(f"speed: {n} batches per call, warmup {args.warmup}, {args.repeats} rounds, load {load()}", flush=True)
-    times = interleaved_times(steps, args.warmup, args.repeats)
-    median = {name: statistics.median(values) / (1 if name == "matmul probe" else n)
-              for name, values in times.items()}
+    print(f"speed: {n} batches per call, warmup {args.warmup}, {args.repeats} rounds, load {load_average()}",
+          flush=True)
+    times = interleaved_times(steps, args.warmup, args.repeats, after_round=report_round(args.repeats))
+    median = {name: seconds / (1 if name == "matmul probe" else n) for name, seconds in medians(times).items()}
     probe_gflops = probe.flops / median["matmul probe"] / 1e9
     print(f"matmul probe {probe_gflops:.1f} GFLOP/s {spread([probe.flops / t / 1e9 for t in times['matmul probe']])}"
           f" (the CPU share this run got; 177 GFLOP/s is this CPU's 2-thread peak when idle)")
@@ -339,16 +317,14 @@ def bench_speed(args, teacher, batches) -> None:
         print(f"(d) sandwich {sandwich_seconds:.3f}s vs teacher + sum of single-width steps {parts:.3f}s: "
               f"ratio {sandwich_seconds / parts:.2f} {'OK' if sandwich_seconds <= parts else 'WASTE'} "
               f"(the singles include {len(singles)} optimizer steps over the embeddings, the sandwich one)")
-    print(f"load at the end {load()}", flush=True)
+    print(f"load at the end {load_average()}", flush=True)
 
 
 def profile_step(args, teacher, batches) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    student = copy.deepcopy(teacher).train()
-    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
-    step = train_step(SandwichObjective(DistillObjective(teacher), args.widths, rest_width=0), student, optimizer,
-                      batches["dynamic"][:1])
+    student, optimizer = trainable_copy(teacher, args)
+    step = train_step(sandwich_objective(DistillObjective(teacher), args), student, optimizer, batches["dynamic"][:1])
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -357,10 +333,9 @@ def profile_step(args, teacher, batches) -> None:
 
 def memory_child(args, teacher, batches) -> None:
     """Run a few training steps and print the peak resident memory above the loaded models (JSON)."""
-    student = copy.deepcopy(teacher).train()
-    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=args.learning_rate, weight_decay=0.01))
+    student, optimizer = trainable_copy(teacher, args)
     distill = DistillObjective(teacher)
-    objective = SandwichObjective(distill, args.widths, rest_width=0) if args.memory_child == "sandwich" else distill
+    objective = sandwich_objective(distill, args) if args.memory_child == "sandwich" else distill
     step = train_step(objective, student, optimizer, batches["dynamic"][:args.memory_steps])
     reset = Path("/proc/self/clear_refs")
     if reset.exists():
@@ -404,7 +379,8 @@ def main(argv=None) -> None:
         memory_child(args, teacher, load_batches(args, tokenizer, verbose=False))
         return
     print(f"torch {torch.__version__}, threads {args.threads}, widths {args.widths}, batch {args.batch_size}, "
-          f"model {args.model_dir}{' (random weights)' if args.random_weights else ''}, load {load()}", flush=True)
+          f"model {args.model_dir}{' (random weights)' if args.random_weights else ''}, load {load_average()}",
+          flush=True)
     batches = load_batches(args, tokenizer)
     if args.profile:
         profile_step(args, teacher, batches)

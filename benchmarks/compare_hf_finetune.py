@@ -4,10 +4,10 @@ Two runs on the same task, with the same seed, data order, budget and schedule:
 
 1. ours: ``run_finetuning.main([...])`` (``sparsebert_cls``, the project's loop);
 2. HF: ``transformers.BertForSequenceClassification`` trained by the short loop below: torch AdamW
-   with the same groups (no weight decay on biases and LayerNorm weights), the linear warmup
-   schedule from ``transformers.get_scheduler``, gradient clipping, the same batches
-   (``utils.loop.EpochBatches`` over the same tokenised features, dynamic padding), evaluation on
-   the whole dev set at the same steps, and the best dev accuracy kept.
+   with the same groups (``utils.step.build_optimizer``: no weight decay on biases and LayerNorm
+   weights), the linear warmup schedule from ``transformers.get_scheduler``, gradient clipping, the
+   same batches (``utils.batches.EpochBatches`` over the same tokenised features, dynamic padding),
+   evaluation on the whole dev set at the same steps, and the best dev accuracy kept.
 
 Prints both best dev accuracies and the difference (target: ours within one point of HF).
 The heads are not identical: HF classifies from the pooler (dense + tanh over [CLS]) that it
@@ -23,22 +23,18 @@ import argparse
 import json
 import logging
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import collate, encode_split, encoder_inputs, load_average
 from transformers import AutoTokenizer, BertForSequenceClassification, get_scheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import run_finetuning  # noqa: E402
-from data.pipelines import encode_dataset  # noqa: E402
-from data.readers import read_examples  # noqa: E402
-from data.tasks import get_task  # noqa: E402
-from utils.loop import EpochBatches  # noqa: E402
-from utils.run import set_seed, setup_logging, write_json_atomic  # noqa: E402
+import run_finetuning
+from data.tasks import get_task
+from utils.batches import EpochBatches
+from utils.run import set_seed, setup_logging, write_json_atomic
+from utils.step import build_optimizer, optimizer_step
 
 logger = logging.getLogger("compare_hf_finetune")
 
@@ -103,10 +99,6 @@ def summarise_ours(run_dir: Path, seconds: float | None = None) -> dict:
             "steps": results["train"]["steps"], "seconds": seconds}
 
 
-def no_decay(name: str) -> bool:
-    return name.endswith("bias") or "LayerNorm.weight" in name
-
-
 @torch.no_grad()
 def dev_accuracy(model, dataset, batch_size: int) -> float:
     """Accuracy on the whole dev set (batches of similar length; the order does not change the result)."""
@@ -114,9 +106,8 @@ def dev_accuracy(model, dataset, batch_size: int) -> float:
     order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
     correct = 0
     for start in range(0, len(order), batch_size):
-        batch = dataset.collate_fn([dataset[i] for i in order[start:start + batch_size]])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"]).logits
+        batch = collate(dataset, order[start:start + batch_size])
+        logits = model(**encoder_inputs(batch)).logits
         correct += (logits.argmax(-1) == batch["labels"]).sum().item()
     model.train()
     return correct / len(dataset)
@@ -127,17 +118,11 @@ def run_hf(args, task) -> dict:
     start = time.time()
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    train = read_examples(task, args.data_dir, "train")[:args.max_train_samples]
-    dev = read_examples(task, args.data_dir, "dev")[:args.max_eval_samples]
-    train_set = encode_dataset(task, train, tokenizer, args.max_length)
-    dev_set = encode_dataset(task, dev, tokenizer, args.max_length)
+    train_set = encode_split(task, args.data_dir, "train", tokenizer, args.max_length, args.max_train_samples)
+    dev_set = encode_split(task, args.data_dir, "dev", tokenizer, args.max_length, args.max_eval_samples)
     model = BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=task.num_labels)
     model.train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in named if not no_decay(n)], "weight_decay": args.weight_decay},
-        {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0},
-    ], lr=args.learning_rate)
+    optimizer = build_optimizer(model, args)
     sampler = EpochBatches(train_set.lengths, args.batch_size, args.seed)
     total = math.ceil(args.num_train_epochs * len(sampler))
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_proportion * total),
@@ -147,14 +132,10 @@ def run_hf(args, task) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     for epoch in range(args.num_train_epochs):
         for indices in sampler.epoch(epoch):
-            batch = train_set.collate_fn([train_set[i] for i in indices])
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
+            batch = collate(train_set, indices)
+            loss = model(**encoder_inputs(batch), labels=batch["labels"]).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, args.max_grad_norm, scheduler)
             step += 1
             if step % args.log_interval == 0 or step == total:
                 acc = dev_accuracy(model, dev_set, args.eval_batch_size)
@@ -177,7 +158,7 @@ def main(argv=None) -> dict:
     task = get_task(args.task_name)
     if task.kind != "classification":
         raise SystemExit(f"{task.name} is not a sequence classification task")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     results = {}
     if args.skip_ours:
         results["ours"] = summarise_ours(Path(args.output_dir) / "ours")
@@ -190,7 +171,7 @@ def main(argv=None) -> dict:
     difference = results["ours"]["best_acc"] - results["hf"]["best_acc"]
     results.update(difference=round(difference, 4), within_one_point=difference >= -0.01,
                    threads=torch.get_num_threads(), load_at_start=load,
-                   load_at_end=" ".join(f"{x:.2f}" for x in os.getloadavg()), settings=vars(args), note=HEAD_NOTE)
+                   load_at_end=load_average(), settings=vars(args), note=HEAD_NOTE)
     write_json_atomic(Path(args.output_dir) / "compare.json", results)
     print(f"{task.name}: {args.num_train_epochs} epochs, batch {args.batch_size}, lr {args.learning_rate}, "
           f"max_length {args.max_length}, seed {args.seed}, threads {torch.get_num_threads()}, "

@@ -44,7 +44,7 @@ announce "main job, profile $PROFILE: outputs in $OUTPUT_ROOT"
 if [[ -z "${MODEL:-}" ]]; then
   MODEL="$REPO_ROOT/outputs/assets/all-MiniLM-L6-v2"
   announce "fetching all-MiniLM-L6-v2 into $MODEL"
-  "$PYTHON" -m utils.assets minilm --output_dir "$MODEL"
+  "$PYTHON" -m tools.assets minilm --output_dir "$MODEL"
 fi
 export MODEL
 
@@ -80,7 +80,7 @@ fi
 announce "summary (measuring CPU latency)"
 threads=()
 if [[ -n "${THREADS:-}" ]]; then threads=(--threads "$THREADS"); fi
-"$PYTHON" -m utils.report --minidisc_dir "$OUTPUT_ROOT/$TASK/minidisc_90S" --data_dir "$DATA_DIR" --task_name "$TASK" \
+"$PYTHON" -m tools.report --minidisc_dir "$OUTPUT_ROOT/$TASK/minidisc_90S" --data_dir "$DATA_DIR" --task_name "$TASK" \
   "${REPORT[@]}" "${threads[@]}"
 announce "main job ($PROFILE) done in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s;" \
   "schedule picture: $OUTPUT_ROOT/$TASK/minidisc_90S/schedule.png"

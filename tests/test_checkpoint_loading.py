@@ -16,8 +16,9 @@ import run_distillation
 import run_finetuning
 from tests.conftest import make_tiny_config, save_tiny_tokenizer
 from tests.helpers import save_tiny_teacher, write_sst2_task
+from utils.cli import cli
 from utils.errors import StageError
-from utils.stage import cli, load_model
+from utils.model_io import load_model
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,8 @@ def test_another_architecture_is_refused_by_name(kind, task_dir, tmp_path, capsy
     checkpoint = save_foreign(kind, tmp_path / kind)
     assert cli(run_finetuning.main, finetune(checkpoint, task_dir, tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"error: --model_name_or_path {checkpoint} is a {kind} checkpoint (config model_type '{kind}'); "
-                   "supported: bert")
+    assert err.endswith(f"error: --model_name_or_path {checkpoint} is a {kind} checkpoint (config model_type "
+                        f"'{kind}'); supported: bert")
     assert not (tmp_path / "out").exists()
     assert cli(run_distillation.main, ["--teacher_model_path", str(checkpoint), "--task_name", "sst2",
                                        "--data_dir", str(task_dir), "--output_dir", str(tmp_path / "d"),

@@ -71,7 +71,7 @@ def test_collate_pads_to_longest_in_batch(tokenizer):
     examples = [ClsExample("0", "good", None, 1), ClsExample("1", "the movie was bad", None, 0)]
     ds = encode_dataset("sst2", examples, tokenizer, max_length=64)
     batch = make_collate(tokenizer)([ds[0], ds[1]])
-    assert batch["input_ids"].shape == (2, 6)  # longest is 6, not max_length 64 (D9)
+    assert batch["input_ids"].shape == (2, 6)  # padded to the longest in the batch, not to max_length 64
     pad = tokenizer.pad_token_id
     assert batch["input_ids"][0].tolist()[3:] == [pad, pad, pad]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]

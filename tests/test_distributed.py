@@ -72,7 +72,7 @@ def test_finetuning_two_processes_equal_one(setup):
 
 def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
     from data.tasks import get_task
-    from utils.loop import collect_outputs
+    from utils.evaluation import collect_outputs
 
     class FakeRun:
         rank, world_size, distributed, device, amp_dtype, is_main = 0, 1, False, torch.device("cpu"), None, False
@@ -119,7 +119,7 @@ def test_minidisc_two_processes_equal_one(tmp_path):
     launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2)
     one = read_jsonl(tmp_path / "one" / "iter_1" / "metrics.jsonl")
     two = read_jsonl(tmp_path / "two" / "iter_1" / "metrics.jsonl")
-    assert one[-1]["widths"] == two[-1]["widths"]
+    assert one[-1]["sparsities"] == two[-1]["sparsities"]
     assert one[-1]["train_loss"] == pytest.approx(two[-1]["train_loss"], abs=1e-5)
     assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best")
 

@@ -18,6 +18,7 @@ tolerances; so a dropped residual, a wrong slice or a lost bias fails these test
 
 import copy
 import json
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -33,10 +34,10 @@ from models import get_model_class
 from tests.conftest import make_tiny_config
 from tests.helpers import random_sparsity_map, save_tiny_teacher, write_sst2_task
 from utils.args import RunArguments
+from utils.cli import cli
 from utils.importance import accumulate_importance, normalize_scores
 from utils.objectives import DistillObjective, SandwichObjective
 from utils.run import Run, RunError, _amp_dtype, start_run
-from utils.stage import cli
 
 FWD_TOL = 0.03
 GRAD_TOL = 0.1
@@ -256,7 +257,7 @@ def test_minidisc_sandwich_step_under_bf16(padding):
     def step(amp: bool):
         student.zero_grad(set_to_none=True)
         torch.manual_seed(3)
-        objective = SandwichObjective(DistillObjective(teacher), [0, 30, 60, 90], rest_width=0)
+        objective = SandwichObjective(DistillObjective(teacher), [0, 30, 60, 90], rest_sparsity=0)
         with torch.autocast("cpu", dtype=BF16, enabled=amp):
             objective.prepare(batch)
         losses = []
@@ -298,7 +299,11 @@ def test_amp_dtype_bf16_on_the_cpu_and_fp16_only_on_cuda():
 
 
 def test_start_run_records_bf16_on_the_cpu(tmp_path):
-    run = start_run(RunArguments(output_dir=str(tmp_path / "run"), use_cpu=True, use_bf16=True), "test")
+    @dataclass
+    class Arguments:
+        run: RunArguments
+
+    run = start_run(Arguments(RunArguments(output_dir=str(tmp_path / "run"), use_cpu=True, use_bf16=True)), "test")
     assert run.device.type == "cpu" and run.amp_dtype is BF16
     assert json.loads((tmp_path / "run" / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"
 

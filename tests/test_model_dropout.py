@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 from conftest import make_tiny_config
 
-import models.sparse_bert as sparse_bert
+import models.fast_ops as fast_ops
 from models import SparseBertModel
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_keep_mask_has_the_asked_rate_and_an_unbiased_scale(p):
     torch.manual_seed(0)
-    keep, scale = sparse_bert._keep_mask(torch.Size([400, 1000]), p)
+    keep, scale = fast_ops.keep_mask(torch.Size([400, 1000]), p)
     assert keep.dtype == torch.bool and keep.shape == (400, 1000)
     n = keep.numel()
     rate = keep.float().mean().item()
@@ -26,7 +26,7 @@ def test_keep_mask_has_the_asked_rate_and_an_unbiased_scale(p):
 def test_keep_mask_lanes_are_not_correlated():
     """Four elements share one 64-bit draw; neighbouring lanes must still be independent."""
     torch.manual_seed(1)
-    keep, _ = sparse_bert._keep_mask(torch.Size([4 * 200_000]), 0.5)
+    keep, _ = fast_ops.keep_mask(torch.Size([4 * 200_000]), 0.5)
     lanes = keep.view(-1, 4).float()
     for a in range(4):
         for b in range(a + 1, 4):
@@ -37,7 +37,7 @@ def test_keep_mask_lanes_are_not_correlated():
 def test_dropout_zeroes_and_scales_and_its_gradient_matches():
     torch.manual_seed(2)
     x = torch.randn(3, 17, 29, requires_grad=True)
-    out = sparse_bert._dropout(x, 0.3, training=True)
+    out = fast_ops.dropout(x, 0.3, training=True)
     dropped = out == 0
     assert 0.2 < dropped.float().mean().item() < 0.4
     scale = 65536 / (65536 - round(0.3 * 65536))
@@ -50,12 +50,12 @@ def test_dropout_zeroes_and_scales_and_its_gradient_matches():
 def test_dropout_is_seeded_and_off_outside_training():
     x = torch.randn(5, 7)
     torch.manual_seed(3)
-    a = sparse_bert._dropout(x, 0.5, training=True)
+    a = fast_ops.dropout(x, 0.5, training=True)
     torch.manual_seed(3)
-    b = sparse_bert._dropout(x, 0.5, training=True)
+    b = fast_ops.dropout(x, 0.5, training=True)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert sparse_bert._dropout(x, 0.5, training=False) is x
-    assert torch.equal(sparse_bert._dropout(x, 0.0, training=True), x)
+    assert fast_ops.dropout(x, 0.5, training=False) is x
+    assert torch.equal(fast_ops.dropout(x, 0.0, training=True), x)
 
 
 def test_attention_with_dropout_is_sdpa_math_with_the_mask(monkeypatch):
@@ -64,16 +64,16 @@ def test_attention_with_dropout_is_sdpa_math_with_the_mask(monkeypatch):
     q, k, v = (torch.randn(2, 3, 6, 5, generator=generator) for _ in range(3))
     attn_mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
     attn_mask[1, ..., 4:] = False
-    monkeypatch.setattr(sparse_bert, "_keep_mask", lambda shape, p: (torch.ones(shape, dtype=torch.bool), 1.0))
-    ours = sparse_bert._attention(q, k, v, attn_mask, 0.1)
+    monkeypatch.setattr(fast_ops, "keep_mask", lambda shape, p: (torch.ones(shape, dtype=torch.bool), 1.0))
+    ours = fast_ops.attention(q, k, v, attn_mask, 0.1)
     torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), atol=1e-6, rtol=0)
 
 
 def test_attention_dropout_zeroes_probabilities(monkeypatch):
     """A dropped probability removes that key's value from the context: dropping every key gives zeros."""
     q, k, v = (torch.randn(1, 2, 4, 3) for _ in range(3))
-    monkeypatch.setattr(sparse_bert, "_keep_mask", lambda shape, p: (torch.zeros(shape, dtype=torch.bool), 2.0))
-    assert torch.equal(sparse_bert._attention(q, k, v, None, 0.5), torch.zeros(1, 2, 4, 3))
+    monkeypatch.setattr(fast_ops, "keep_mask", lambda shape, p: (torch.zeros(shape, dtype=torch.bool), 2.0))
+    assert torch.equal(fast_ops.attention(q, k, v, None, 0.5), torch.zeros(1, 2, 4, 3))
 
 
 def test_training_model_uses_dropout_and_eval_does_not():

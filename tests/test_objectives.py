@@ -75,19 +75,19 @@ def test_sandwich_shares_embeddings_without_changing_losses_or_gradients(padding
         attention_mask[2, 3:] = 0
     batch = {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
              "token_type_ids": torch.zeros_like(input_ids)}
-    widths = [0, 40, 70, 90]
+    sparsities = [0, 40, 70, 90]
 
     def run(shared: bool):
         student.zero_grad(set_to_none=True)
         torch.manual_seed(3)
-        objective = SandwichObjective(DistillObjective(teacher), widths, rest_width=0)
+        objective = SandwichObjective(DistillObjective(teacher), sparsities, rest_sparsity=0)
         objective.prepare(batch)
         losses = []
         for p in range(objective.num_passes):
             if shared:
                 loss = objective.loss(student, student, batch, p)
             else:
-                student.sparsify(objective.widths[p])
+                student.sparsify(objective.sparsities[p])
                 loss = objective.base.loss(student, student, batch, p) / objective.num_passes
             loss.backward()
             losses.append(loss.item())

@@ -8,7 +8,7 @@ import torch
 
 import run_minidisc
 from tests.helpers import save_tiny_teacher, write_sst2_task
-from utils import report
+from tools import report
 
 LEVELS = (0, 50, 60, 70, 80, 85, 90, 95)
 

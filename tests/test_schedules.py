@@ -8,9 +8,10 @@ from safetensors.torch import load_file
 
 import run_maxidisc
 import run_minidisc
+import utils.evaluation
 import utils.loop
 from tests.helpers import save_tiny_teacher, write_sst2_task
-from utils.stage import cli
+from utils.cli import cli
 
 LEVELS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 85, 95)
 
@@ -48,8 +49,8 @@ def test_minidisc_two_iterations(teacher_dir, task_dir, tmp_path):
     assert set(tau) == {50, 60, 70, 80, 85, 90}
     assert first["selected"] == max(sorted(tau), key=lambda s: round(tau[s], 9))
     lines = read_jsonl(out / "iter_1" / "metrics.jsonl")
-    assert [line["step"] for line in lines] == [3, 6] and set(lines[0]["widths"]) == {str(s) for s in first["candidates"]}
-    best_p = {s: max(line["widths"][str(s)]["acc"] for line in lines) for s in first["candidates"]}
+    assert [line["step"] for line in lines] == [3, 6] and set(lines[0]["sparsities"]) == {str(s) for s in first["candidates"]}
+    best_p = {s: max(line["sparsities"][str(s)]["acc"] for line in lines) for s in first["candidates"]}
     assert {int(s): v["score"] for s, v in first["performance"].items()} == best_p
     assert len(first["lambda_sweep"]) > 3
     assert (out / "schedule.png").stat().st_size > 1000
@@ -81,7 +82,7 @@ def test_minidisc_final_student_alone(teacher_dir, task_dir, tmp_path):
                                        "--max_steps", "3"))
     assert results["schedule"][0]["role"] == "assistant"
     assert results["schedule"][-1]["mode"] == "alone"
-    assert "widths" not in read_jsonl(out / "iter_2" / "metrics.jsonl")[0]
+    assert "sparsities" not in read_jsonl(out / "iter_2" / "metrics.jsonl")[0]
     assert results["model"]["sparsity"] == 90
 
 
@@ -108,7 +109,7 @@ def test_minidisc_resumes_within_and_between_iterations(teacher_dir, task_dir, t
     for it in ("iter_1", "iter_2"):
         full = read_jsonl(tmp_path / "full" / it / "metrics.jsonl")
         cut = read_jsonl(tmp_path / "cut" / it / "metrics.jsonl")
-        assert [(r["step"], r["widths"]) for r in full] == [(r["step"], r["widths"]) for r in cut]
+        assert [(r["step"], r["sparsities"]) for r in full] == [(r["step"], r["sparsities"]) for r in cut]
     a = load_file(tmp_path / "full" / "iter_2" / "best" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "iter_2" / "best" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -134,7 +135,7 @@ def test_sandwich_step_is_one_optimizer_step_over_every_width(teacher_dir, task_
     run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "count", "--lam", "100", "--max_steps", "1",
                              "--log_interval", "100"))
     assert calls["steps"] == 1
-    # one training step: each of the 7 widths once (narrowest first), back to full width; then the evaluation
+    # one training step: each of the 7 sparsities once (sparsest first), back to full width; then the evaluation
     assert calls["sparsify"][:8] == [95, 90, 85, 80, 70, 60, 50, 0]
 
 
@@ -157,9 +158,9 @@ def test_maxidisc_search_over_assistants(teacher_dir, task_dir, tmp_path):
     out = tmp_path / "search" / "run"
     results = run_maxidisc.main(common(teacher_dir, task_dir, out, "--layer_or_sparsity_path", "90S",
                                        "--search_assistants", "--trunc_sparsity", "70", "--max_steps", "3"))
-    assert [row["path"] for row in results["paths_tried"]] == ["70,90S", "80,90S", "85,90S", "90S"]
-    assert results["best_score"] == max(row["score"] for row in results["paths_tried"])
-    assert all(row["steps"] == (3 if row["path"] == "90S" else 6) for row in results["paths_tried"])
+    assert [row["chain"] for row in results["chains_tried"]] == ["70,90S", "80,90S", "85,90S", "90S"]
+    assert results["best_score"] == max(row["score"] for row in results["chains_tried"])
+    assert all(row["steps"] == (3 if row["chain"] == "90S" else 6) for row in results["chains_tried"])
 
 
 def test_layer_path_with_small_students(teacher_dir, task_dir, tmp_path):
@@ -188,15 +189,15 @@ def test_minidisc_needs_a_sparsified_teacher(task_dir, tmp_path, capsys):
     assert "run_sparsification.py" in capsys.readouterr().err
 
 
-def scripted_widths(monkeypatch, scores_by_eval):
-    """Make every sandwich evaluation return ``scores_by_eval[i][sparsity]`` as the acc of that width."""
+def scripted_sparsities(monkeypatch, scores_by_eval):
+    """Make every sandwich evaluation return ``scores_by_eval[i][sparsity]`` as the acc at that sparsity."""
     import utils.schedule
 
     calls = {"n": 0, "last": None}
 
     def evaluate(model, dataset, batch_size, run, desc=""):
-        s = utils.loop.unwrap(model).current_sparsity
-        if calls["last"] is None or s <= calls["last"]:  # widths are evaluated in ascending order
+        s = utils.evaluation.unwrap(model).current_sparsity
+        if calls["last"] is None or s <= calls["last"]:  # sparsities are evaluated in ascending order
             calls["n"] += 1
         calls["last"] = s
         return {"acc": scores_by_eval[min(calls["n"], len(scores_by_eval)) - 1][s]}
@@ -209,7 +210,7 @@ def test_a_later_tie_keeps_the_saved_assistant(teacher_dir, task_dir, tmp_path, 
     # Evaluation 2: τ(85) = 0.51 + 0.17 = 0.68 ties it, and a tie goes to the smaller sparsity; but τ did
     # not rise, so nothing is saved, and the schedule must go on describing the saved 90S model.
     base = {50: 0.3, 60: 0.3, 70: 0.3, 80: 0.3, 85: 0.3, 90: 0.5, 95: 0.3}
-    scripted_widths(monkeypatch, [base, {**base, 85: 0.51}])
+    scripted_sparsities(monkeypatch, [base, {**base, 85: 0.51}])
     out = tmp_path / "tie"
     results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.2"))
     lines = read_jsonl(out / "iter_1" / "metrics.jsonl")
@@ -224,7 +225,7 @@ def test_a_later_tie_keeps_the_saved_assistant(teacher_dir, task_dir, tmp_path, 
 
 def test_an_assistant_is_saved_and_reported_at_its_step(teacher_dir, task_dir, tmp_path, monkeypatch):
     base = {50: 0.3, 60: 0.3, 70: 0.3, 80: 0.3, 85: 0.3, 90: 0.3, 95: 0.3}
-    scripted_widths(monkeypatch, [base, {**base, 70: 0.9}])
+    scripted_sparsities(monkeypatch, [base, {**base, 70: 0.9}])
     out = tmp_path / "assistant"
     run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.2"))
     first = json.loads((out / "schedule.json").read_text())["iterations"][0]
@@ -281,6 +282,6 @@ def test_maxidisc_writes_a_stage_key_only_for_a_stage_trained_under_it(teacher_d
     assert json.loads((root / "a" / "iter_1" / "results.json").read_text())["key"] == key
     # a stage reused from another run is reported as reused, with where it came from
     second = run_maxidisc.main(common(teacher_dir, task_dir, root / "b", "--layer_or_sparsity_path", "80,95S"))
-    assert second["paths_tried"][0]["reused_from"] == [str(root / "a" / "iter_1")]
+    assert second["chains_tried"][0]["reused_from"] == [str(root / "a" / "iter_1")]
     assert json.loads((root / "b" / "iter_1" / "stage.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
-    assert first["paths_tried"][0]["reused_from"] == []
+    assert first["chains_tried"][0]["reused_from"] == []

@@ -11,10 +11,12 @@ import run_sparsification
 from models import SparseBertCls
 from tests.conftest import FIXTURES
 from tests.helpers import save_tiny_teacher, write_sst2_task
+from utils.cli import cli
+from utils.evaluation import collect_outputs
 from utils.importance import removal_count
-from utils.loop import collect_outputs
+from utils.model_io import load_model, load_tokenizer
 from utils.run import Run
-from utils.stage import cli, load_model, load_split, load_tokenizer
+from utils.task_data import load_split
 
 LEVELS = "1,5,50,90"
 
@@ -56,8 +58,8 @@ def dev_logits(model_dir, task_dir):
 
     from data.tasks import get_task
 
-    args = Namespace(data_dir=str(task_dir), max_length=16)
-    dev = load_split(args, get_task("sst2"), load_tokenizer(str(model_dir)), "dev")
+    data = Namespace(data_dir=str(task_dir), max_length=16)
+    dev = load_split(data, get_task("sst2"), load_tokenizer(str(model_dir)), "dev")
     outputs = collect_outputs(load_model("sparsebert_cls", str(model_dir)), dev, 8, Run(model_dir, torch.device("cpu")))
     return torch.stack([outputs[i] for i in range(len(dev))])
 

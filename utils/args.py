@@ -19,7 +19,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from utils.errors import ArgumentError
+from data.tasks import TaskSpec, get_task, validate_selection_metric
+from models import MODEL_REGISTRY
+from utils.errors import USER_ERRORS, ArgumentError
+from utils.model_io import check_model_path, model_type_for
+from utils.students import StudentSpec
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
@@ -50,8 +54,9 @@ class RunArguments:
 
 @dataclass
 class ModelArguments:
-    model_type: str = arg("sparsebert_cls", help="Model family: sparsebert_cls (classification, regression) or "
-                          "sparsebert_ner (token classification).", choices=("sparsebert_cls", "sparsebert_ner"))
+    model_type: str | None = arg(None, help="Model class: sparsebert_cls (classification, regression) or "
+                                 "sparsebert_ner (token classification); default: what the task and the checkpoint "
+                                 "call for.", choices=tuple(MODEL_REGISTRY))
 
 
 @dataclass
@@ -63,12 +68,16 @@ class FinetuneArguments:
 class StudentArguments:
     layer_or_sparsity: str = arg("4L", help="Student: kL keeps the teacher's bottom k layers, sS slices it to "
                                  "sparsity s%% by its sparsity map (e.g. 90S), or a directory holding a student.")
+    student: StudentSpec = field(init=False)
+
+    def __post_init__(self):
+        self.student = StudentSpec.parse(self.layer_or_sparsity, "--layer_or_sparsity")
 
 
 @dataclass
 class DataArguments:
     task_name: str = arg(help="Task: cola sst2 mrpc stsb qqp mnli mnlimm qnli rte wnli conll polarity ...")
-    data_type: str = arg("bert_cls", help="Tokenisation pipeline.", choices=("bert_cls", "bert_ner"))
+    data_type: str | None = arg(None, help="Tokenisation pipeline; default: the task's.", choices=("bert_cls", "bert_ner"))
     data_dir: str = arg("datasets", help="Root folder holding {task_name}/ (or the official GLUE folder names).")
     max_length: int = arg(128, help="Maximum sequence length in word pieces.")
     max_train_samples: int | None = arg(None, help="Use only the first N training examples (quick runs).")
@@ -175,13 +184,34 @@ def _flag_type(annotation):
     return annotation
 
 
+@dataclass
+class DistillScriptArguments:
+    """The argument groups of every script that distils from a teacher; each script adds its own group."""
+
+    run: RunArguments
+    model: ModelArguments
+    distill: DistillationArguments
+    data: DataArguments
+    training: TrainingArguments
+    task: TaskSpec = field(init=False)
+
+    def __post_init__(self):
+        self.task = complete_task(self.model, self.data, self.distill.teacher_model_path, "--teacher_model_path",
+                                  self.training)
+
+
+def _init_fields(cls) -> list[dataclasses.Field]:
+    """The fields of a dataclass that are flags (those set by ``__init__``)."""
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
 def build_parser(groups, description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one argument group per dataclass in ``groups``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     seen = set()
     for group_cls in groups:
         group = parser.add_argument_group(group_cls.__name__)
-        for f in dataclasses.fields(group_cls):
+        for f in _init_fields(group_cls):
             if f.name in seen:
                 raise TypeError(f"flag --{f.name} is defined by two argument groups")
             seen.add(f.name)
@@ -202,21 +232,62 @@ def build_parser(groups, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(groups, argv=None, description: str = "", validate=None) -> argparse.Namespace:
-    """Parse ``argv`` into one namespace holding every group's fields, validated.
+def parse_args(script_cls, argv=None, description: str = ""):
+    """Parse ``argv`` into an instance of ``script_cls``, a dataclass whose fields are argument groups.
 
-    Each group's dataclass is instantiated (running its ``__post_init__`` checks); ``validate`` is an
-    optional callable on the merged namespace for rules that span groups. Errors exit with status 2
-    and one line naming the flag.
+    Each group is built from its flags (its ``__post_init__`` checks run), then ``script_cls`` from
+    the groups (its ``__post_init__`` checks the rules that span groups and derives what was left
+    out). A value that cannot work exits with status 2 and one line naming the flag.
+
+    Example::
+
+        @dataclass
+        class Arguments:
+            run: RunArguments
+            data: DataArguments
+
+        args = parse_args(Arguments, ["--output_dir", "out", "--task_name", "sst2"])
+        args.data.task_name
     """
-    parser = build_parser(groups, description)
-    namespace = parser.parse_args(argv)
+    groups = typing.get_type_hints(script_cls)
+    groups = {f.name: groups[f.name] for f in _init_fields(script_cls)}
+    parser = build_parser(groups.values(), description)
+    values = vars(parser.parse_args(argv))
     try:
-        for group_cls in groups:
-            names = {f.name for f in dataclasses.fields(group_cls)}
-            group_cls(**{k: v for k, v in vars(namespace).items() if k in names})
-        if validate is not None:
-            validate(namespace)
-    except ArgumentError as err:
+        built = {name: cls(**{f.name: values[f.name] for f in _init_fields(cls)}) for name, cls in groups.items()}
+        return script_cls(**built)
+    except USER_ERRORS as err:
         parser.error(str(err))
-    return namespace
+
+
+def flag_values(args) -> dict:
+    """``{flag name: value}`` over every group of a parsed ``args`` (what ``args.json`` records)."""
+    return {f.name: getattr(group, f.name)
+            for g in _init_fields(type(args)) for group in (getattr(args, g.name),) for f in _init_fields(type(group))}
+
+
+def complete_task(model: ModelArguments, data: DataArguments, checkpoint: str, checkpoint_flag: str,
+                  training: TrainingArguments | None = None) -> TaskSpec:
+    """The task of ``--task_name``, with what depends on it filled in or checked.
+
+    ``--data_type`` and ``--model_type`` default to what the task and the checkpoint's architecture
+    call for (a given value must fit them); ``--selection_metric`` defaults to the task's.
+
+    Raises:
+        ArgumentError / StageError: a flag that does not fit the task, or a checkpoint that cannot be used.
+    """
+    task = get_task(data.task_name)
+    wanted = "bert_ner" if task.is_token_task else "bert_cls"
+    if data.data_type is None:
+        data.data_type = wanted
+    elif data.data_type != wanted:
+        raise ArgumentError(f"--data_type {data.data_type} does not fit task {task.name} ({task.kind}); use {wanted}")
+    wanted = model_type_for(check_model_path(checkpoint, checkpoint_flag), task)
+    if model.model_type is None:
+        model.model_type = wanted
+    elif model.model_type != wanted:
+        raise ArgumentError(f"--model_type {model.model_type} does not fit task {task.name} ({task.kind}) and "
+                            f"{checkpoint}; use {wanted}, or leave it out")
+    if training is not None:
+        training.selection_metric = validate_selection_metric(task, training.selection_metric)
+    return task

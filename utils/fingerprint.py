@@ -9,7 +9,7 @@ silently mixing the two.
 
 Example::
 
-    settings = run_settings(args, world_size=1)
+    settings = run_settings(flag_values(args), world_size=1)
     check_settings(saved["settings"], settings, output_dir)   # raises SettingsMismatch on a difference
 """
 
@@ -60,10 +60,11 @@ def model_identity(path: str | Path) -> str:
     return _identity_cache[key]
 
 
-def run_settings(args, world_size: int) -> dict:
-    """The settings of a run (JSON-able): its result-changing flags, models by content, processes, batch."""
+def run_settings(flags: dict, world_size: int) -> dict:
+    """The settings of a run (JSON-able) with ``flags`` ``{name: value}``: its result-changing flags,
+    models by content, processes, effective batch."""
     settings = {}
-    for name, value in sorted(vars(args).items()):
+    for name, value in sorted(flags.items()):
         if name in NOT_SETTINGS:
             continue
         settings[name] = model_identity(value) if name in MODEL_FLAGS and value is not None else value

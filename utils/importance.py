@@ -1,4 +1,4 @@
-"""Importance of attention heads and FFN neurons, and the sparsity map built from it (spec §3).
+"""Importance of attention heads and FFN neurons, and the sparsity map built from it.
 
 The pure part (no model): :func:`normalize_scores` (per-layer L2), :func:`layer_order` (descending
 per layer), :func:`build_sparsity_map` (global ranking, one count per layer and level) and
@@ -13,7 +13,8 @@ Rounding rules (documented because they decide the exact counts):
   ``Fraction``), so ``s = 50`` of 37 units removes 18, not 19, and no float error can flip a tie;
 * with ``neuron_multiple = m > 1`` each layer's removed-neuron count ``n`` becomes
   ``round(n / m) · m`` (half to even again), capped at the layer's size; the reference uses
-  ``m = 8``, so the real neuron sparsity differs slightly from the nominal one (spec D10, bug 19):
+  ``m = 8``, so the real neuron sparsity differs slightly from the nominal one (the reference
+  reported the nominal level only):
   report the kept counts, never the level alone. Heads are never rounded;
 * ties in the global ranking go to the lower (layer, position) first, so the result is
   deterministic.

@@ -1,4 +1,5 @@
-"""Task metrics as pure functions; every value is a fraction in [0, 1] (D4), CoNLL F1 included.
+"""Task metrics as pure functions; every value is a fraction in [0, 1], CoNLL F1 included,
+so that λ in the λ-tradeoff weighs sparsity the same way on every task.
 
 ``compute_metrics(task, predictions, references)`` takes what ``EncodedDataset.decode`` and
 ``EncodedDataset.references`` return (class ids, float scores, or per-sentence tag lists) and gives
@@ -49,7 +50,8 @@ def acc_and_f1(predictions: Sequence[int], references: Sequence[int]) -> dict[st
 def matthews(predictions: Sequence[int], references: Sequence[int]) -> float:
     """Matthews correlation (CoLA), 0 for constant predictions or references.
 
-    Named ``matthews`` so that it never shadows sklearn's ``matthews_corrcoef`` (spec bug 4).
+    Named ``matthews`` so that it never shadows sklearn's ``matthews_corrcoef`` (the reference's local name did,
+and broke its CoLA metric).
     """
     _check(predictions, references)
     if len(set(predictions)) < 2 or len(set(references)) < 2:
@@ -91,7 +93,8 @@ def pearson_and_spearman(predictions: Sequence[float], references: Sequence[floa
 def entity_prf(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Entity-level micro ``precision``/``recall``/``f1`` with seqeval on per-sentence IOB2 tag lists.
 
-    Sentences stay separate (the reference scored one flattened sequence, spec bug 25); an entity
+    Sentences stay separate (the reference scored one flattened sequence,
+so an entity could run across a sentence boundary); an entity
     starts at ``B-X`` or at an ``I-X`` that does not continue an ``X`` entity (conlleval's rule).
     """
     _check(predictions, references)

@@ -3,7 +3,7 @@
 An objective turns a batch into one or more losses. The loop calls ``prepare(batch)`` once per
 batch (the teacher's forward pass, under ``no_grad``), then ``loss(model, module, batch, i)`` for
 each of the ``num_passes`` passes and runs ``backward`` after each one, so that only one pass's
-activations are alive at a time. MiniDisc's sandwich is one pass per candidate width.
+activations are alive at a time. MiniDisc's sandwich is one pass per candidate sparsity.
 
 Losses (T is the temperature; ``SCE(a, b) = -mean Σ_c softmax(b)_c log softmax(a)_c``):
 
@@ -151,7 +151,7 @@ class Objective:
         raise NotImplementedError
 
     def finish(self, module) -> None:
-        """Restore anything the passes changed on the model (e.g. its width)."""
+        """Restore anything the passes changed on the model (e.g. its sparsity)."""
 
 
 class TaskObjective(Objective):
@@ -184,7 +184,7 @@ class DistillObjective(Objective):
     def prepare(self, batch):
         self._shares = process_shares(loss_terms(batch), batch["input_ids"].device)
         self._teacher_out = _forward(self.teacher, {k: v for k, v in batch.items() if k != "labels"})
-        # The teacher's gathered hidden states per layer selection, shared by every width of a sandwich.
+        # The teacher's gathered hidden states per layer selection, shared by every pass of a sandwich.
         self._teacher_states = {}
 
     def loss(self, model, module, batch, pass_index, embedding_output=None):
@@ -212,27 +212,27 @@ class DistillObjective(Objective):
 
 
 class SandwichObjective(Objective):
-    """MiniDisc's sandwich: every candidate width of a weight-sharing supernet, one backward each.
+    """MiniDisc's sandwich: every candidate sparsity of a weight-sharing supernet, one backward each.
 
-    Pass i slices the supernet to ``widths[i]`` and returns ``base.loss / len(widths)``; the loop
-    backpropagates each pass before the next, so one width's activations are freed before the
-    next width runs, and takes one optimizer step for all of them. Widths run narrowest first:
-    under DistributedDataParallel only the last pass synchronises gradients, and the widest
-    width uses every weight any narrower one does.
+    Pass i slices the supernet to ``sparsities[i]`` and returns ``base.loss / len(sparsities)``; the
+    loop backpropagates each pass before the next, so one slice's activations are freed before the
+    next one runs, and takes one optimizer step for all of them. The sparsest slice runs first:
+    under DistributedDataParallel only the last pass synchronises gradients, and the least sparse
+    slice uses every weight any sparser one does.
 
-    The embeddings (before their dropout) are the same for every width, so they are computed once
+    The embeddings (before their dropout) are the same at every sparsity, so they are computed once
     per batch: the earlier passes backpropagate into a detached copy, and the last pass carries the
     sum of those gradients into the embedding weights, which are backpropagated once instead of
-    once per width (each width still draws its own embedding dropout).
+    once per pass (each pass still draws its own embedding dropout).
     """
 
-    def __init__(self, base: DistillObjective, widths: list[int], rest_width: int):
-        if not widths:
-            raise ValueError("the sandwich needs at least one width")
+    def __init__(self, base: DistillObjective, sparsities: list[int], rest_sparsity: int):
+        if not sparsities:
+            raise ValueError("the sandwich needs at least one sparsity")
         self.base = base
-        self.widths = sorted(widths, reverse=True)
-        self.rest_width = rest_width
-        self.num_passes = len(self.widths)
+        self.sparsities = sorted(sparsities, reverse=True)
+        self.rest_sparsity = rest_sparsity
+        self.num_passes = len(self.sparsities)
         self.needs_labels = base.needs_labels
 
     def prepare(self, batch):
@@ -240,7 +240,7 @@ class SandwichObjective(Objective):
         self._embedded = self._detached = None
 
     def loss(self, model, module, batch, pass_index):
-        module.sparsify(self.widths[pass_index])
+        module.sparsify(self.sparsities[pass_index])
         embedding_output = self._shared_embeddings(module, batch, pass_index)
         return self.base.loss(model, module, batch, pass_index, embedding_output) / self.num_passes
 
@@ -260,4 +260,4 @@ class SandwichObjective(Objective):
         return embedded
 
     def finish(self, module):
-        module.sparsify(self.rest_width)
+        module.sparsify(self.rest_sparsity)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils.args import flag_values
 from utils.errors import RunError
 from utils.fingerprint import check_settings, run_settings
 
@@ -48,6 +49,7 @@ class Run:
         rank, world_size, local_rank: torch.distributed coordinates (0, 1, 0 when single-process).
         amp_dtype: ``torch.float16``/``torch.bfloat16`` under mixed precision, else None.
         resume: True when ``checkpoint/`` was found and training continues from it.
+        seed: the run's seed (data order, initialisation, dropout).
         settings: what the run's results depend on (:func:`utils.fingerprint.run_settings`).
     """
 
@@ -58,6 +60,7 @@ class Run:
     local_rank: int = 0
     amp_dtype: torch.dtype | None = None
     resume: bool = False
+    seed: int = 0
     settings: dict | None = None
     started: float = field(default_factory=time.time)
 
@@ -143,12 +146,12 @@ def _amp_dtype(args, device: torch.device) -> torch.dtype | None:
     Weights and optimizer stay fp32 either way. ``--use_bf16`` works on CUDA and on the CPU;
     ``--use_fp16`` needs CUDA (float16 autocast with a gradient scaler) and is refused elsewhere.
     """
-    if getattr(args, "use_fp16", False):
+    if args.use_fp16:
         if device.type != "cuda":
             raise RunError(f"--use_fp16 needs CUDA (float16 autocast with a gradient scaler), but this run is on "
                            f"the {device.type.upper()}; use --use_bf16 for mixed precision on the CPU")
         return torch.float16
-    if getattr(args, "use_bf16", False):
+    if args.use_bf16:
         return torch.bfloat16
     return None
 
@@ -210,17 +213,21 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
 def start_run(args, script: str, resumable: bool = True, training: bool = True) -> Run:
     """Set up processes, device, output folder, logging, seeds and ``args.json`` for one script run.
 
+    ``args`` is the script's parsed arguments (:func:`utils.args.parse_args`); its ``run`` group says
+    where and how to run, and every flag goes into ``args.json`` and the run's settings.
+
     ``training`` False (``--do_test``/``--do_infer`` alone) scores an existing model: the folder's
     training record is kept, nothing is deleted, and the command is recorded in the log only.
     """
-    rank, world_size, local_rank = _init_distributed(args)
-    device = _pick_device(args, local_rank)
-    amp_dtype = _amp_dtype(args, device)
-    output_dir = Path(args.output_dir)
+    options, flags = args.run, flag_values(args)
+    rank, world_size, local_rank = _init_distributed(options)
+    device = _pick_device(options, local_rank)
+    amp_dtype = _amp_dtype(options, device)
+    output_dir = Path(options.output_dir)
     resume, settings = False, None
     if rank == 0:
-        settings = run_settings(args, world_size)
-        resume = _prepare_output_dir(output_dir, args.overwrite_output_dir, resumable, training, settings)
+        settings = run_settings(flags, world_size)
+        resume = _prepare_output_dir(output_dir, options.overwrite_output_dir, resumable, training, settings)
         output_dir.mkdir(parents=True, exist_ok=True)
     if world_size > 1:
         shared = [resume, settings]
@@ -228,11 +235,11 @@ def start_run(args, script: str, resumable: bool = True, training: bool = True) 
         resume, settings = shared
     setup_logging(output_dir, rank == 0)
     run = Run(output_dir=output_dir, device=device, rank=rank, world_size=world_size, local_rank=local_rank,
-              amp_dtype=amp_dtype, resume=resume, settings=settings)
-    set_seed(args.seed)
+              amp_dtype=amp_dtype, resume=resume, seed=options.seed, settings=settings)
+    set_seed(options.seed)
     record = {
         "script": script,
-        "args": vars(args),
+        "args": flags,
         "settings": settings,
         "world_size": world_size,
         "device": str(device),

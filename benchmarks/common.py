@@ -1,0 +1,134 @@
+"""Helpers the benchmark scripts share: interleaved timing, encoder FLOP counts, batches and load.
+
+Importing this module puts the repository root on ``sys.path``, so a script run as
+``python benchmarks/NAME.py`` imports ``common`` first and then the project's packages
+(``data``, ``models``, ``utils``).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from data.pipelines import encode_dataset  # noqa: E402
+from data.readers import read_examples  # noqa: E402
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """``--threads``, ``--warmup`` and ``--repeats`` (default ``repeats``) for :func:`interleaved_times`."""
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds; the median is reported")
+
+
+def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, repeats: int,
+                      after_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each step over ``repeats`` rounds, after ``warmup`` untimed rounds.
+
+    Calls alternate between the steps (the order reversed every round) so that load from other
+    processes on a shared machine hits every step alike. ``after_round(i)`` runs after timed round i.
+    """
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+        if after_round is not None:
+            after_round(round_index)
+    return times
+
+
+def inference_step(forward: Callable[[dict], object], batches: list[dict]) -> Callable[[], None]:
+    """A step that runs ``forward(batch)`` for every batch of ``batches`` without gradients."""
+
+    def step():
+        with torch.no_grad():
+            for batch in batches:
+                forward(batch)
+
+    return step
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    """The median of each step's times."""
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, to print next to timings."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP counts
+
+
+def encoder_flops(widths: dict, config, batch_size: int, seq_len: int, tokens: int | None = None) -> int:
+    """Matmul FLOPs (2 per multiply-add) of one encoder forward at the given per-layer widths.
+
+    ``widths`` is ``{"head": [L ints], "neuron": [L ints]}`` (a model's ``kept_widths()``). The Q/K/V
+    and output projections and the FFN run over ``tokens`` (default every position of the
+    ``[batch_size, seq_len]`` batch; pass the real token count for an encoder that skips padding),
+    the attention scores and context over the padded ``[batch_size, seq_len, seq_len]``.
+    Embeddings, LayerNorms and heads are not counted.
+    """
+    hidden = config.hidden_size
+    head_size = hidden // config.num_attention_heads
+    tokens = batch_size * seq_len if tokens is None else tokens
+    flops = 0
+    for heads, neurons in zip(widths["head"], widths["neuron"], strict=True):
+        width = heads * head_size
+        flops += 2 * tokens * (4 * hidden * width + 2 * hidden * neurons)  # Q, K, V, output; FFN up and down
+        flops += 4 * batch_size * seq_len * seq_len * width  # scores and context
+    return flops
+
+
+def full_widths(config) -> dict:
+    """Every head and neuron of every layer, in the form of ``kept_widths()``."""
+    return {"head": [config.num_attention_heads] * config.num_hidden_layers,
+            "neuron": [config.intermediate_size] * config.num_hidden_layers}
+
+
+def kept_widths(model, sparsity: int) -> dict:
+    """The widths ``model`` keeps at ``sparsity``; the model is left at its current sparsity."""
+    current = model.current_sparsity
+    model.sparsify(sparsity)
+    widths = model.kept_widths()
+    model.sparsify(current)
+    return widths
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def encode_split(task, data_dir: str, split: str, tokenizer, max_length: int, limit: int | None = None):
+    """The tokenised features of ``split`` of ``task`` (its first ``limit`` examples when given)."""
+    return encode_dataset(task, read_examples(task, data_dir, split)[:limit], tokenizer, max_length)
+
+
+def collate(dataset, indices) -> dict:
+    """The batch of ``dataset``'s features at ``indices`` (dynamic padding)."""
+    return dataset.collate_fn([dataset[i] for i in indices])
+
+
+def encoder_inputs(batch: dict) -> dict:
+    """The keyword arguments of a BERT forward taken from ``batch`` (no labels)."""
+    return {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,0 +1,1 @@
+"""Command-line tools around the pipeline: fetch the offline assets, summarise a finished run."""

@@ -1,0 +1,184 @@
+"""What a run keeps on disk while it trains: the best model (swapped in atomically), the resumable
+state (weights, optimizer, counters, every process's random state) and the evaluation log.
+
+Files in a stage's folder (rank 0 only):
+
+* ``metrics.jsonl``  one line per evaluation: step, epoch, metrics, score, elapsed seconds;
+* ``best/``          the best model (densified) + tokenizer + ``selection.json``, replaced atomically;
+* ``checkpoint/``    the resumable state, replaced atomically every ``--save_steps`` steps and at each
+  epoch end, removed once the run's results are written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.run import write_json_atomic
+
+BEST_DIR = "best"
+STATE_DIR = "checkpoint"
+STATE_FILE = "state.pt"
+SELECTION_FILE = "selection.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = None) -> None:
+    """Save ``model`` (+ tokenizer, + JSON ``files`` {name: payload}) so ``directory`` is never half-written.
+
+    The new copy is written beside the target and swapped in by renames; if a crash interrupts
+    the swap, :func:`recover_model_dir` restores the previous copy.
+    """
+    directory = Path(directory)
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, payload in (files or {}).items():
+        write_json_atomic(tmp / name, payload)
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_model_dir(directory: Path) -> None:
+    """Undo a swap that a crash interrupted: bring ``X.old`` back when ``X`` is missing."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and old.exists():
+        os.replace(old, directory)
+    shutil.rmtree(directory.with_name(directory.name + ".tmp"), ignore_errors=True)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunningMean:
+    """Mean per-step training loss since the last evaluation (a step sums its passes and micro-batches)."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def mean(self, run=None) -> float | None:
+        """The mean, averaged over processes when ``run`` is distributed (every rank must call it)."""
+        total, count = self.total, self.count
+        if run is not None and run.distributed:
+            both = torch.tensor([total, count], dtype=torch.float64, device=run.device)
+            dist.all_reduce(both)
+            total, count = both.tolist()
+        return round(total / count, 6) if count else None
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.count = state["total"], state["count"]
+
+
+@dataclass
+class LoopState:
+    """Counters that, with the weights and optimizer, fully describe where training is."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    last_eval_step: int = -1
+    examples_seen: int = 0
+    train_seconds: float = 0.0
+    finished: bool = False
+    stop_reason: str = ""
+
+
+def save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopState, selector, losses, run,
+                settings: dict, extra: dict) -> None:
+    """Write the resumable state; a finished run keeps only its counters and selection (no weights).
+
+    Each process's random state and running training loss are gathered, so every rank resumes its own.
+    """
+    per_rank = {"rng": _rng_state(), "loss": losses.state_dict()}
+    if run.distributed:
+        gathered = [None] * run.world_size
+        dist.all_gather_object(gathered, per_rank)
+    else:
+        gathered = [per_rank]
+    if not run.is_main:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    payload = {"loop": asdict(state), "selector": selector.state_dict(), "ranks": gathered,
+               "settings": settings, "extra": extra}
+    if not state.finished:
+        payload.update(model=module.state_dict(), optimizer=optimizer.state_dict(),
+                       scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+    tmp = path / (STATE_FILE + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path / STATE_FILE)
+
+
+def load_state(output_dir: Path) -> dict | None:
+    """The resumable state saved in ``output_dir/checkpoint``, or None."""
+    path = Path(output_dir) / STATE_DIR / STATE_FILE
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def remove_state(output_dir: Path) -> None:
+    """Delete the resumable state once a run's results are written (it holds optimizer moments)."""
+    shutil.rmtree(Path(output_dir) / STATE_DIR, ignore_errors=True)
+
+
+def newer_best(output_dir: Path, best_step: int) -> dict | None:
+    """The record of ``best/`` when it was saved after step ``best_step`` (by a run that then died), else None."""
+    path = Path(output_dir) / BEST_DIR / SELECTION_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record["step"] > best_step else None
+
+
+def append_jsonl(run, path: Path, payload: dict) -> None:
+    """Append one JSON line (rank 0 only)."""
+    if run.is_main:
+        with open(path, "a") as f:
+            f.write(json.dumps(payload) + "\n")
+
+
+def truncate_metrics(path: Path, step: int, run) -> None:
+    """Drop evaluations logged after the resumed state's step: the resumed run repeats them."""
+    if not run.is_main or not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))

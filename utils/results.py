@@ -1,0 +1,139 @@
+"""What a training script does after the loop: score the model on test and write predictions, sum up
+the run in ``results.json``, and mark the stages of a schedule finished (with the settings they were
+trained under)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from data.outputs import write_conll_predictions, write_glue_submission
+from utils.checkpoint import BEST_DIR, remove_state
+from utils.errors import StageError
+from utils.evaluation import evaluate, predict
+from utils.fingerprint import check_settings
+from utils.model_io import check_model_task, load_model, load_tokenizer
+from utils.run import write_json_atomic
+from utils.students import describe_model
+from utils.task_data import load_split
+
+logger = logging.getLogger(__name__)
+
+
+def final_model_dir(eval_model_path: str | None, default: Path) -> Path:
+    """The model scored by --do_test/--do_infer: --eval_model_path, else this run's own (never a fallback)."""
+    path = Path(eval_model_path) if eval_model_path else Path(default)
+    if not path.is_dir():
+        hint = "" if eval_model_path else " (train first with --do_train, or pass --eval_model_path)"
+        raise StageError(f"no model to test at {path}{hint}")
+    return path
+
+
+def trained_model_dir(output_dir: Path) -> Path:
+    """The model a finished run produced: its results' student (MiniDisc, MaxiDisc), else ``best/``."""
+    results = read_stage(output_dir) or {}
+    recorded = results.get("paths", {}).get("student")
+    return Path(recorded) if recorded else Path(output_dir) / BEST_DIR
+
+
+def test_and_infer(args, run, task, output_dir: Path, model_dir: Path | None = None) -> dict:
+    """Run --do_test (metrics on a labelled test split) and --do_infer (prediction files).
+
+    ``args`` holds the ``model``, ``data`` and ``training`` argument groups. The model is
+    ``--eval_model_path``, else ``model_dir``, else the one this run trained (:func:`trained_model_dir`).
+    """
+    report, training = {}, args.training
+    if not (training.do_test or training.do_infer):
+        return report
+    model_dir = final_model_dir(training.eval_model_path, model_dir or trained_model_dir(output_dir))
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(args.model.model_type, str(model_dir)).to(run.device)
+    check_model_task(model, task, model_dir)
+    test = load_split(args.data, task, tokenizer, "test")
+    report["test_model_path"] = str(model_dir)
+    if training.do_test:
+        if not test.has_labels:
+            raise StageError(f"the test split of {task.name} has no gold labels; use --do_infer to write "
+                             "predictions for the GLUE server instead")
+        report["test_metrics"] = evaluate(model, test, training.per_device_eval_batch_size, run, "test")
+        logger.info("test: %s", report["test_metrics"])
+    if training.do_infer:
+        predictions = predict(model, test, training.per_device_eval_batch_size, run, "infer")
+        if run.is_main:
+            if task.is_token_task:
+                path = write_conll_predictions(test.examples, predictions, Path(output_dir) / f"{task.name}_test_predictions.txt")
+            else:
+                path = write_glue_submission(task, test.examples, predictions, output_dir)
+            report["prediction_file"] = str(path)
+            logger.info("predictions written to %s", path)
+    return report
+
+
+def train_summary(result, model_type: str) -> dict:
+    """The results.json entries of one training stage: best dev metrics, model size, cost, paths."""
+    best = load_model(model_type, str(result.best_dir)) if result.best_dir.is_dir() else None
+    record = result.best_record or {}
+    return {
+        "best_step": result.best_step,
+        "best_score": result.best_score,
+        "best_dev": record["sparsities"][str(record["choice"])] if "sparsities" in record else record.get("metrics"),
+        "model": describe_model(best) if best is not None else None,
+        "train": {"steps": result.steps, "epochs": result.epochs_run, "seconds": result.train_seconds,
+                  "examples_per_second": result.examples_per_second, "stop_reason": result.stop_reason},
+        "paths": {"best": str(result.best_dir)},
+    }
+
+
+def finish(args, run, task, output_dir: Path, summary: dict, model_dir: Path | None = None) -> dict:
+    """Test/infer as asked (with ``model_dir``, default the run's trained model), write ``results.json``,
+    and drop the resumable state.
+
+    Without ``--do_train`` the run's existing ``results.json`` (if any) keeps its training results and
+    gains the test and prediction entries.
+    """
+    if args.training.do_train:
+        results = {"task": task.name, "selection_metric": args.training.selection_metric, **summary}
+    else:
+        results = read_stage(output_dir) or {"task": task.name}
+    results.update(test_and_infer(args, run, task, output_dir, model_dir))
+    results["paths"] = {**results.get("paths", {}), "output_dir": str(output_dir)}
+    run.write_json("results.json", results)
+    if run.is_main and args.training.do_train:
+        remove_state(output_dir)
+    logger.info("results written to %s", Path(output_dir) / "results.json")
+    return results
+
+
+def stage_settings(run, **stage) -> dict:
+    """What a stage of a schedule depends on: the run's settings and the stage's own facts."""
+    return {"run": run.settings, "stage": stage}
+
+
+def read_stage(stage_dir: Path, settings: dict | None = None) -> dict | None:
+    """The results of a finished stage (``stage_dir/results.json``), or None if it has not finished.
+
+    With ``settings``, a finished stage must have been trained under them.
+
+    Raises:
+        SettingsMismatch: the stage finished under other settings.
+    """
+    path = Path(stage_dir) / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if settings is not None:
+        check_settings(results.get("settings"), settings, stage_dir, "finished stage")
+    return results
+
+
+def close_stage(run, stage_dir: Path, summary: dict, files: dict | None = None) -> None:
+    """Mark a stage of a schedule finished: ``results.json`` (+ JSON ``files`` {name: payload}, written
+    first), and no resumable state left behind."""
+    if run.is_main:
+        Path(stage_dir).mkdir(parents=True, exist_ok=True)
+        for name, payload in (files or {}).items():
+            write_json_atomic(Path(stage_dir) / name, payload)
+        write_json_atomic(Path(stage_dir) / "results.json", summary)
+        remove_state(stage_dir)
+    run.barrier()

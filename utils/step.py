@@ -1,0 +1,70 @@
+"""One optimizer step of the loop, in two parts that the loop and the benchmarks share: the
+forward and backward passes of one (micro-)batch, and the update after the last one."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+
+def build_optimizer(module, args) -> torch.optim.Optimizer:
+    """AdamW with weight decay on every trainable weight except biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm.weight" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel makes one pass over each tensor instead of a dozen (≈5x faster on the CPU, where a
+    # MiniLM's optimizer step costs as much as a narrow student's forward and backward).
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=fused or None)
+
+
+def plan_steps(num_batches_per_epoch: int, args) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) for the schedule and early stopping."""
+    steps_per_epoch = max(1, math.ceil(num_batches_per_epoch / args.num_grad_accum_steps))
+    total = args.max_steps if args.max_steps is not None else math.ceil(args.num_train_epochs * steps_per_epoch)
+    return steps_per_epoch, max(1, total)
+
+
+def backward_batch(objective, model, module, batch: dict, group_size: int = 1, sync: bool = True,
+                   autocast=None, scaler=None, distributed: bool = False) -> float:
+    """Forward and backward every pass of ``objective`` on one batch; return the summed loss.
+
+    Each pass's loss is divided by ``group_size`` (the batches accumulated into this optimizer step)
+    and backpropagated before the next pass runs, so only one pass's activations are alive at a time.
+    Under DDP (``distributed``) gradients are synchronised only by the last pass of a batch with
+    ``sync`` (the last of its group). ``model`` may be DDP-wrapped; ``module`` is the bare model.
+    """
+    autocast = autocast or nullcontext()
+    with autocast:
+        objective.prepare(batch)
+    total = 0.0
+    for p in range(objective.num_passes):
+        last = sync and p == objective.num_passes - 1
+        with (model.no_sync() if distributed and not last else nullcontext()):
+            with autocast:
+                loss = objective.loss(model, module, batch, p) / group_size
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.item()
+    objective.finish(module)
+    return total
+
+
+def optimizer_step(module, optimizer, max_grad_norm: float, scheduler=None, scaler=None) -> None:
+    """Clip the accumulated gradients (``max_grad_norm`` > 0), step, advance the schedule, clear the gradients."""
+    if max_grad_norm > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
