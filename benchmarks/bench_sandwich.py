@@ -1,8 +1,8 @@
 """Benchmark MiniDisc's sandwich training step: speed against the reference's padding, and memory.
 
 One sandwich step is what :func:`utils.loop.train` does per batch with a
-:class:`~utils.objectives.SandwichObjective`: one teacher forward (no grad), then for every width
-``sparsify(s)``, student forward, ``loss / len(widths)``, backward; then gradient clipping and one
+:class:`~utils.objectives.SandwichObjective`: one teacher forward (no grad), then for every sparsity s
+``sparsify(s)``, student forward, ``loss / len(sparsities)``, backward; then gradient clipping and one
 AdamW step. The timed step calls the loop's own step functions (``utils.step.backward_batch`` and
 ``optimizer_step``) with the project's objective classes on a sparsified MiniLM and the real MRPC
 training set, and measures in one process, on the same model and batches:
@@ -10,8 +10,8 @@ training set, and measures in one process, on the same model and batches:
 (a) every batch padded to ``--pad_to`` (128), as the reference code pads (in-process baseline);
 (b) dynamic padding (pad to the longest sequence of the batch), the project's default;
 (c) length-grouped batches (``EpochBatches(group_by_length=True)``, ``--group_by_length``);
-(d) the parts of a step on the (b) batches: one teacher forward, and one single-width
-    distillation step per width (a densified student of that width, its own AdamW, teacher
+(d) the parts of a step on the (b) batches: one teacher forward, and one single-sparsity
+    distillation step per sparsity (a densified student at that sparsity, its own AdamW, teacher
     outputs precomputed); the sandwich must cost no more than their sum (no hidden waste);
 (e) peak memory (VmHWM after the models are loaded, minus VmRSS then) of sandwich training and
     of distilling the full-width student alone, each in its own subprocess over a few steps.
@@ -67,7 +67,7 @@ from utils.step import backward_batch, build_optimizer, optimizer_step
 
 logger = logging.getLogger("bench_sandwich")
 
-ANCHOR_SECONDS = 3.78  # the reference's sandwich step, MiniLM-L6, 7 widths, MRPC, batch 16 x 128, 2 threads
+ANCHOR_SECONDS = 3.78  # the reference's sandwich step, MiniLM-L6, 7 sparsities, MRPC, batch 16 x 128, 2 threads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_dir", required=True, help="folder holding mrpc/train.tsv")
     parser.add_argument("--task_name", default="mrpc")
     parser.add_argument("--random_weights", action="store_true", help="random weights of the checkpoint's shape")
-    parser.add_argument("--widths", default="50,60,70,80,85,90,95", help="sandwich widths (sparsities)")
+    parser.add_argument("--sparsities", default="50,60,70,80,85,90,95", help="the sandwich's sparsity levels")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--pad_to", type=int, default=128, help="fixed padding of (a), also the max length")
     parser.add_argument("--num_batches", type=int, default=6, help="batches per timed call (first of epoch 0)")
@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2 batches, no warmup, 1 repeat, 2 memory steps")
     parser.add_argument("--memory_child", choices=("sandwich", "full"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.widths = sorted(int(s) for s in args.widths.split(","))
+    args.sparsities = sorted(int(s) for s in args.sparsities.split(","))
     if args.quick:
         args.num_batches, args.warmup, args.repeats, args.memory_steps = 2, 0, 1, 2
     return args
@@ -104,14 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_teacher(args) -> SparseBertCls:
-    """The sparsified teacher (eval mode): the checkpoint, with a sparsity map covering ``args.widths``."""
+    """The sparsified teacher (eval mode): the checkpoint, with a sparsity map covering ``args.sparsities``."""
     # new_head: a plain pretrained encoder (no classifier) is accepted; every encoder weight must still load
     model = load_model("sparsebert_cls", args.model_dir, new_head=True)
     if args.random_weights:
         torch.manual_seed(args.seed)
         model = SparseBertCls(model.config)
     config = model.config
-    missing = [s for s in args.widths if s not in config.sparsity_map]
+    missing = [s for s in args.sparsities if s not in config.sparsity_map]
     if missing:
         if config.sparsity_map:
             raise SystemExit(f"{args.model_dir} has a sparsity map without levels {missing}")
@@ -119,7 +119,7 @@ def build_teacher(args) -> SparseBertCls:
         layers = config.num_hidden_layers
         heads = normalize_scores(torch.rand(layers, config.num_attention_heads, generator=generator))
         neurons = normalize_scores(torch.rand(layers, config.intermediate_size, generator=generator))
-        config.sparsity_map = build_sparsity_map(heads, neurons, [0, *args.widths], neuron_multiple=8)
+        config.sparsity_map = build_sparsity_map(heads, neurons, [0, *args.sparsities], neuron_multiple=8)
     if config.sparsity != 0:
         raise SystemExit(f"{args.model_dir} is already pruned to {config.sparsity}S; give a full-width teacher")
     return model.eval()
@@ -177,8 +177,8 @@ def pad_batch(batch: dict, length: int, pad_token_id: int) -> dict:
 
 
 def sandwich_objective(distill: DistillObjective, args) -> SandwichObjective:
-    """The sandwich over ``args.widths``, leaving the student at full width (sparsity 0) after each step."""
-    return SandwichObjective(distill, args.widths, 0)
+    """The sandwich over ``args.sparsities``, leaving the student at full width (sparsity 0) after each step."""
+    return SandwichObjective(distill, args.sparsities, 0)
 
 
 def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0):
@@ -269,7 +269,7 @@ def bench_speed(args, teacher, batches) -> None:
     if not args.skip_parts:
         cached = CachedTeacher(teacher, batches["dynamic"])
         steps["(d) teacher forward"] = teacher_step(teacher, batches["dynamic"])
-        for s in args.widths:
+        for s in args.sparsities:
             single, single_optimizer = trainable_copy(teacher, args, densify_to=s)
             singles[s] = f"(d) single {s}S"
             steps[singles[s]] = train_step(DistillObjective(cached), single, single_optimizer, batches["dynamic"])
@@ -282,7 +282,7 @@ def bench_speed(args, teacher, batches) -> None:
     probe_gflops = probe.flops / median["matmul probe"] / 1e9
     print(f"matmul probe {probe_gflops:.1f} GFLOP/s {spread([probe.flops / t / 1e9 for t in times['matmul probe']])}"
           f" (the CPU share this run got; 177 GFLOP/s is this CPU's 2-thread peak when idle)")
-    widths = [kept_widths(student, s) for s in args.widths]
+    widths = [kept_widths(student, s) for s in args.sparsities]
     base = median["(a) padded"]
     print(f"{'configuration':22s} {'s/step':>7s} {'spread':>15s} {'ex/s':>6s} {'vs anchor':>9s} "
           f"{'vs (a)':>6s} {'achieved':>9s} {'of probe':>8s}")
@@ -305,7 +305,7 @@ def bench_speed(args, teacher, batches) -> None:
         print("(d) on the (b) batches: teacher forward " f"{median['(d) teacher forward']:.3f}s; single-width steps "
               + ", ".join(f"{s}S {median[label]:.3f}s" for s, label in singles.items()))
         rates = {f"{s}S": step_flops([w], student.config, batches["dynamic"], teacher=False, backward=True) / n
-                 / median[singles[s]] / 1e9 for s, w in zip(args.widths, widths, strict=True)}
+                 / median[singles[s]] / 1e9 for s, w in zip(args.sparsities, widths, strict=True)}
         rates["teacher forward"] = step_flops([], student.config, batches["dynamic"], teacher=True,
                                               backward=False) / n / median["(d) teacher forward"] / 1e9
         needed = step_flops(widths, student.config, batches["dynamic"], teacher=True, backward=True) / n / (
@@ -360,7 +360,7 @@ def bench_memory(args, argv) -> None:
         results[config] = json.loads(output.strip().splitlines()[-1])
     extra = {c: (r["peak_kb"] - r["baseline_kb"]) / 1024 for c, r in results.items()}
     print(f"(e) peak memory above the loaded teacher + student, {args.memory_steps} steps on the (b) batches: "
-          f"full-width student alone {extra['full']:.0f} MiB, sandwich over {len(args.widths)} widths "
+          f"full-width student alone {extra['full']:.0f} MiB, sandwich over {len(args.sparsities)} sparsities "
           f"{extra['sandwich']:.0f} MiB; ratio {extra['sandwich'] / extra['full']:.2f} "
           f"{'OK' if extra['sandwich'] <= 1.3 * extra['full'] else 'ABOVE'} (target <= 1.30); baselines "
           f"{results['full']['baseline_kb'] / 1024:.0f} / {results['sandwich']['baseline_kb'] / 1024:.0f} MiB",
@@ -378,7 +378,7 @@ def main(argv=None) -> None:
     if args.memory_child:
         memory_child(args, teacher, load_batches(args, tokenizer, verbose=False))
         return
-    print(f"torch {torch.__version__}, threads {args.threads}, widths {args.widths}, batch {args.batch_size}, "
+    print(f"torch {torch.__version__}, threads {args.threads}, sparsities {args.sparsities}, batch {args.batch_size}, "
           f"model {args.model_dir}{' (random weights)' if args.random_weights else ''}, load {load_average()}",
           flush=True)
     batches = load_batches(args, tokenizer)

@@ -82,6 +82,31 @@ class _SparseBertTaskModel(SparseBertPreTrainedModel):
         """Current heads and neurons kept per layer: ``{"head": [...], "neuron": [...]}``."""
         return self.bert.kept_widths()
 
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        neuron_mask: torch.Tensor | None = None,
+        embedding_output: torch.Tensor | None = None,
+    ) -> SparseBertOutput:
+        """Encode, then the head's ``logits_from`` the hidden states and, with ``labels``, its ``task_loss``."""
+        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
+                                    embedding_output)
+        logits = self.logits_from(hidden_states)
+        loss = None if labels is None else self.task_loss(logits, labels)
+        return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)
+
+    def logits_from(self, hidden_states) -> torch.Tensor:
+        """The task logits from the L + 1 hidden states."""
+        raise NotImplementedError
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The task loss of ``logits`` against gold ``labels``."""
+        raise NotImplementedError
+
     def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """The embeddings before dropout, to share between forwards; see :meth:`SparseBertModel.embed`."""
         return self.bert.embed(input_ids, attention_mask, token_type_ids)
@@ -123,27 +148,14 @@ class SparseBertCls(_SparseBertTaskModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        neuron_mask: torch.Tensor | None = None,
-        embedding_output: torch.Tensor | None = None,
-    ) -> SparseBertOutput:
-        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
-                                    embedding_output)
-        logits = self.cls(hidden_states[-1][:, 0])
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                # In fp32 even under autocast: bf16 would round the gold scores (3.7 -> 3.703125).
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits, labels)
-        return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)
+    def logits_from(self, hidden_states) -> torch.Tensor:
+        return self.cls(hidden_states[-1][:, 0])
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.num_labels == 1:
+            # In fp32 even under autocast: bf16 would round the gold scores (3.7 -> 3.703125).
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(logits, labels)
 
 
 class SparseBertNer(_SparseBertTaskModel):
@@ -161,20 +173,8 @@ class SparseBertNer(_SparseBertTaskModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        neuron_mask: torch.Tensor | None = None,
-        embedding_output: torch.Tensor | None = None,
-    ) -> SparseBertOutput:
-        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
-                                    embedding_output)
-        logits = self.cls(hidden_states[-1])
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)
+    def logits_from(self, hidden_states) -> torch.Tensor:
+        return self.cls(hidden_states[-1])
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
