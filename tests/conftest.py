@@ -1,56 +1,32 @@
-"""Shared test fixtures: a tiny odd-sized BERT config, a tokenizer from a local vocab, data paths.
+"""Shared pytest fixtures: the tiny config and tokenizer, tiny task folders and teachers built once per
+session and shared read-only, and per-test hygiene (seed, log handlers). The builders are in ``helpers.py``.
 
-Everything here is offline. Real GLUE/CoNLL files live in ``../shared/data`` beside the repository
-(override with ``MINIDISC_SHARED_DATA``); tests that need them skip when the folder is absent.
+A shared folder must only be read. A test that writes (resumes a run, rewrites a teacher's weights)
+builds its own folder under its ``tmp_path`` with the builders in ``helpers.py``.
 """
 
-import json
 import logging
-import os
-import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
+from tests.helpers import (
+    make_tiny_config,
+    save_tiny_teacher,
+    save_tiny_tokenizer,
+    write_conll_task,
+    write_sst2_task,
+)
+
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
 # threads make each small matmul orders of magnitude slower.
 torch.set_num_threads(1)
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-requires_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent"
-)
-
-
-def make_tiny_config(**overrides) -> BertConfig:
-    """4 layers, 4 heads of size 8, intermediate 37: odd sizes expose shape bugs."""
-    kwargs = dict(
-        vocab_size=sum(1 for _ in open(FIXTURES / "vocab.txt")),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        type_vocab_size=2,
-        hidden_act="gelu",
-    )
-    kwargs.update(overrides)
-    return BertConfig(**kwargs)
-
-
-def save_tiny_tokenizer(directory: Path) -> Path:
-    """Write the local vocab as a loadable tokenizer directory (works on transformers 4.57+ and 5.x)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIXTURES / "vocab.txt", directory / "vocab.txt")
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64})
-    )
-    return directory
+# A map at every 10% and at 85 and 95: room for MiniDisc's candidates and MaxiDisc's paths.
+FINE_GRID = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 85, 95)
 
 
 @pytest.fixture
@@ -84,26 +60,89 @@ def _drop_run_log_handlers():
         handler.close()
 
 
-def save_tiny_model(
-    directory: Path, model_type: str = "sparsebert_cls", seed: int = 0, **config_overrides
-) -> Path:
-    """Save a random tiny ``model_type`` model (unsparsified) plus the local tokenizer into ``directory``."""
-    from models import get_model_class
+# ---- folders built once and shared read-only -----------------------------------------------------
 
-    torch.manual_seed(seed)
-    model = get_model_class(model_type)(make_tiny_config(**config_overrides))
-    model.save_pretrained(directory)
-    save_tiny_tokenizer(directory)
-    return directory
+
+def _snapshot(folder: Path) -> dict:
+    files = sorted(folder.rglob("*"))
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher_dir(tmp_path_factory) -> Path:
-    """A saved tiny ``sparsebert_cls`` teacher (2 labels) with its tokenizer: pass as ``--teacher_model_path``."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny_teacher"), "sparsebert_cls", num_labels=2)
+def shared_folder(tmp_path_factory):
+    """``shared_folder(builder, **kwargs)``: a folder filled by ``builder(folder, **kwargs)``, built once per
+    session for each distinct call and shared by every test that asks for it. Tests must only read it: the
+    session fails at its end if any shared folder changed."""
+    built: dict = {}
+
+    def get(builder, **kwargs) -> Path:
+        key = (builder.__module__, builder.__qualname__, tuple(sorted(kwargs.items())))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(builder.__name__)
+            builder(folder, **kwargs)
+            built[key] = folder, _snapshot(folder)
+        return built[key][0]
+
+    yield get
+    changed = [str(folder) for folder, before in built.values() if _snapshot(folder) != before]
+    assert not changed, f"tests wrote into folders shared read-only: {changed}"
 
 
 @pytest.fixture(scope="session")
-def tiny_ner_teacher_dir(tmp_path_factory) -> Path:
-    """A saved tiny ``sparsebert_ner`` teacher (9 CoNLL tags) with its tokenizer."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny_ner_teacher"), "sparsebert_ner", num_labels=9)
+def make_sst2_task(shared_folder):
+    """``make_sst2_task(n_train=..., ...)``: a shared tiny SST-2 task folder (see ``write_sst2_task``)."""
+    return partial(shared_folder, write_sst2_task)
+
+
+@pytest.fixture(scope="session")
+def make_teacher(shared_folder):
+    """``make_teacher(levels=..., ...)``: a shared tiny saved teacher (see ``save_tiny_teacher``)."""
+    return partial(shared_folder, save_tiny_teacher)
+
+
+@pytest.fixture(scope="session")
+def make_conll_task(shared_folder):
+    """``make_conll_task(n_train=..., ...)``: a shared tiny CoNLL task folder (see ``write_conll_task``)."""
+    return partial(shared_folder, write_conll_task)
+
+
+@pytest.fixture(scope="session")
+def sst2_task(make_sst2_task) -> Path:
+    """Tiny SST-2 (40 train, 16 dev, 8 test): pass as ``--data_dir``."""
+    return make_sst2_task()
+
+
+@pytest.fixture(scope="session")
+def short_sst2_task(make_sst2_task) -> Path:
+    """Tiny SST-2 with 24 train and 12 dev examples: 3 batches of 8 an epoch."""
+    return make_sst2_task(n_train=24, n_dev=12)
+
+
+@pytest.fixture(scope="session")
+def conll_task(make_conll_task) -> Path:
+    """Tiny CoNLL-2003 (8 train, 4 dev, 4 test sentences): pass as ``--data_dir``."""
+    return make_conll_task(n_train=8, n_dev=4)
+
+
+@pytest.fixture(scope="session")
+def plain_teacher(make_teacher) -> Path:
+    """A tiny ``sparsebert_cls`` teacher (2 labels) with its tokenizer and no sparsity map."""
+    return make_teacher()
+
+
+@pytest.fixture(scope="session")
+def ner_teacher(make_teacher) -> Path:
+    """A tiny ``sparsebert_ner`` teacher (9 CoNLL tags) with its tokenizer and no sparsity map."""
+    return make_teacher(model_type="sparsebert_ner", num_labels=9)
+
+
+@pytest.fixture(scope="session")
+def sparse_teacher(make_teacher) -> Path:
+    """A tiny sparsified teacher (2 labels): a map at 0, 50 and 90 (not 80)."""
+    return make_teacher(levels=(0, 50, 90))
+
+
+@pytest.fixture(scope="session")
+def fine_grid_teacher(make_teacher) -> Path:
+    """A tiny sparsified teacher (2 labels) with a map at every level of ``FINE_GRID``."""
+    return make_teacher(levels=FINE_GRID)

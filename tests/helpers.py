@@ -1,14 +1,137 @@
-"""Builders for script-level tests: a tiny SST-2-format task folder and tiny saved teachers."""
+"""Builders for the tests (plain functions; the pytest fixtures built from them are in ``conftest.py``).
+
+Paths to the checked-in fixtures and the real data, a tiny odd-sized BERT and its tokenizer, random
+sparsity maps and padded batches, tiny task folders (SST-2, CoNLL), the command lines of the scripts on
+those folders, and readers for what a run writes.
+
+Everything here is offline. Real GLUE/CoNLL files live in ``../shared/data`` beside the repository
+(override with ``MINIDISC_SHARED_DATA``); tests that need them skip when the folder is absent.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import BertConfig
 
-from models import SparseBertCls
-from tests.conftest import make_tiny_config, save_tiny_tokenizer
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_DATA = FIXTURES / "data"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent"
+)
+
+# ---- tiny models ---------------------------------------------------------------------------------
+
+
+def make_tiny_config(**overrides) -> BertConfig:
+    """4 layers, 4 heads of size 8, intermediate 37: odd sizes expose shape bugs."""
+    kwargs = dict(
+        vocab_size=sum(1 for _ in open(FIXTURES / "vocab.txt")),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_act="gelu",
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+def save_tiny_tokenizer(directory: Path) -> Path:
+    """Write the local vocab as a loadable tokenizer directory (works on transformers 4.57+ and 5.x)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "vocab.txt", directory / "vocab.txt")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64})
+    )
+    return directory
+
+
+def random_sparsity_map(config, levels, seed: int = 0, emptied: bool = False) -> dict:
+    """A nested map for ``config``'s sizes: each level removes round(s% · total) heads and neurons, the
+    first ones of one random ranking, spread at random over the layers.
+
+    ``emptied``: at the top level layer 1 also loses every head and layer 2 every neuron.
+    """
+    num_layers, heads = config.num_hidden_layers, config.num_attention_heads
+    neurons = config.intermediate_size
+    g = torch.Generator().manual_seed(seed)
+    head_rank = torch.randperm(num_layers * heads, generator=g).tolist()
+    neuron_rank = torch.randperm(num_layers * neurons, generator=g).tolist()
+    result = {}
+    for s in levels:
+        entry = {"head": {}, "neuron": {}}
+        for kind, rank, per_layer in (("head", head_rank, heads), ("neuron", neuron_rank, neurons)):
+            removed = rank[: round(s / 100 * len(rank))]
+            for unit in removed:
+                layer = unit // per_layer
+                entry[kind][layer] = entry[kind].get(layer, 0) + 1
+        result[s] = entry
+    if emptied:
+        result[max(levels)]["head"][1] = heads
+        result[max(levels)]["neuron"][2] = neurons
+    return result
+
+
+def tiny_model(model_type: str = "sparsebert_cls", num_labels: int = 2, levels=None, sparsity_map=None,
+               seed: int = 0, **config):
+    """A random tiny ``model_type`` model (initialised from ``seed``), unsparsified; its map is
+    ``sparsity_map``, or a random one at ``levels`` (drawn from ``seed`` too)."""
+    from models import get_model_class
+
+    torch.manual_seed(seed)
+    cfg = make_tiny_config(num_labels=num_labels, **config)
+    if levels is not None:
+        sparsity_map = random_sparsity_map(cfg, levels, seed)
+    if sparsity_map is not None:
+        cfg.sparsity_map = sparsity_map
+    return get_model_class(model_type)(cfg)
+
+
+def save_tiny_teacher(directory: Path, num_labels: int = 2, levels=None, seed: int = 0,
+                      model_type: str = "sparsebert_cls", **config) -> Path:
+    """Save :func:`tiny_model` plus the local tokenizer into ``directory``: a teacher for the scripts,
+    sparsified (with a map) when ``levels`` are given."""
+    tiny_model(model_type, num_labels, levels, seed=seed, **config).save_pretrained(directory)
+    save_tiny_tokenizer(Path(directory))
+    return Path(directory)
+
+
+def padded_batch(generator: torch.Generator, size: int, seq_len: int, pad_from: dict[int, int]) -> dict:
+    """Random token ids (5 to 79), segment B from the middle on; row ``r`` is padding from ``pad_from[r]``
+    on (ids and segments 0 there, as a tokenizer pads)."""
+    input_ids = torch.randint(5, 80, (size, seq_len), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    for row, start in pad_from.items():
+        attention_mask[row, start:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, seq_len // 2:] = 1
+    return {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids * attention_mask}
+
+
+def same_weights(a: Path, b: Path, atol: float | None = None) -> bool:
+    """Whether the models saved in ``a`` and ``b`` hold the same tensors: bit for bit, or within ``atol``."""
+    x, y = load_file(Path(a) / "model.safetensors"), load_file(Path(b) / "model.safetensors")
+    if atol is None:
+        return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    return x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=atol) for k in x)
+
+
+# ---- tiny tasks ----------------------------------------------------------------------------------
 
 POSITIVE = ["good", "great", "fun"]
 NEGATIVE = ["bad", "awful", "dull"]
@@ -40,36 +163,6 @@ def write_sst2_task(root: Path, n_train: int = 40, n_dev: int = 16, n_test: int 
     return root
 
 
-def random_sparsity_map(num_layers: int, heads: int, neurons: int, levels, seed: int = 0) -> dict:
-    """A nested map: each level removes round(s% · total) units, spread at random over layers."""
-    g = torch.Generator().manual_seed(seed)
-    head_rank = torch.randperm(num_layers * heads, generator=g).tolist()
-    neuron_rank = torch.randperm(num_layers * neurons, generator=g).tolist()
-    result = {}
-    for s in levels:
-        entry = {"head": {}, "neuron": {}}
-        for kind, rank, per_layer in (("head", head_rank, heads), ("neuron", neuron_rank, neurons)):
-            removed = rank[: round(s / 100 * len(rank))]
-            for unit in removed:
-                layer = unit // per_layer
-                entry[kind][layer] = entry[kind].get(layer, 0) + 1
-        result[s] = entry
-    return result
-
-
-def save_tiny_teacher(directory: Path, num_labels: int = 2, levels=None, seed: int = 0, **config) -> Path:
-    """A random tiny ``sparsebert_cls`` teacher (+ tokenizer), with a sparsity map when ``levels`` given."""
-    torch.manual_seed(seed)
-    cfg = make_tiny_config(num_labels=num_labels, **config)
-    if levels is not None:
-        cfg.sparsity_map = random_sparsity_map(cfg.num_hidden_layers, cfg.num_attention_heads,
-                                               cfg.intermediate_size, levels, seed)
-    model = SparseBertCls(cfg)
-    model.save_pretrained(directory)
-    save_tiny_tokenizer(Path(directory))
-    return Path(directory)
-
-
 def write_conll_task(root: Path, n_train: int = 16, n_dev: int = 8, seed: int = 0) -> Path:
     """``root/conll/{train,dev,test}.txt`` in the CoNLL-2003 format, sentences of 2 to 9 words.
 
@@ -96,3 +189,69 @@ def write_conll_task(root: Path, n_train: int = 16, n_dev: int = 8, seed: int = 
         text = "-DOCSTART- -X- O O\n\n" + "\n\n".join(sentence() for _ in range(n)) + "\n"
         (folder / f"{split}.txt").write_text(text)
     return root
+
+
+# ---- command lines on the tiny tasks -------------------------------------------------------------
+# Later flags win, so a test passes the flags it changes after these.
+
+
+def finetune_args(model_dir, task_dir, out, *extra) -> list[str]:
+    """run_finetuning on the tiny SST-2 task: 40 examples in batches of 4 (10 steps an epoch), 2 epochs,
+    evaluated every 5 steps."""
+    return ["--model_name_or_path", str(model_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
+            "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--log_interval", "5",
+            "--num_train_epochs", "2", "--num_patience_epochs", "5", "--seed", "3", "--do_train", *extra]
+
+
+def distill_args(teacher_dir, task_dir, out, student, *extra) -> list[str]:
+    """run_distillation of ``student`` (``90S``, ``2L``, ...) on the tiny SST-2 task: 8 steps of batch 4,
+    evaluated every 4."""
+    return ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
+            "--output_dir", str(out), "--layer_or_sparsity", student, "--max_length", "16",
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--log_interval", "4",
+            "--max_steps", "8", "--do_train", *extra]
+
+
+def schedule_args(teacher_dir, task_dir, out, *extra) -> list[str]:
+    """run_minidisc/run_maxidisc on the tiny SST-2 task: each stage 6 steps of batch 8, evaluated every 3."""
+    return ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
+            "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "16", "--learning_rate", "1e-3", "--log_interval", "3",
+            "--max_steps", "6", "--seed", "5", "--do_train", *extra]
+
+
+def sparsify_args(teacher_dir, data_dir, out, *extra, task: str = "sst2",
+                  sparsities: str = "1,5,50,90") -> list[str]:
+    """run_sparsification of a tiny teacher at ``sparsities``."""
+    return ["--teacher_model_path", str(teacher_dir), "--task_name", task, "--data_dir", str(data_dir),
+            "--output_dir", str(out), "--max_length", "16", "--per_device_eval_batch_size", "8",
+            "--neuron_multiple", "1", "--sparsities", sparsities, *extra]
+
+
+# ---- what a run writes ---------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``, one per line."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@contextmanager
+def crashing_epochs(keep: int, when=lambda epoch, call: True):
+    """While open, the training loop crashes (a TypeError) after ``keep`` batches of every epoch for which
+    ``when(epoch, call)`` holds, ``call`` counting the epochs begun in this block (from 1)."""
+    import utils.loop
+
+    original = utils.loop.EpochBatches.epoch
+    calls = 0
+
+    def epoch(self, index):
+        nonlocal calls
+        calls += 1
+        batches = original(self, index)
+        return batches[:keep] + [None] if when(index, calls) else batches
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils.loop.EpochBatches, "epoch", epoch)
+        yield

@@ -8,25 +8,21 @@ import pytest
 import run_distillation
 import run_finetuning
 import run_maxidisc
-from tests.helpers import save_tiny_teacher, write_conll_task, write_sst2_task
+from tests.helpers import distill_args
 from utils.args import DataArguments, TrainingArguments, flag_values, parse_args
 from utils.cli import cli
 from utils.errors import ArgumentError
 from utils.students import StudentSpec, chain_name, parse_chain
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", levels=(0, 50, 80, 90))
+@pytest.fixture
+def distill(fine_grid_teacher, sst2_task):
+    """``distill(*flags)``: a run_distillation command line for 90S that is only parsed."""
+    return lambda *extra: distill_args(fine_grid_teacher, sst2_task, "unused", "90S", *extra)
 
 
-def distill(teacher_dir, *extra):
-    return ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2", "--output_dir", "unused",
-            "--layer_or_sparsity", "90S", "--do_train", *extra]
-
-
-def test_parse_args_returns_the_typed_groups(teacher_dir):
-    args = parse_args(run_distillation.Arguments, distill(teacher_dir, "--learning_rate", "3e-5"))
+def test_parse_args_returns_the_typed_groups(distill):
+    args = parse_args(run_distillation.Arguments, distill("--learning_rate", "3e-5"))
     assert isinstance(args.training, TrainingArguments) and isinstance(args.data, DataArguments)
     assert args.training.learning_rate == 3e-5 and args.student.student == StudentSpec(sparsity=90)
     assert args.task.name == "sst2"
@@ -34,18 +30,18 @@ def test_parse_args_returns_the_typed_groups(teacher_dir):
     assert flags["learning_rate"] == 3e-5 and flags["layer_or_sparsity"] == "90S" and "student" not in flags
 
 
-def test_model_and_data_types_come_from_the_task_and_the_checkpoint(teacher_dir, tmp_path):
-    args = parse_args(run_distillation.Arguments, distill(teacher_dir))
+def test_model_and_data_types_come_from_the_task_and_the_checkpoint(distill, make_teacher):
+    args = parse_args(run_distillation.Arguments, distill())
     assert (args.model.model_type, args.data.data_type, args.training.selection_metric) == (
         "sparsebert_cls", "bert_cls", "acc")
-    ner = save_tiny_teacher(tmp_path / "ner", num_labels=9)
+    ner = make_teacher(num_labels=9)
     args = parse_args(run_finetuning.Arguments, ["--model_name_or_path", str(ner), "--task_name", "conll",
                                                  "--output_dir", "unused", "--do_train"])
     assert (args.model.model_type, args.data.data_type, args.training.selection_metric) == (
         "sparsebert_ner", "bert_ner", "f1")
     # the paper's commands name them, and still run
     given = ["--model_type", "sparsebert_cls", "--data_type", "bert_cls"]
-    assert parse_args(run_distillation.Arguments, distill(teacher_dir, *given)).model.model_type == "sparsebert_cls"
+    assert parse_args(run_distillation.Arguments, distill(*given)).model.model_type == "sparsebert_cls"
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -53,17 +49,16 @@ def test_model_and_data_types_come_from_the_task_and_the_checkpoint(teacher_dir,
     (["--data_type", "bert_ner"], "--data_type bert_ner does not fit task sst2"),
     (["--layer_or_sparsity", "91X"], "--layer_or_sparsity '91X': expected kL"),
 ])
-def test_a_flag_that_does_not_fit_is_one_line(teacher_dir, capsys, flags, needle):
-    assert cli(run_distillation.main, distill(teacher_dir, *flags)) == 2
+def test_a_flag_that_does_not_fit_is_one_line(distill, capsys, flags, needle):
+    assert cli(run_distillation.main, distill(*flags)) == 2
     assert needle in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_a_token_task_runs_without_type_flags(tmp_path):
-    data = write_conll_task(tmp_path / "data", n_train=8, n_dev=4)
-    ner = save_tiny_teacher(tmp_path / "ner", num_labels=9)
-    results = run_finetuning.main(["--model_name_or_path", str(ner), "--task_name", "conll", "--data_dir", str(data),
-                                   "--output_dir", str(tmp_path / "out"), "--max_length", "32", "--max_steps", "2",
-                                   "--do_train"])
+def test_a_token_task_runs_without_type_flags(make_teacher, conll_task, tmp_path):
+    ner = make_teacher(num_labels=9)
+    results = run_finetuning.main(["--model_name_or_path", str(ner), "--task_name", "conll",
+                                   "--data_dir", str(conll_task), "--output_dir", str(tmp_path / "out"),
+                                   "--max_length", "32", "--max_steps", "2", "--do_train"])
     assert set(results["best_dev"]) == {"precision", "recall", "f1"}
     recorded = json.loads((tmp_path / "out" / "args.json").read_text())["args"]
     assert (recorded["model_type"], recorded["data_type"]) == ("sparsebert_ner", "bert_ner")
@@ -100,12 +95,13 @@ def test_chains():
             parse_chain(text)
 
 
-def test_maxidisc_parses_its_chains_once(teacher_dir, tmp_path):
-    args = parse_args(run_maxidisc.Arguments, ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2",
+def test_maxidisc_parses_its_chains_once(fine_grid_teacher, sst2_task):
+    teacher = str(fine_grid_teacher)
+    args = parse_args(run_maxidisc.Arguments, ["--teacher_model_path", teacher, "--task_name", "sst2",
                                                "--output_dir", "unused", "--layer_or_sparsity_path", "80,90S;90S",
-                                               "--data_dir", str(write_sst2_task(tmp_path)), "--do_train"])
+                                               "--data_dir", str(sst2_task), "--do_train"])
     assert args.maxidisc.chains == [[StudentSpec(sparsity=80), StudentSpec(sparsity=90)], [StudentSpec(sparsity=90)]]
     with pytest.raises(SystemExit):
-        parse_args(run_maxidisc.Arguments, ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2",
+        parse_args(run_maxidisc.Arguments, ["--teacher_model_path", teacher, "--task_name", "sst2",
                                             "--output_dir", "unused", "--layer_or_sparsity_path", "80,90S",
                                             "--search_assistants", "--do_train"])

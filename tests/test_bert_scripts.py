@@ -5,14 +5,13 @@ import os
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from data.tasks import get_task
+from tests.helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "bert_scripts"
+SCRIPTS = REPO_ROOT / "bert_scripts"
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnlimm", "qnli", "rte", "wnli", "conll", "polarity")
 STAGES = ("finetuning", "sparsification", "distillation", "maxidisc", "minidisc")
 ENTRY = {"finetuning": "run_finetuning.py", "sparsification": "run_sparsification.py",
@@ -64,7 +63,7 @@ def test_bash_syntax(path):
 @pytest.mark.parametrize("stage", STAGES)
 def test_user_flags_come_last_and_task_is_right(stage, task):
     argv = dry_run(stage, task, "--learning_rate", "7e-7", "--seed", "3")
-    assert argv[0] == str(REPO / ENTRY[stage])
+    assert argv[0] == str(REPO_ROOT / ENTRY[stage])
     assert argv[-4:] == ["--learning_rate", "7e-7", "--seed", "3"]
     assert flag(argv, "--task_name") == task and flag(argv, "--data_dir") == "/data"
     ner = get_task(task).is_token_task

@@ -14,21 +14,18 @@ from transformers import (
 
 import run_distillation
 import run_finetuning
-from tests.conftest import make_tiny_config, save_tiny_tokenizer
-from tests.helpers import save_tiny_teacher, write_sst2_task
+from tests.helpers import (
+    distill_args,
+    finetune_args,
+    make_tiny_config,
+    save_tiny_teacher,
+    save_tiny_tokenizer,
+)
 from utils.cli import cli
 from utils.errors import StageError
 from utils.model_io import load_model
 
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory):
-    return write_sst2_task(tmp_path_factory.mktemp("data"))
-
-
-def finetune(model_dir, task_dir, out):
-    return ["--model_name_or_path", str(model_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
-            "--output_dir", str(out), "--max_length", "16", "--max_steps", "1", "--do_train"]
+ONE_STEP = ("--max_steps", "1")
 
 
 def save_foreign(kind: str, directory):
@@ -43,20 +40,18 @@ def save_foreign(kind: str, directory):
 
 
 @pytest.mark.parametrize("kind", ["t5", "gpt2"])
-def test_another_architecture_is_refused_by_name(kind, task_dir, tmp_path, capsys):
+def test_another_architecture_is_refused_by_name(kind, sst2_task, tmp_path, capsys):
     checkpoint = save_foreign(kind, tmp_path / kind)
-    assert cli(run_finetuning.main, finetune(checkpoint, task_dir, tmp_path / "out")) == 2
+    assert cli(run_finetuning.main, finetune_args(checkpoint, sst2_task, tmp_path / "out", *ONE_STEP)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"error: --model_name_or_path {checkpoint} is a {kind} checkpoint (config model_type "
                         f"'{kind}'); supported: bert")
     assert not (tmp_path / "out").exists()
-    assert cli(run_distillation.main, ["--teacher_model_path", str(checkpoint), "--task_name", "sst2",
-                                       "--data_dir", str(task_dir), "--output_dir", str(tmp_path / "d"),
-                                       "--layer_or_sparsity", "90S", "--do_train"]) == 2
+    assert cli(run_distillation.main, distill_args(checkpoint, sst2_task, tmp_path / "d", "90S")) == 2
     assert f"--teacher_model_path {checkpoint} is a {kind} checkpoint" in capsys.readouterr().err
 
 
-def test_a_missing_encoder_weight_stops_the_load(tmp_path, task_dir, capsys):
+def test_a_missing_encoder_weight_stops_the_load(tmp_path, sst2_task, capsys):
     teacher = save_tiny_teacher(tmp_path / "teacher")
     weights = load_file(teacher / "model.safetensors")
     del weights["bert.encoder.layer.2.output.dense.weight"]
@@ -64,7 +59,7 @@ def test_a_missing_encoder_weight_stops_the_load(tmp_path, task_dir, capsys):
     with pytest.raises(StageError, match=r"1 missing \(bert\.encoder\.layer\.2\.output\.dense\.weight\) weights"):
         load_model("sparsebert_cls", str(teacher))
     # fine-tuning may replace the head, never an encoder weight
-    assert cli(run_finetuning.main, finetune(teacher, task_dir, tmp_path / "out")) == 2
+    assert cli(run_finetuning.main, finetune_args(teacher, sst2_task, tmp_path / "out", *ONE_STEP)) == 2
     assert "bert.encoder.layer.2.output.dense.weight" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
@@ -78,7 +73,7 @@ def test_a_mis_shaped_encoder_weight_stops_the_load(tmp_path):
             load_model("sparsebert_cls", str(teacher), new_head=new_head)
 
 
-def test_a_pretrained_encoder_is_not_a_teacher_but_can_be_fine_tuned(tmp_path, task_dir, capsys):
+def test_a_pretrained_encoder_is_not_a_teacher_but_can_be_fine_tuned(tmp_path, sst2_task, capsys):
     # an HF BERT with a masked-LM head: its encoder loads, its head is ignored, and ours is new
     pretrained = tmp_path / "mlm"
     BertForMaskedLM(BertConfig(**make_tiny_config().to_dict())).save_pretrained(pretrained)
@@ -86,11 +81,11 @@ def test_a_pretrained_encoder_is_not_a_teacher_but_can_be_fine_tuned(tmp_path, t
     with pytest.raises(StageError, match=r"4 missing \(cls\.0\.bias, cls\.0\.weight, cls\.3\.bias, \.\.\.\) weights "
                                          r"\(fine-tune it first"):
         load_model("sparsebert_cls", str(pretrained))
-    results = run_finetuning.main(finetune(pretrained, task_dir, tmp_path / "ft"))
+    results = run_finetuning.main(finetune_args(pretrained, sst2_task, tmp_path / "ft", *ONE_STEP))
     assert results["train"]["steps"] == 1
 
 
-def test_a_teacher_with_another_label_count_is_refused(tmp_path):
-    teacher = save_tiny_teacher(tmp_path / "teacher", num_labels=3)
+def test_a_teacher_with_another_label_count_is_refused(make_teacher):
+    teacher = make_teacher(num_labels=3)
     with pytest.raises(StageError, match=r"mis-shaped \(cls\.3\.bias, cls\.3\.weight\)"):
         load_model("sparsebert_cls", str(teacher), num_labels=2)

@@ -1,13 +1,10 @@
 """GLUE submission files and CoNLL prediction files."""
 
-from pathlib import Path
-
 import pytest
 
 from data.outputs import write_conll_predictions, write_glue_submission
 from data.readers import ClsExample, read_examples
-
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+from tests.helpers import FIXTURE_DATA
 
 
 @pytest.mark.parametrize(
@@ -21,7 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
     ],
 )
 def test_glue_submission_format(tmp_path, task, predictions, expected_name, expected_values):
-    examples = read_examples(task, FIXTURES, "test")
+    examples = read_examples(task, FIXTURE_DATA, "test")
     path = write_glue_submission(task, examples, predictions, tmp_path)
     assert path == tmp_path / expected_name
     lines = path.read_text().split("\n")
@@ -38,13 +35,13 @@ def test_stsb_submission_is_clipped(tmp_path):
 
 def test_submission_count_mismatch(tmp_path):
     with pytest.raises(ValueError, match="1 predictions for 2 examples"):
-        write_glue_submission("qnli", read_examples("qnli", FIXTURES, "test"), [0], tmp_path)
+        write_glue_submission("qnli", read_examples("qnli", FIXTURE_DATA, "test"), [0], tmp_path)
     with pytest.raises(ValueError, match="no GLUE submission"):
         write_glue_submission("conll", [], [], tmp_path)
 
 
 def test_conll_predictions_keep_input_columns(tmp_path):
-    examples = read_examples("conll", FIXTURES, "train")
+    examples = read_examples("conll", FIXTURE_DATA, "train")
     predictions = [["B-ORG"] + ["O"] * 8, ["B-PER", "I-PER"], ["B-LOC", "O"]]
     path = write_conll_predictions(examples, predictions, tmp_path / "pred.txt")
     blocks = path.read_text().rstrip("\n").split("\n\n")

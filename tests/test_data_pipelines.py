@@ -1,18 +1,13 @@
 """Tokenisation, windows for long sentences, collate padding, decode -> metrics round trips."""
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from data.pipelines import IGNORE_INDEX, collate, encode_dataset, make_collate
 from data.readers import ClsExample, TokenExample, read_examples
 from data.tasks import CONLL_TAGS, get_task
+from tests.helpers import FIXTURE_DATA, SHARED_DATA, requires_shared_data
 from utils.metrics import compute_metrics
-
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
-SHARED_DATA = Path(os.environ.get("MINIDISC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def _tag_ids(*tags):
@@ -52,7 +47,7 @@ def test_pair_encoding_segments_and_longest_first_truncation(tokenizer):
 
 
 def test_unlabelled_examples_have_no_labels_key(tokenizer):
-    examples = read_examples("sst2", FIXTURES, "test")
+    examples = read_examples("sst2", FIXTURE_DATA, "test")
     ds = encode_dataset("sst2", examples, tokenizer, max_length=16)
     assert not ds.has_labels and "labels" not in ds[0]
     assert "labels" not in ds.collate_fn([ds[0], ds[1]])
@@ -61,7 +56,7 @@ def test_unlabelled_examples_have_no_labels_key(tokenizer):
 
 
 def test_regression_labels_are_float(tokenizer):
-    ds = encode_dataset("stsb", read_examples("stsb", FIXTURES, "dev"), tokenizer, max_length=16)
+    ds = encode_dataset("stsb", read_examples("stsb", FIXTURE_DATA, "dev"), tokenizer, max_length=16)
     batch = ds.collate_fn([ds[0], ds[1]])
     assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == pytest.approx([2.5, 4.2])
     assert ds.decode({0: torch.tensor([1.5]), 1: torch.tensor([3.0])}) == [1.5, 3.0]
@@ -123,7 +118,7 @@ def test_word_longer_than_the_window_keeps_its_first_piece(tokenizer):
 
 
 def test_token_collate_pads_labels_and_mask(tokenizer):
-    examples = read_examples("conll", FIXTURES, "train")
+    examples = read_examples("conll", FIXTURE_DATA, "train")
     ds = encode_dataset("conll", examples, tokenizer, max_length=64)
     batch = ds.collate_fn([ds[1], ds[0]])
     width = max(ds.lengths[0], ds.lengths[1])
@@ -144,7 +139,7 @@ def test_unlabelled_token_data_still_has_label_mask(tokenizer):
 @pytest.mark.parametrize("name", ["sst2", "mrpc", "cola", "mnli", "qnli"])
 def test_perfect_logits_give_perfect_metrics(tokenizer, name):
     spec = get_task(name)
-    ds = encode_dataset(spec, read_examples(spec, FIXTURES, "train"), tokenizer, max_length=32)
+    ds = encode_dataset(spec, read_examples(spec, FIXTURE_DATA, "train"), tokenizer, max_length=32)
     outputs = {i: torch.nn.functional.one_hot(torch.tensor(f["labels"]), spec.num_labels).float()
                for i, f in enumerate(ds.features)}
     metrics = compute_metrics(spec, ds.decode(outputs), ds.references())
@@ -153,7 +148,7 @@ def test_perfect_logits_give_perfect_metrics(tokenizer, name):
 
 
 def test_decode_rejects_missing_or_misshaped_outputs(tokenizer):
-    ds = encode_dataset("conll", read_examples("conll", FIXTURES, "dev"), tokenizer, max_length=32)
+    ds = encode_dataset("conll", read_examples("conll", FIXTURE_DATA, "dev"), tokenizer, max_length=32)
     with pytest.raises(ValueError, match="lack 1 of 1 features"):
         ds.decode({})
     with pytest.raises(ValueError, match="7 scored positions"):
@@ -161,7 +156,7 @@ def test_decode_rejects_missing_or_misshaped_outputs(tokenizer):
 
 
 def test_take_keeps_the_first_examples_and_their_windows(tokenizer):
-    ds = encode_dataset("sst2", read_examples("sst2", FIXTURES, "train"), tokenizer, max_length=16)
+    ds = encode_dataset("sst2", read_examples("sst2", FIXTURE_DATA, "train"), tokenizer, max_length=16)
     small = ds.take(2)
     assert len(small) == 2 and len(small.examples) == 2 and small[1]["feature_index"] == 1
 
@@ -172,7 +167,7 @@ def test_collate_function_is_plain(tokenizer):
 
 
 @pytest.mark.real_data
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent")
+@requires_shared_data
 def test_real_conll_dev_every_word_predicted_once(tokenizer):
     examples = read_examples("conll", SHARED_DATA, "dev")
     ds = encode_dataset("conll", examples, tokenizer, max_length=32)  # short windows force many splits

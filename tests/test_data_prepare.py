@@ -3,16 +3,15 @@
 import shutil
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from data import prepare
 from data.prepare import PrepareError, build_mrpc, extract_glue_zip, main, parse_polarity_csv, split_indices
 from data.readers import read_examples
+from tests.helpers import FIXTURE_DATA
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
-TINY_CSV = FIXTURES / "polarity-tiny.csv"
+TINY_CSV = FIXTURE_DATA / "polarity-tiny.csv"
 
 
 def test_polarity_csv_parsing_normalises_whitespace_and_maps_labels():
@@ -76,7 +75,7 @@ def test_bad_polarity_label(tmp_path):
 
 
 def test_pos_preparation(tmp_path):
-    counts = prepare.prepare_pos(tmp_path, FIXTURES / "tagged-tiny.txt", sha256=None)
+    counts = prepare.prepare_pos(tmp_path, FIXTURE_DATA / "tagged-tiny.txt", sha256=None)
     assert counts == {"train": 9, "dev": 1, "test": 1}  # 11 sentences: dev round(1.1) = 1, test 1
     words = [w for s in ("train", "dev", "test") for e in read_examples("pos", tmp_path, s) for w in e.words]
     assert "1/2" in words  # split on the last slash
@@ -93,7 +92,7 @@ def test_glue_zip_extraction(tmp_path):
     archive = tmp_path / "SST-2.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for split in ("train", "dev", "test"):
-            z.write(FIXTURES / "sst2" / f"{split}.tsv", f"SST-2/{split}.tsv")
+            z.write(FIXTURE_DATA / "sst2" / f"{split}.tsv", f"SST-2/{split}.tsv")
         z.writestr("SST-2/original/README.txt", "not copied")
     written = extract_glue_zip(archive, "sst2", tmp_path / "out")
     assert sorted(p.name for p in written) == ["dev.tsv", "test.tsv", "train.tsv"]
@@ -111,7 +110,7 @@ def test_bad_zip(tmp_path):
 
 
 def test_mrpc_builder(tmp_path):
-    raw = FIXTURES / "mrpc_raw"
+    raw = FIXTURE_DATA / "mrpc_raw"
     counts = build_mrpc(raw / "msr_paraphrase_train.txt", raw / "msr_paraphrase_test.txt", raw / "mrpc_dev_ids.tsv", tmp_path)
     assert counts == {"train": 2, "dev": 2, "test": 2}
     train_text = (tmp_path / "mrpc" / "train.tsv").read_text(encoding="utf-8")
@@ -128,7 +127,7 @@ def test_mrpc_builder(tmp_path):
 
 
 def test_mrpc_through_the_command(tmp_path):
-    assert main(["mrpc", "--source", str(FIXTURES / "mrpc_raw"), "--output_dir", str(tmp_path)]) == 0
+    assert main(["mrpc", "--source", str(FIXTURE_DATA / "mrpc_raw"), "--output_dir", str(tmp_path)]) == 0
     assert len(read_examples("mrpc", tmp_path, "train")) == 2
 
 
@@ -159,7 +158,7 @@ def test_conll_instructions_and_copy(tmp_path, capsys):
     source = tmp_path / "src"
     source.mkdir()
     for split, name in (("train", "eng.train"), ("dev", "eng.testa"), ("test", "eng.testb")):
-        shutil.copy(FIXTURES / "conll" / f"{split}.txt", source / name)
+        shutil.copy(FIXTURE_DATA / "conll" / f"{split}.txt", source / name)
     assert main(["conll", "--source", str(source), "--output_dir", str(tmp_path / "out")]) == 0
     assert len(read_examples("conll", tmp_path / "out", "train")) == 3
 

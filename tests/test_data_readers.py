@@ -1,7 +1,6 @@
 """Task registry and readers: fixtures in the exact official layouts, bad input, real files when present."""
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -9,12 +8,7 @@ import pytest
 
 from data.readers import ClsExample, DataFormatError, TokenExample, iob1_to_iob2, read_examples
 from data.tasks import CONLL_TAGS, TASKS, get_task, validate_selection_metric
-
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent")
-
+from tests.helpers import FIXTURE_DATA, SHARED_DATA, requires_shared_data
 
 # ---- registry ------------------------------------------------------------------------------------
 
@@ -73,73 +67,73 @@ def test_bad_selection_metric_names_metric_task_and_valid_ones():
 # ---- readers on fixtures ---------------------------------------------------------------------------
 
 def test_cola_headerless_train_and_headed_test():
-    train = read_examples(get_task("cola"), FIXTURES, "train")
+    train = read_examples(get_task("cola"), FIXTURE_DATA, "train")
     assert [e.label for e in train] == [1, 0, 1]
     assert train[1].text_a == "movie the good was ." and train[1].text_b is None
-    dev = read_examples("cola", FIXTURES, "dev")  # last line has no newline
+    dev = read_examples("cola", FIXTURE_DATA, "dev")  # last line has no newline
     assert len(dev) == 2 and dev[-1].text_a == "was he dull not ."
-    test = read_examples("cola", FIXTURES, "test")
+    test = read_examples("cola", FIXTURE_DATA, "test")
     assert [(e.guid, e.label) for e in test] == [("0", None), ("1", None)]
 
 
 def test_sst2_keeps_quotes():
-    train = read_examples("sst2", FIXTURES, "train")
+    train = read_examples("sst2", FIXTURE_DATA, "train")
     assert train[0] == ClsExample(guid="0", text_a='a " great " movie ', text_b=None, label=1)
     assert train[2].text_a == '"bad film'
-    test = read_examples("sst2", FIXTURES, "test")
+    test = read_examples("sst2", FIXTURE_DATA, "test")
     assert test[1].guid == "1" and test[1].text_a == '" dull' and test[1].label is None
 
 
 def test_mrpc_bom_header_and_test_index():
-    train = read_examples("mrpc", FIXTURES, "train")
+    train = read_examples("mrpc", FIXTURE_DATA, "train")
     assert [e.label for e in train] == [1, 0]
     assert train[0].text_a == 'he said " good " .' and train[0].text_b == '" good , " he said .'
-    test = read_examples("mrpc", FIXTURES, "test")
+    test = read_examples("mrpc", FIXTURE_DATA, "test")
     assert test[0].guid == "0" and test[0].text_b == "he said ." and test[0].label is None
 
 
 def test_stsb_scores_are_floats():
-    dev = read_examples("stsb", FIXTURES, "dev")
+    dev = read_examples("stsb", FIXTURE_DATA, "dev")
     assert [e.label for e in dev] == [2.5, 4.2]
-    assert read_examples("stsb", FIXTURES, "train")[0].text_b == 'An "air" plane is taking off.'
-    assert read_examples("stsb", FIXTURES, "test")[0].label is None
+    assert read_examples("stsb", FIXTURE_DATA, "train")[0].text_b == 'An "air" plane is taking off.'
+    assert read_examples("stsb", FIXTURE_DATA, "test")[0].label is None
 
 
 def test_qqp_skips_rows_with_missing_fields_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING):
-        train = read_examples("qqp", FIXTURES, "train")
+        train = read_examples("qqp", FIXTURE_DATA, "train")
     assert [(e.guid, e.label) for e in train] == [("133273", 1), ("5", 0)]
     assert train[0].text_a == 'How is "the" film?'
     assert "skipped 2 rows" in caplog.text
-    test = read_examples("qqp", FIXTURES, "test")
+    test = read_examples("qqp", FIXTURE_DATA, "test")
     assert [e.text_a for e in test] == ["What is this?", '"quoted']
 
 
 def test_mnli_matched_and_mismatched():
-    train = read_examples("mnli", FIXTURES, "train")  # 12 columns
+    train = read_examples("mnli", FIXTURE_DATA, "train")  # 12 columns
     assert [e.label for e in train] == [2, 0, 1]
     assert train[0].text_a == "He said it." and train[0].text_b == "He spoke."
-    assert [e.label for e in read_examples("mnli", FIXTURES, "dev")] == [1, 2]  # 16 columns, gold last
-    assert [e.label for e in read_examples("mnlimm", FIXTURES, "dev")] == [0]
-    assert [e.text_a for e in read_examples("mnli", FIXTURES, "test")] == ["G."]
-    assert [e.guid for e in read_examples("mnlimm", FIXTURES, "test")] == ["0", "1"]
-    assert len(read_examples("mnlimm", FIXTURES, "train")) == 3
+    assert [e.label for e in read_examples("mnli", FIXTURE_DATA, "dev")] == [1, 2]  # 16 columns, gold last
+    assert [e.label for e in read_examples("mnlimm", FIXTURE_DATA, "dev")] == [0]
+    assert [e.text_a for e in read_examples("mnli", FIXTURE_DATA, "test")] == ["G."]
+    assert [e.guid for e in read_examples("mnlimm", FIXTURE_DATA, "test")] == ["0", "1"]
+    assert len(read_examples("mnlimm", FIXTURE_DATA, "train")) == 3
 
 
 @pytest.mark.parametrize("name", ["qnli", "rte", "wnli"])
 def test_pair_tasks(name):
     spec = get_task(name)
-    train = read_examples(spec, FIXTURES, "train")
+    train = read_examples(spec, FIXTURE_DATA, "train")
     assert [spec.labels[e.label] for e in train] == (
         ["entailment", "not_entailment"] if name == "qnli" else
         ["not_entailment", "entailment"] if name == "rte" else ["1", "0"]
     )
     assert train[1].text_a == 'Who "said" it?'
-    assert [e.label for e in read_examples(spec, FIXTURES, "test")] == [None, None]
+    assert [e.label for e in read_examples(spec, FIXTURE_DATA, "test")] == [None, None]
 
 
 def test_conll_iob1_converted_and_docstart_skipped():
-    train = read_examples("conll", FIXTURES, "train")
+    train = read_examples("conll", FIXTURE_DATA, "train")
     tags = [[CONLL_TAGS[i] for i in e.labels] for e in train]
     assert [e.words for e in train] == [
         ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
@@ -152,7 +146,7 @@ def test_conll_iob1_converted_and_docstart_skipped():
         ["B-LOC", "B-LOC"],  # IOB1 B- right after a same-type entity opens a new one
     ]
     assert isinstance(train[0], TokenExample) and train[0].extra[0] == ["NNP", "I-NP", "I-ORG"]
-    dev = read_examples("conll", FIXTURES, "dev")  # IOB2 passes unchanged
+    dev = read_examples("conll", FIXTURE_DATA, "dev")  # IOB2 passes unchanged
     assert [CONLL_TAGS[i] for i in dev[0].labels] == ["B-PER", "I-PER", "O", "O", "B-LOC", "B-LOC", "O"]
 
 
@@ -160,7 +154,7 @@ def test_conll_original_file_names(tmp_path):
     folder = tmp_path / "conll2003"
     folder.mkdir()
     for split, name in (("train", "eng.train"), ("dev", "eng.testa"), ("test", "eng.testb")):
-        shutil.copy(FIXTURES / "conll" / f"{split}.txt", folder / name)
+        shutil.copy(FIXTURE_DATA / "conll" / f"{split}.txt", folder / name)
     assert len(read_examples("conll", tmp_path, "dev")) == 1
     assert len(read_examples("conll", tmp_path, "test")) == 1
 
@@ -172,7 +166,7 @@ def test_iob1_to_iob2():
 
 
 def test_data_dir_may_be_the_task_folder_itself():
-    assert len(read_examples("sst2", FIXTURES / "sst2", "dev")) == 2
+    assert len(read_examples("sst2", FIXTURE_DATA / "sst2", "dev")) == 2
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
@@ -236,7 +230,7 @@ def test_missing_split_file_lists_paths_tried(tmp_path):
 
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split 'valid'"):
-        read_examples("sst2", FIXTURES, "valid")
+        read_examples("sst2", FIXTURE_DATA, "valid")
 
 
 # ---- real files (../shared/data) ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from data.pipelines import encode_dataset
 from data.readers import read_examples
 from data.tasks import get_task
 from models import SparseBertCls
-from tests.conftest import FIXTURES, make_tiny_config
+from tests.helpers import FIXTURE_DATA, make_tiny_config
 from utils.errors import StageError
 from utils.importance import (
     DEFAULT_SPARSITIES,
@@ -103,7 +103,7 @@ def test_parse_sparsities_sorts_and_includes_zero():
 
 def tiny_sst2(tokenizer):
     task = get_task("sst2")
-    return encode_dataset(task, read_examples(task, FIXTURES / "data", "dev"), tokenizer, 32)
+    return encode_dataset(task, read_examples(task, FIXTURE_DATA, "dev"), tokenizer, 32)
 
 
 def test_useless_head_and_neuron_score_zero_and_go_first(tokenizer):

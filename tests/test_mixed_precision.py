@@ -16,7 +16,6 @@ logits by 30-40% and some gradient by 30-90%, which
 tolerances; so a dropped residual, a wrong slice or a lost bias fails these tests.
 """
 
-import copy
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -30,9 +29,16 @@ import run_sparsification
 from data.pipelines import encode_dataset
 from data.readers import read_examples
 from data.tasks import get_task
-from models import get_model_class
-from tests.conftest import make_tiny_config
-from tests.helpers import random_sparsity_map, save_tiny_teacher, write_sst2_task
+from tests.helpers import (
+    finetune_args,
+    make_tiny_config,
+    padded_batch,
+    random_sparsity_map,
+    read_jsonl,
+    schedule_args,
+    sparsify_args,
+    tiny_model,
+)
 from utils.args import RunArguments
 from utils.cli import cli
 from utils.importance import accumulate_importance, normalize_scores
@@ -50,33 +56,22 @@ EMPTY_LEVEL = 95
 
 
 def sparsity_map() -> dict:
-    result = random_sparsity_map(4, 4, 37, (30, 60, 90), seed=4)
-    emptied = copy.deepcopy(result[90])
-    emptied["head"][1] = 4
-    emptied["neuron"][2] = 37
-    result[EMPTY_LEVEL] = emptied
+    config = make_tiny_config()
+    result = random_sparsity_map(config, (30, 60, 90), seed=4)
+    # the 90% entry again, with layer 1's heads and layer 2's neurons all removed too
+    result[EMPTY_LEVEL] = random_sparsity_map(config, (90,), seed=4, emptied=True)[90]
     return result
 
 
 def build(model_type: str, dropout: float = 0.0, seed: int = 0, num_labels: int = NUM_LABELS):
-    torch.manual_seed(seed)
-    config = make_tiny_config(num_labels=num_labels, initializer_range=0.2, hidden_dropout_prob=dropout,
-                              attention_probs_dropout_prob=dropout)
-    config.sparsity_map = sparsity_map()
-    return get_model_class(model_type)(config)
+    return tiny_model(model_type, num_labels, sparsity_map=sparsity_map(), seed=seed, initializer_range=0.2,
+                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
 
 
 def make_batch(model_type: str, padding: bool = True, seed: int = 1, size: int = 4, seq_len: int = 12):
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 80, (size, seq_len), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    if padding:
-        attention_mask[1, 7:] = 0
-        attention_mask[3, 3:] = 0
-    token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:, seq_len // 2:] = 1
-    batch = {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
-             "token_type_ids": token_type_ids * attention_mask}
+    batch = padded_batch(generator, size, seq_len, {1: 7, 3: 3} if padding else {})
+    attention_mask = batch["attention_mask"]
     if model_type == "sparsebert_ner":
         labels = torch.randint(0, NUM_LABELS, (size, seq_len), generator=generator)
         labels[attention_mask == 0] = -100
@@ -229,9 +224,9 @@ def test_regression_loss_keeps_the_gold_scores_in_fp32():
     torch.testing.assert_close(out.loss, expected, rtol=1e-6, atol=0)
 
 
-def test_importance_pass_under_bf16(tokenizer, tmp_path):
+def test_importance_pass_under_bf16(tokenizer, sst2_task, tmp_path):
     task = get_task("sst2")
-    dev = encode_dataset(task, read_examples(task, write_sst2_task(tmp_path), "dev"), tokenizer, 32)
+    dev = encode_dataset(task, read_examples(task, sst2_task, "dev"), tokenizer, 32)
     model = build("sparsebert_cls", dropout=0.1, num_labels=2)
     cpu = torch.device("cpu")
     head32, neuron32 = accumulate_importance(model, dev, 4, Run(output_dir=tmp_path, device=cpu))
@@ -308,50 +303,37 @@ def test_start_run_records_bf16_on_the_cpu(tmp_path):
     assert json.loads((tmp_path / "run" / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"
 
 
-@pytest.fixture(scope="module")
-def sst2_dir(tmp_path_factory):
-    return write_sst2_task(tmp_path_factory.mktemp("data"), n_train=16, n_dev=8, n_test=4)
+# fine-tuning here: 4 steps on the CPU, evaluated every 2
+CPU_RUN = ("--log_interval", "2", "--max_steps", "4", "--use_cpu")
 
 
-def finetune_args(teacher_dir, task_dir, out, *extra):
-    return ["--model_name_or_path", str(teacher_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
-            "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "4",
-            "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--log_interval", "2",
-            "--max_steps", "4", "--seed", "3", "--do_train", "--use_cpu", *extra]
-
-
-def test_use_fp16_on_the_cpu_is_refused_with_one_line(sst2_dir, tmp_path, capsys):
-    teacher = save_tiny_teacher(tmp_path / "teacher")
-    assert cli(run_finetuning.main, finetune_args(teacher, sst2_dir, tmp_path / "ft", "--use_fp16")) == 2
+def test_use_fp16_on_the_cpu_is_refused_with_one_line(plain_teacher, make_sst2_task, tmp_path, capsys):
+    task = make_sst2_task(n_train=16, n_dev=8, n_test=4)
+    args = finetune_args(plain_teacher, task, tmp_path / "ft", *CPU_RUN, "--use_fp16")
+    assert cli(run_finetuning.main, args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines and "--use_fp16" in lines[-1] and "--use_bf16" in lines[-1]
     assert not (tmp_path / "ft" / "results.json").exists()
 
 
-def test_scripts_run_end_to_end_with_use_bf16(sst2_dir, tmp_path):
-    teacher = save_tiny_teacher(tmp_path / "teacher")
+def test_scripts_run_end_to_end_with_use_bf16(plain_teacher, make_sst2_task, tmp_path):
+    task = make_sst2_task(n_train=16, n_dev=8, n_test=4)
     ft = tmp_path / "ft"
-    results = run_finetuning.main(finetune_args(teacher, sst2_dir, ft, "--use_bf16"))
+    results = run_finetuning.main(finetune_args(plain_teacher, task, ft, *CPU_RUN, "--use_bf16"))
     assert json.loads((ft / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"
     assert (ft / "results.json").exists() and results["best_score"] >= 0
-    assert all(torch.isfinite(torch.tensor(json.loads(line)["train_loss"]))
-               for line in (ft / "metrics.jsonl").read_text().splitlines())
+    assert all(torch.isfinite(torch.tensor(line["train_loss"])) for line in read_jsonl(ft / "metrics.jsonl"))
 
     sparse = tmp_path / "sparse"
-    run_sparsification.main(["--teacher_model_path", str(ft / "best"), "--task_name", "sst2", "--data_dir",
-                             str(sst2_dir), "--output_dir", str(sparse), "--max_length", "16",
-                             "--per_device_eval_batch_size", "8", "--neuron_multiple", "1",
-                             "--sparsities", "50,70,90", "--use_cpu", "--use_bf16"])
+    run_sparsification.main(sparsify_args(ft / "best", task, sparse, "--use_cpu", "--use_bf16",
+                                          sparsities="50,70,90"))
     assert (sparse / "results.json").exists() and (sparse / "model" / "importance.json").exists()
     importance = json.loads((sparse / "model" / "importance.json").read_text())
     assert all(sum(row) > 0 for row in importance["head"] + importance["neuron"])
 
     mini = tmp_path / "mini"
-    results = run_minidisc.main(["--teacher_model_path", str(sparse / "model"), "--task_name", "sst2",
-                                 "--data_dir", str(sst2_dir), "--output_dir", str(mini), "--max_length", "16",
-                                 "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
-                                 "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2",
-                                 "--seed", "5", "--target_iteration", "1", "--do_train", "--use_cpu",
-                                 "--use_bf16"])
+    results = run_minidisc.main(schedule_args(sparse / "model", task, mini, "--per_device_eval_batch_size",
+                                              "8", "--log_interval", "2", "--max_steps", "2",
+                                              "--target_iteration", "1", "--use_cpu", "--use_bf16"))
     assert (mini / "results.json").exists() and results["model"]["sparsity"] == 90
     assert json.loads((mini / "args.json").read_text())["amp_dtype"] == "torch.bfloat16"

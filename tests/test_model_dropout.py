@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_config
 
 import models.fast_ops as fast_ops
 from models import SparseBertModel
+from tests.helpers import make_tiny_config
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

@@ -5,27 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_config
 from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 
 from models import SparseBertCls, SparseBertModel, SparseBertNer
+from tests.helpers import make_tiny_config, padded_batch
 
 ENCODER_PREFIXES = ("bert.embeddings.", "bert.encoder.")
 
 
-def padded_batch(seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 80, (4, 13), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[0, 7:] = 0
-    attention_mask[2, 2:] = 0
-    token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:, 6:] = 1
-    return {
-        "input_ids": input_ids * attention_mask,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
-    }
+def batch():
+    """Four rows of 13 tokens, two of them padded (from 7 and from 2)."""
+    return padded_batch(torch.Generator().manual_seed(0), 4, 13, {0: 7, 2: 2})
 
 
 def assert_matches_hf(ours, hf_model, inputs, atol):
@@ -51,14 +41,14 @@ def test_full_width_equals_hf_bert(hidden_act):
     assert not result.missing_keys
     # HF BertModel has a pooler (and buffers) that our model does not hold: everything else matches
     assert all(k.startswith("pooler.") or "position_ids" in k or "token_type_ids" in k for k in result.unexpected_keys)
-    assert_matches_hf(ours, hf_model, padded_batch(), atol=1e-5)
+    assert_matches_hf(ours, hf_model, batch(), atol=1e-5)
 
 
 def test_without_attention_mask_or_token_types():
     hf_model = BertModel(make_tiny_config()).eval()
     ours = SparseBertModel(make_tiny_config()).eval()
     ours.load_state_dict(hf_model.state_dict(), strict=False)
-    assert_matches_hf(ours, hf_model, {"input_ids": padded_batch()["input_ids"]}, atol=1e-5)
+    assert_matches_hf(ours, hf_model, {"input_ids": batch()["input_ids"]}, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_class", [SparseBertCls, SparseBertNer])
@@ -68,7 +58,7 @@ def test_hf_base_checkpoint_loads_without_missing_encoder_keys(model_class, tmp_
     model, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
     assert not [key for key in info["missing_keys"] if not key.startswith("cls.")]
     assert not info["unexpected_keys"]
-    assert_matches_hf(model.eval().bert, hf_model, padded_batch(), atol=1e-5)
+    assert_matches_hf(model.eval().bert, hf_model, batch(), atol=1e-5)
 
 
 def test_hf_task_checkpoint_loads_encoder(tmp_path):
@@ -77,7 +67,7 @@ def test_hf_task_checkpoint_loads_encoder(tmp_path):
     model, info = SparseBertCls.from_pretrained(tmp_path, output_loading_info=True)
     assert not [key for key in info["missing_keys"] if key.startswith(ENCODER_PREFIXES)]
     assert not [key for key in info["unexpected_keys"] if key.startswith(ENCODER_PREFIXES)]
-    assert_matches_hf(model.eval(), hf_model.bert, padded_batch(), atol=1e-5)
+    assert_matches_hf(model.eval(), hf_model.bert, batch(), atol=1e-5)
 
 
 def test_parameter_names_match_hf():
@@ -120,12 +110,12 @@ def test_real_minilm_equals_hf():
     assert_matches_hf(model.eval(), hf_model, inputs, atol=1e-4)
 
 
-def test_tiny_teacher_dir_fixture(tiny_teacher_dir, tiny_ner_teacher_dir):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+def test_plain_teacher_fixtures_load(plain_teacher, ner_teacher):
+    tokenizer = AutoTokenizer.from_pretrained(plain_teacher)
     inputs = tokenizer(["the film was not bad ."], return_tensors="pt")
-    teacher = SparseBertCls.from_pretrained(tiny_teacher_dir).eval()
+    teacher = SparseBertCls.from_pretrained(plain_teacher).eval()
     assert teacher(inputs["input_ids"], inputs["attention_mask"]).logits.shape == (1, 2)
-    tagger = SparseBertNer.from_pretrained(tiny_ner_teacher_dir).eval()
+    tagger = SparseBertNer.from_pretrained(ner_teacher).eval()
     assert tagger(inputs["input_ids"]).logits.shape == (1, inputs["input_ids"].shape[1], 9)
 
 
@@ -137,7 +127,7 @@ def test_gradients_equal_hf(train_mode):
     ours = SparseBertModel(make_tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     ours.load_state_dict(hf_model.state_dict(), strict=False)
     ours.train(train_mode)
-    inputs = padded_batch()
+    inputs = batch()
     real = inputs["attention_mask"].bool()
     hf_model(**inputs).last_hidden_state[real].square().mean().backward()
     ours(**inputs)[-1][real].square().mean().backward()

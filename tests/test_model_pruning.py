@@ -2,55 +2,21 @@
 
 import pytest
 import torch
-from conftest import make_tiny_config
 
 from models import MODEL_REGISTRY, get_model_class, normalize_sparsity_map
+from tests.helpers import make_tiny_config, padded_batch, random_sparsity_map, tiny_model
 
 MODEL_TYPES = sorted(MODEL_REGISTRY)
 LEVELS = (30, 60, 90)
 
 
-def random_sparsity_map(config, generator: torch.Generator) -> dict:
-    """A random monotone map over LEVELS; at the top level layer 1 loses every head and layer 2 every neuron."""
-    num_layers, heads, neurons = (
-        config.num_hidden_layers,
-        config.num_attention_heads,
-        config.intermediate_size,
-    )
-    sparsity_map = {}
-    removed = {"head": [0] * num_layers, "neuron": [0] * num_layers}
-    for level in LEVELS:
-        for unit, size in (("head", heads), ("neuron", neurons)):
-            for layer in range(num_layers):
-                step = int(torch.randint(0, size // 3 + 1, (1,), generator=generator))
-                removed[unit][layer] = min(size, removed[unit][layer] + step)
-        if level == LEVELS[-1]:
-            removed["head"][1] = heads
-            removed["neuron"][2] = neurons
-        sparsity_map[level] = {
-            unit: {layer: n for layer, n in enumerate(counts) if n} for unit, counts in removed.items()
-        }
-    return sparsity_map
-
-
 def build(model_type: str, sparsity_map=None, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    config = make_tiny_config(**{"num_labels": 5, **overrides})
-    if sparsity_map is not None:
-        config.sparsity_map = sparsity_map
-    return get_model_class(model_type)(config).eval()
+    overrides = {"num_labels": 5, **overrides}
+    return tiny_model(model_type, sparsity_map=sparsity_map, seed=seed, **overrides).eval()
 
 
 def batch(seed: int = 1, size: int = 3, seq_len: int = 11):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, 80, (size, seq_len), generator=generator)
-    attention_mask = torch.ones(size, seq_len, dtype=torch.long)
-    attention_mask[0, seq_len - 4 :] = 0
-    attention_mask[1, 3:] = 0
-    input_ids = input_ids * attention_mask
-    token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:, seq_len // 2 :] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    return padded_batch(torch.Generator().manual_seed(seed), size, seq_len, {0: seq_len - 4, 1: 3})
 
 
 def masks_for(config, sparsity: int):
@@ -74,7 +40,8 @@ def assert_same_output(a, b, atol=1e-5):
 
 @pytest.fixture
 def sparsity_map():
-    return random_sparsity_map(make_tiny_config(), torch.Generator().manual_seed(3))
+    """A random nested map over LEVELS; at the top level layer 1 loses every head and layer 2 every neuron."""
+    return random_sparsity_map(make_tiny_config(), LEVELS, seed=3, emptied=True)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.helpers import tiny_model
 from utils.objectives import hidden_mse, layer_pairs, select_hidden_layers, soft_cross_entropy
 
 
@@ -49,16 +50,7 @@ def test_hidden_mse_ignores_padding():
 
 
 def _tiny_supernet(seed: int):
-    from conftest import make_tiny_config
-
-    from models import SparseBertCls
-    from tests.helpers import random_sparsity_map
-
-    torch.manual_seed(seed)
-    config = make_tiny_config(num_labels=3)
-    config.sparsity_map = random_sparsity_map(config.num_hidden_layers, config.num_attention_heads,
-                                              config.intermediate_size, (40, 70, 90), seed=seed)
-    return SparseBertCls(config)
+    return tiny_model(num_labels=3, levels=(40, 70, 90), seed=seed)
 
 
 @pytest.mark.parametrize("padding", [False, True])

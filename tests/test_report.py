@@ -7,10 +7,7 @@ import pytest
 import torch
 
 import run_minidisc
-from tests.helpers import save_tiny_teacher, write_sst2_task
 from tools import report
-
-LEVELS = (0, 50, 60, 70, 80, 85, 90, 95)
 
 
 def test_speedup():
@@ -67,12 +64,11 @@ def test_random_batch_shape_and_range():
 
 
 @pytest.fixture(scope="module")
-def minidisc_run(tmp_path_factory):
+def minidisc_run(fine_grid_teacher, make_sst2_task, tmp_path_factory):
     """A finished two-iteration MiniDisc run of a tiny sparsified teacher (λ small, so an assistant is chosen)."""
-    root = tmp_path_factory.mktemp("report")
-    data = write_sst2_task(root / "data", n_train=16, n_dev=12)
-    teacher = save_tiny_teacher(root / "teacher", levels=LEVELS)
-    out = root / "minidisc"
+    data = make_sst2_task(n_train=16, n_dev=12)
+    teacher = fine_grid_teacher
+    out = tmp_path_factory.mktemp("report") / "minidisc"
     run_minidisc.main(["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data),
                        "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "8",
                        "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0.0",

@@ -1,46 +1,26 @@
 """MiniDisc and MaxiDisc end to end on a tiny teacher: iterations, reuse, resume, errors."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import run_maxidisc
 import run_minidisc
-import utils.evaluation
-import utils.loop
-from tests.helpers import save_tiny_teacher, write_sst2_task
+from tests.helpers import crashing_epochs, read_jsonl, same_weights, schedule_args
 from utils.cli import cli
 
-LEVELS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 85, 95)
 
+@pytest.fixture
+def args_for(fine_grid_teacher, short_sst2_task):
+    """``args_for(out, *flags)``: a run_minidisc/run_maxidisc command line on the shared fine-grid teacher."""
+    return partial(schedule_args, fine_grid_teacher, short_sst2_task)
 
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory):
-    return write_sst2_task(tmp_path_factory.mktemp("data"), n_train=24, n_dev=12)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", levels=LEVELS)
-
-
-def common(teacher_dir, task_dir, out, *extra):
-    return ["--teacher_model_path", str(teacher_dir), "--task_name", "sst2", "--data_dir", str(task_dir),
-            "--output_dir", str(out), "--max_length", "16", "--per_device_train_batch_size", "8",
-            "--per_device_eval_batch_size", "16", "--learning_rate", "1e-3", "--log_interval", "3",
-            "--max_steps", "6", "--seed", "5", "--do_train", *extra]
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_minidisc_two_iterations(teacher_dir, task_dir, tmp_path):
+def test_minidisc_two_iterations(args_for, tmp_path):
     out = tmp_path / "mini"
-    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.05", "--trunc_sparsity", "50",
-                                       "--target_sparsity", "90", "--export_all", "--do_infer"))
+    results = run_minidisc.main(args_for(out, "--lam", "0.05", "--trunc_sparsity", "50",
+                                         "--target_sparsity", "90", "--export_all", "--do_infer"))
     schedule = json.loads((out / "schedule.json").read_text())["iterations"]
     first = schedule[0]
     assert first["candidates"] == [50, 60, 70, 80, 85, 90, 95]
@@ -68,54 +48,42 @@ def test_minidisc_two_iterations(teacher_dir, task_dir, tmp_path):
     assert (out / "SST-2.tsv").exists() and not (out / "iter_1" / "checkpoint").exists()
 
 
-def test_minidisc_large_lambda_picks_the_target_and_stops(teacher_dir, task_dir, tmp_path):
+def test_minidisc_large_lambda_picks_the_target_and_stops(args_for, tmp_path):
     out = tmp_path / "big_lam"
-    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "100", "--max_steps", "3"))
+    results = run_minidisc.main(args_for(out, "--lam", "100", "--max_steps", "3"))
     assert results["assistants"] == [] and len(results["schedule"]) == 1
     assert not (out / "iter_2").exists()
     assert json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 90
 
 
-def test_minidisc_final_student_alone(teacher_dir, task_dir, tmp_path):
+def test_minidisc_final_student_alone(args_for, tmp_path):
     out = tmp_path / "alone"
-    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0", "--final_student", "alone",
-                                       "--max_steps", "3"))
+    results = run_minidisc.main(args_for(out, "--lam", "0", "--final_student", "alone", "--max_steps", "3"))
     assert results["schedule"][0]["role"] == "assistant"
     assert results["schedule"][-1]["mode"] == "alone"
     assert "sparsities" not in read_jsonl(out / "iter_2" / "metrics.jsonl")[0]
     assert results["model"]["sparsity"] == 90
 
 
-def test_minidisc_resumes_within_and_between_iterations(teacher_dir, task_dir, tmp_path, monkeypatch):
+def test_minidisc_resumes_within_and_between_iterations(args_for, tmp_path):
     args = ["--lam", "0", "--max_steps", "6", "--save_steps", "2"]
-    run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "full", *args))
+    run_minidisc.main(args_for(tmp_path / "full", *args))
 
-    original = utils.loop.EpochBatches.epoch
-    state = {"calls": 0}
-
-    def crash(self, epoch):
-        state["calls"] += 1
-        batches = original(self, epoch)
-        # iteration 1 runs epochs 0-1 (3 batches each); die in iteration 2's second epoch
-        return batches[:1] + [None] if state["calls"] == 4 else batches
-
-    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", crash)
-    with pytest.raises(TypeError):
-        run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "cut", *args))
+    # iteration 1 runs epochs 0-1 (3 batches each); die in iteration 2's second epoch
+    with crashing_epochs(keep=1, when=lambda epoch, call: call == 4), pytest.raises(TypeError):
+        run_minidisc.main(args_for(tmp_path / "cut", *args))
     assert (tmp_path / "cut" / "iter_1" / "results.json").exists()
     assert (tmp_path / "cut" / "iter_2" / "checkpoint").exists()
-    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
-    run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "cut", *args))
+    run_minidisc.main(args_for(tmp_path / "cut", *args))
     for it in ("iter_1", "iter_2"):
         full = read_jsonl(tmp_path / "full" / it / "metrics.jsonl")
         cut = read_jsonl(tmp_path / "cut" / it / "metrics.jsonl")
         assert [(r["step"], r["sparsities"]) for r in full] == [(r["step"], r["sparsities"]) for r in cut]
-    a = load_file(tmp_path / "full" / "iter_2" / "best" / "model.safetensors")
-    b = load_file(tmp_path / "cut" / "iter_2" / "best" / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert same_weights(tmp_path / "full" / "iter_2" / "best", tmp_path / "cut" / "iter_2" / "best",
+                        atol=1e-6)
 
 
-def test_sandwich_step_is_one_optimizer_step_over_every_width(teacher_dir, task_dir, tmp_path, monkeypatch):
+def test_sandwich_step_is_one_optimizer_step_over_every_width(args_for, tmp_path, monkeypatch):
     calls = {"sparsify": [], "steps": 0}
     from models import SparseBertCls
 
@@ -132,40 +100,40 @@ def test_sandwich_step_is_one_optimizer_step_over_every_width(teacher_dir, task_
 
     monkeypatch.setattr(SparseBertCls, "sparsify", record)
     monkeypatch.setattr(torch.optim.AdamW, "step", count)
-    run_minidisc.main(common(teacher_dir, task_dir, tmp_path / "count", "--lam", "100", "--max_steps", "1",
-                             "--log_interval", "100"))
+    run_minidisc.main(args_for(tmp_path / "count", "--lam", "100", "--max_steps", "1",
+                               "--log_interval", "100"))
     assert calls["steps"] == 1
     # one training step: each of the 7 sparsities once (sparsest first), back to full width; then the evaluation
     assert calls["sparsify"][:8] == [95, 90, 85, 80, 70, 60, 50, 0]
 
 
-def test_maxidisc_path_and_stage_reuse(teacher_dir, task_dir, tmp_path):
+def test_maxidisc_path_and_stage_reuse(args_for, tmp_path):
     root = tmp_path / "runs"
-    first = run_maxidisc.main(common(teacher_dir, task_dir, root / "a", "--layer_or_sparsity_path", "80,90S"))
+    first = run_maxidisc.main(args_for(root / "a", "--layer_or_sparsity_path", "80,90S"))
     assert first["student"] == "90S" and first["cost"]["stages_trained"] == 2
     assert json.loads((root / "a" / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 80
     assert len(read_jsonl(root / "a" / "iter_2" / "metrics.jsonl")) == 2
-    second = run_maxidisc.main(common(teacher_dir, task_dir, root / "b", "--layer_or_sparsity_path", "80,95S"))
+    second = run_maxidisc.main(args_for(root / "b", "--layer_or_sparsity_path", "80,95S"))
     assert second["cost"]["stages_reused"] == 1 and second["cost"]["stages_trained"] == 1
     assert json.loads((root / "b" / "iter_1" / "results.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
     # a different learning rate is a different stage: nothing reused
-    third = run_maxidisc.main(common(teacher_dir, task_dir, root / "c", "--layer_or_sparsity_path", "80,95S",
-                                     "--learning_rate", "2e-3"))
+    third = run_maxidisc.main(args_for(root / "c", "--layer_or_sparsity_path", "80,95S",
+                                       "--learning_rate", "2e-3"))
     assert third["cost"]["stages_reused"] == 0
 
 
-def test_maxidisc_search_over_assistants(teacher_dir, task_dir, tmp_path):
+def test_maxidisc_search_over_assistants(args_for, tmp_path):
     out = tmp_path / "search" / "run"
-    results = run_maxidisc.main(common(teacher_dir, task_dir, out, "--layer_or_sparsity_path", "90S",
-                                       "--search_assistants", "--trunc_sparsity", "70", "--max_steps", "3"))
+    results = run_maxidisc.main(args_for(out, "--layer_or_sparsity_path", "90S", "--search_assistants",
+                                         "--trunc_sparsity", "70", "--max_steps", "3"))
     assert [row["chain"] for row in results["chains_tried"]] == ["70,90S", "80,90S", "85,90S", "90S"]
     assert results["best_score"] == max(row["score"] for row in results["chains_tried"])
     assert all(row["steps"] == (3 if row["chain"] == "90S" else 6) for row in results["chains_tried"])
 
 
-def test_layer_path_with_small_students(teacher_dir, task_dir, tmp_path):
-    results = run_maxidisc.main(common(teacher_dir, task_dir, tmp_path / "layers", "--layer_or_sparsity_path", "3,2L",
-                                       "--max_steps", "2"))
+def test_layer_path_with_small_students(args_for, tmp_path):
+    results = run_maxidisc.main(args_for(tmp_path / "layers", "--layer_or_sparsity_path", "3,2L",
+                                         "--max_steps", "2"))
     assert results["model"]["num_layers"] == 2
 
 
@@ -178,19 +146,19 @@ def test_layer_path_with_small_students(teacher_dir, task_dir, tmp_path):
     (run_maxidisc, ["--layer_or_sparsity_path", "80,90X"], "expected comma-separated"),
     (run_maxidisc, ["--layer_or_sparsity_path", "75,90S"], "no map entry for 75"),
 ])
-def test_schedule_errors_are_one_line(teacher_dir, task_dir, tmp_path, capsys, script, flags, needle):
-    assert cli(script.main, common(teacher_dir, task_dir, tmp_path / "err", *flags)) == 2
+def test_schedule_errors_are_one_line(args_for, tmp_path, capsys, script, flags, needle):
+    assert cli(script.main, args_for(tmp_path / "err", *flags)) == 2
     assert needle in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_minidisc_needs_a_sparsified_teacher(task_dir, tmp_path, capsys):
-    plain = save_tiny_teacher(tmp_path / "plain")
-    assert cli(run_minidisc.main, common(plain, task_dir, tmp_path / "x")) == 2
+def test_minidisc_needs_a_sparsified_teacher(plain_teacher, short_sst2_task, tmp_path, capsys):
+    assert cli(run_minidisc.main, schedule_args(plain_teacher, short_sst2_task, tmp_path / "x")) == 2
     assert "run_sparsification.py" in capsys.readouterr().err
 
 
 def scripted_sparsities(monkeypatch, scores_by_eval):
     """Make every sandwich evaluation return ``scores_by_eval[i][sparsity]`` as the acc at that sparsity."""
+    import utils.evaluation
     import utils.schedule
 
     calls = {"n": 0, "last": None}
@@ -205,14 +173,14 @@ def scripted_sparsities(monkeypatch, scores_by_eval):
     monkeypatch.setattr(utils.schedule, "evaluate", evaluate)
 
 
-def test_a_later_tie_keeps_the_saved_assistant(teacher_dir, task_dir, tmp_path, monkeypatch):
+def test_a_later_tie_keeps_the_saved_assistant(args_for, tmp_path, monkeypatch):
     # λ = 0.2. Evaluation 1: τ(90) = 0.5 + 0.18 = 0.68 is the best → the target, saved as best/.
     # Evaluation 2: τ(85) = 0.51 + 0.17 = 0.68 ties it, and a tie goes to the smaller sparsity; but τ did
     # not rise, so nothing is saved, and the schedule must go on describing the saved 90S model.
     base = {50: 0.3, 60: 0.3, 70: 0.3, 80: 0.3, 85: 0.3, 90: 0.5, 95: 0.3}
     scripted_sparsities(monkeypatch, [base, {**base, 85: 0.51}])
     out = tmp_path / "tie"
-    results = run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.2"))
+    results = run_minidisc.main(args_for(out, "--lam", "0.2"))
     lines = read_jsonl(out / "iter_1" / "metrics.jsonl")
     assert [line["choice"] for line in lines] == [90, 85]
     assert lines[0]["score"] == pytest.approx(lines[1]["score"])
@@ -223,65 +191,13 @@ def test_a_later_tie_keeps_the_saved_assistant(teacher_dir, task_dir, tmp_path, 
     assert first["role"] == "student" and results["assistants"] == [] and not (out / "iter_2").exists()
 
 
-def test_an_assistant_is_saved_and_reported_at_its_step(teacher_dir, task_dir, tmp_path, monkeypatch):
+def test_an_assistant_is_saved_and_reported_at_its_step(args_for, tmp_path, monkeypatch):
     base = {50: 0.3, 60: 0.3, 70: 0.3, 80: 0.3, 85: 0.3, 90: 0.3, 95: 0.3}
     scripted_sparsities(monkeypatch, [base, {**base, 70: 0.9}])
     out = tmp_path / "assistant"
-    run_minidisc.main(common(teacher_dir, task_dir, out, "--lam", "0.2"))
+    run_minidisc.main(args_for(out, "--lam", "0.2"))
     first = json.loads((out / "schedule.json").read_text())["iterations"][0]
     assert (first["selected"], first["selected_step"]) == (70, 6) and first["role"] == "assistant"
     assert first["performance"]["70"] == {"score": 0.9, "step": 6}
     assert json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 70
     assert json.loads((out / "iter_1" / "best" / "selection.json").read_text())["step"] == 6
-
-
-def test_minidisc_with_a_changed_lambda_does_not_reuse_iteration_one(teacher_dir, task_dir, tmp_path, monkeypatch,
-                                                                      capsys):
-    args = common(teacher_dir, task_dir, tmp_path / "m", "--lam", "0", "--max_steps", "3")
-    original = utils.loop.EpochBatches.epoch
-    calls = {"n": 0}
-
-    def crash_in_iteration_two(self, epoch):
-        calls["n"] += 1
-        return original(self, epoch)[:1] + [None] if calls["n"] == 2 else original(self, epoch)
-
-    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", crash_in_iteration_two)
-    with pytest.raises(TypeError):
-        run_minidisc.main(args)
-    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
-    assert (tmp_path / "m" / "iter_1" / "results.json").exists()
-    assert cli(run_minidisc.main, args + ["--lam", "0.3"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "(lam 0.0 -> 0.3)" in err, err
-    # a finished iteration checks its own record too (here: as if args.json had been rewritten)
-    record = json.loads((tmp_path / "m" / "args.json").read_text())
-    (tmp_path / "m" / "args.json").write_text(json.dumps({**record, "settings": None}))
-    assert cli(run_minidisc.main, args + ["--lam", "0.3"]) == 2
-    assert "iter_1 holds a finished stage started with other settings (run.lam" in capsys.readouterr().err
-    assert run_minidisc.main(args)["schedule"][0]["iteration"] == 1
-
-
-def test_maxidisc_writes_a_stage_key_only_for_a_stage_trained_under_it(teacher_dir, task_dir, tmp_path, monkeypatch,
-                                                                       capsys):
-    root = tmp_path / "runs"
-    args = common(teacher_dir, task_dir, root / "a", "--layer_or_sparsity_path", "80,90S")
-    original = utils.loop.EpochBatches.epoch
-    # die in the second epoch of the first stage, after its first checkpoint
-    monkeypatch.setattr(utils.loop.EpochBatches, "epoch",
-                        lambda self, epoch: original(self, epoch)[:1] + [None] if epoch == 1 else original(self, epoch))
-    with pytest.raises(TypeError):
-        run_maxidisc.main(args)
-    assert (root / "a" / "iter_1" / "checkpoint").is_dir()
-    monkeypatch.setattr(utils.loop.EpochBatches, "epoch", original)
-    assert not (root / "a" / "iter_1" / "stage.json").exists()
-    assert cli(run_maxidisc.main, args + ["--learning_rate", "2e-3"]) == 2
-    assert "learning_rate 0.001 -> 0.002" in capsys.readouterr().err.strip().splitlines()[-1]
-    assert not (root / "a" / "iter_1" / "stage.json").exists()
-    first = run_maxidisc.main(args)
-    key = json.loads((root / "a" / "iter_1" / "stage.json").read_text())["key"]
-    assert json.loads((root / "a" / "iter_1" / "results.json").read_text())["key"] == key
-    # a stage reused from another run is reported as reused, with where it came from
-    second = run_maxidisc.main(common(teacher_dir, task_dir, root / "b", "--layer_or_sparsity_path", "80,95S"))
-    assert second["chains_tried"][0]["reused_from"] == [str(root / "a" / "iter_1")]
-    assert json.loads((root / "b" / "iter_1" / "stage.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
-    assert first["chains_tried"][0]["reused_from"] == []

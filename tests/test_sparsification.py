@@ -9,8 +9,7 @@ import torch
 import run_distillation
 import run_sparsification
 from models import SparseBertCls
-from tests.conftest import FIXTURES
-from tests.helpers import save_tiny_teacher, write_sst2_task
+from tests.helpers import FIXTURE_DATA, distill_args, save_tiny_teacher, sparsify_args
 from utils.cli import cli
 from utils.evaluation import collect_outputs
 from utils.importance import removal_count
@@ -18,24 +17,10 @@ from utils.model_io import load_model, load_tokenizer
 from utils.run import Run
 from utils.task_data import load_split
 
-LEVELS = "1,5,50,90"
 
-
-def sparsify_args(teacher_dir, data_dir, out, *extra, task="sst2"):
-    return ["--teacher_model_path", str(teacher_dir), "--task_name", task, "--data_dir", str(data_dir),
-            "--output_dir", str(out), "--max_length", "16", "--per_device_eval_batch_size", "8",
-            "--neuron_multiple", "1", "--sparsities", LEVELS, *extra]
-
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory):
-    return write_sst2_task(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
+def save_teacher_with_useless_units(directory):
     """A tiny teacher with head 1 of layer 2 and neuron 5 of layer 1 made useless (zero weights)."""
-    directory = save_tiny_teacher(tmp_path_factory.mktemp("teacher"))
+    save_tiny_teacher(directory)
     model = SparseBertCls.from_pretrained(directory)
     with torch.no_grad():
         layer = model.bert.layers[2]
@@ -48,9 +33,15 @@ def teacher_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sparsified(teacher_dir, task_dir, tmp_path_factory):
+def useless_unit_teacher(shared_folder):
+    return shared_folder(save_teacher_with_useless_units)
+
+
+@pytest.fixture(scope="module")
+def sparsified(useless_unit_teacher, sst2_task, tmp_path_factory):
+    """run_sparsification of ``useless_unit_teacher`` at 1, 5, 50 and 90%: (output folder, results)."""
     out = tmp_path_factory.mktemp("sparse") / "run"
-    return out, run_sparsification.main(sparsify_args(teacher_dir, task_dir, out))
+    return out, run_sparsification.main(sparsify_args(useless_unit_teacher, sst2_task, out))
 
 
 def dev_logits(model_dir, task_dir):
@@ -64,7 +55,7 @@ def dev_logits(model_dir, task_dir):
     return torch.stack([outputs[i] for i in range(len(dev))])
 
 
-def test_output_layout_and_function_unchanged(sparsified, teacher_dir, task_dir):
+def test_output_layout_and_function_unchanged(sparsified, useless_unit_teacher, sst2_task):
     out, results = sparsified
     assert {"args.json", "log.txt", "results.json", "model"} <= {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "importance.json", "tokenizer_config.json"} <= {
@@ -74,7 +65,8 @@ def test_output_layout_and_function_unchanged(sparsified, teacher_dir, task_dir)
     assert sorted(map(int, config["sparsity_map"])) == [0, 1, 5, 50, 90]
     assert json.loads((out / "results.json").read_text())["pruning_curve"] == results["pruning_curve"]
     # reordering is a permutation: the saved model computes the teacher's function
-    assert torch.allclose(dev_logits(out / "model", task_dir), dev_logits(teacher_dir, task_dir), atol=1e-5)
+    assert torch.allclose(dev_logits(out / "model", sst2_task), dev_logits(useless_unit_teacher, sst2_task),
+                          atol=1e-5)
     assert "pruning curve" in (out / "log.txt").read_text()
 
 
@@ -110,14 +102,14 @@ def test_pruning_curve(sparsified):
                - curve[0]["prunable_parameters"] for r in curve)
 
 
-def test_reuse_importance_with_a_finer_grid(sparsified, task_dir, tmp_path, monkeypatch):
+def test_reuse_importance_with_a_finer_grid(sparsified, sst2_task, tmp_path, monkeypatch):
     out, first = sparsified
 
     def no_pass(*args, **kwargs):
         raise AssertionError("--reuse_importance ran an importance pass")
 
     monkeypatch.setattr(run_sparsification, "accumulate_importance", no_pass)
-    args = sparsify_args(out / "model", task_dir, tmp_path / "fine", "--reuse_importance")
+    args = sparsify_args(out / "model", sst2_task, tmp_path / "fine", "--reuse_importance")
     args[args.index("--sparsities") + 1] = "1,3,5,50,70,90,97"
     again = run_sparsification.main(args)
     assert again["importance"]["reused"] and again["importance"]["split"] == "dev"
@@ -128,10 +120,10 @@ def test_reuse_importance_with_a_finer_grid(sparsified, task_dir, tmp_path, monk
         out / "model" / "importance.json").read_text()
 
 
-def test_conll_path_runs(tiny_ner_teacher_dir, tmp_path):
+def test_conll_path_runs(ner_teacher, tmp_path):
     out = tmp_path / "ner"
     results = run_sparsification.main(sparsify_args(
-        tiny_ner_teacher_dir, FIXTURES / "data", out, "--model_type", "sparsebert_ner", "--data_type", "bert_ner",
+        ner_teacher, FIXTURE_DATA, out, "--model_type", "sparsebert_ner", "--data_type", "bert_ner",
         "--max_length", "32", "--importance_split", "train", "--importance_samples", "3", task="conll"))
     assert [row["sparsity"] for row in results["pruning_curve"]] == [0, 1, 5, 50, 90]
     assert results["pruning_curve"][0]["dev"] == results["teacher_dev"]
@@ -142,13 +134,10 @@ def test_conll_path_runs(tiny_ner_teacher_dir, tmp_path):
     assert all(row[0] > 0 for row in scores["head"] + scores["neuron"])  # the token loss reached every layer
 
 
-def test_distil_90S_from_the_result(sparsified, task_dir, tmp_path):
+def test_distil_90S_from_the_result(sparsified, sst2_task, tmp_path):
     out, _ = sparsified
-    results = run_distillation.main([
-        "--teacher_model_path", str(out / "model"), "--task_name", "sst2", "--data_dir", str(task_dir),
-        "--output_dir", str(tmp_path / "distil"), "--layer_or_sparsity", "90S", "--max_length", "16",
-        "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--log_interval", "2",
-        "--max_steps", "2", "--do_train"])
+    results = run_distillation.main(distill_args(out / "model", sst2_task, tmp_path / "distil", "90S",
+                                                 "--log_interval", "2", "--max_steps", "2"))
     assert results["model"]["sparsity"] == 90
     assert results["model"]["heads_kept"] == 16 - removal_count(90, 16)
     assert results["model"]["neurons_kept"] == 148 - removal_count(90, 148)
@@ -159,20 +148,21 @@ def test_distil_90S_from_the_result(sparsified, task_dir, tmp_path):
     (["--sparsities", "10,x"], "'x' is not an integer"),
     (["--reuse_importance"], "importance.json"),
 ])
-def test_bad_arguments_get_one_clear_line(teacher_dir, task_dir, tmp_path, capsys, flags, needle):
-    assert cli(run_sparsification.main, sparsify_args(teacher_dir, task_dir, tmp_path / "bad") + flags) == 2
+def test_bad_arguments_get_one_clear_line(useless_unit_teacher, sst2_task, tmp_path, capsys, flags, needle):
+    args = sparsify_args(useless_unit_teacher, sst2_task, tmp_path / "bad")
+    assert cli(run_sparsification.main, args + flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert needle in err[-1], err
 
 
-def test_not_a_teacher_of_this_task_and_already_pruned(task_dir, tmp_path, capsys):
-    three_labels = save_tiny_teacher(tmp_path / "three", num_labels=3)
-    assert cli(run_sparsification.main, sparsify_args(three_labels, task_dir, tmp_path / "a")) == 2
+def test_not_a_teacher_of_this_task_and_already_pruned(make_teacher, sst2_task, tmp_path, capsys):
+    three_labels = make_teacher(num_labels=3)
+    assert cli(run_sparsification.main, sparsify_args(three_labels, sst2_task, tmp_path / "a")) == 2
     assert "not a teacher of this task" in capsys.readouterr().err
     pruned = save_tiny_teacher(tmp_path / "pruned", levels=(0, 50))
     model = SparseBertCls.from_pretrained(pruned)
     model.sparsify(50)
     model.densify()
     model.save_pretrained(pruned)
-    assert cli(run_sparsification.main, sparsify_args(pruned, task_dir, tmp_path / "b")) == 2
+    assert cli(run_sparsification.main, sparsify_args(pruned, sst2_task, tmp_path / "b")) == 2
     assert "already pruned" in capsys.readouterr().err
