@@ -35,7 +35,7 @@ from utils.errors import ArgumentError
 from utils.evaluation import MetricSelector
 from utils.fingerprint import settings_key
 from utils.loop import train
-from utils.model_io import check_model_task, load_model, load_teacher, load_tokenizer
+from utils.model_io import load_teacher, load_tokenizer
 from utils.objectives import DistillObjective
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run
@@ -131,8 +131,7 @@ def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: P
             close_stage(run, stage_dir, summary, {STAGE_FILE: {**marker, "reused_from": str(source)}})
         elif summary is None:
             logger.info("stage %d/%d of %s: %s → %s", k, len(chain), name, teacher_path, spec)
-            teacher = load_model(model_type, teacher_path)
-            check_model_task(teacher, task, teacher_path)
+            teacher = load_teacher(model_type, teacher_path, task)
             student = build_student(model_type, teacher_path, spec, task)
             objective = DistillObjective(teacher.to(run.device), args.distill.objective, args.distill.kd_temperature,
                                          task.kind == "regression")

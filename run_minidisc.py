@@ -32,7 +32,7 @@ from utils.cli import cli
 from utils.errors import StageError
 from utils.evaluation import MetricSelector, evaluate
 from utils.loop import train
-from utils.model_io import check_model_task, load_model, load_teacher, load_tokenizer
+from utils.model_io import load_model, load_teacher, load_tokenizer
 from utils.objectives import DistillObjective, SandwichObjective
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run, write_json_atomic
@@ -52,8 +52,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
     """Train one iteration from ``teacher_path`` into ``stage_dir``; return its summary with the schedule."""
     task, model_type, schedule_args, training = args.task, args.model.model_type, args.schedule, args.training
     final = iteration == schedule_args.target_iteration
-    teacher = load_model(model_type, teacher_path).to(run.device)
-    check_model_task(teacher, task, teacher_path)
+    teacher = load_teacher(model_type, teacher_path, task).to(run.device)
     teacher_sparsity = teacher.config.sparsity
     distill = DistillObjective(teacher, args.distill.objective, args.distill.kd_temperature, task.kind == "regression")
     if final and schedule_args.final_student == "alone":
