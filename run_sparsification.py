@@ -137,14 +137,12 @@ def main(argv=None) -> dict:
     teacher_dev = evaluate(teacher, dev, options.per_device_eval_batch_size, run, "dev (teacher)")
     started = time.time()
     if options.reuse_importance:
-        config = teacher.config
-        scores = load_importance(options.teacher_model_path, config.num_hidden_layers, config.num_attention_heads,
-                                 config.intermediate_size)
+        scores = load_importance(options.teacher_model_path, teacher.unit_shape())
     else:
         scores = score_importance(args, run, task, teacher, tokenizer)
     teacher.config.sparsity = 0
     teacher.config.sparsity_map = build_sparsity_map(scores["head"], scores["neuron"], levels,
-                                                     options.neuron_multiple)
+                                                     options.neuron_multiple, teacher.min_kept())
     teacher.config.importance_split = scores["split"]
     teacher.config.importance_samples = scores["num_examples"]
     teacher.config.neuron_multiple = options.neuron_multiple

@@ -5,7 +5,7 @@
 'SparseBertCls'
 """
 
-from .heads import SparseBertCls, SparseBertNer, SparseBertOutput
+from .heads import SparseBertCls, SparseBertNer, TaskOutput
 from .packing import HiddenStates
 from .sparse_bert import SparseBertModel
 from .sparsity_map import normalize_sparsity_map, truncate_sparsity_map
@@ -36,7 +36,7 @@ __all__ = [
     "SparseBertCls",
     "SparseBertModel",
     "SparseBertNer",
-    "SparseBertOutput",
+    "TaskOutput",
     "get_model_class",
     "normalize_sparsity_map",
     "truncate_sparsity_map",

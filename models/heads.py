@@ -1,8 +1,8 @@
-"""Task models on the SparseBERT encoder: sequence classification/regression and token tagging.
+"""Task models on the SparseBERT encoder (sequence classification/regression and token tagging), and
+what every family's task models share: the output type :class:`TaskOutput` and the task losses.
 
-Both share one output type, :class:`SparseBertOutput`, and expose the pruning verbs of the encoder
-(``reorder``, ``sparsify``, ``densify``, ``drop_layers``, ``count_parameters``, ``kept_widths``), so
-the training loop never reaches into ``model.bert``.
+The BERT task models expose the pruning verbs of their encoder (:class:`~models.core.PrunableTaskModel`),
+so the training loop never reaches into ``model.bert``.
 """
 
 import logging
@@ -14,19 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 
+from .core import PrunableTaskModel
 from .sparse_bert import SparseBertModel, SparseBertPreTrainedModel
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SparseBertOutput:
-    """What both task models return.
+class TaskOutput:
+    """What every task model returns.
 
     Attributes:
         logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
         hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output
-            (zero at padding positions); a :class:`~models.packing.HiddenStates` sequence.
+            (zero at padding positions); a :class:`~models.packing.HiddenStates` sequence or a tuple.
         loss: scalar task loss when ``labels`` were given, else None.
     """
 
@@ -35,8 +36,21 @@ class SparseBertOutput:
     loss: torch.Tensor | None = None
 
 
-class _SparseBertTaskModel(SparseBertPreTrainedModel):
-    """Shared part of the task models: the ``bert`` encoder and the pruning verbs delegated to it."""
+def sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits [B, C]`` against ``labels [B]``; MSE on the squeezed ``[B, 1]`` for regression."""
+    if logits.shape[-1] == 1:
+        # In fp32 even under autocast: bf16 would round the gold scores (3.7 -> 3.703125).
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy of ``logits [B, T, C]`` over the positions where ``labels [B, T]`` is not -100."""
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class _SparseBertTaskModel(PrunableTaskModel, SparseBertPreTrainedModel):
+    """Shared part of the BERT task models: the ``bert`` encoder (whose verbs they expose) and one forward."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -47,40 +61,11 @@ class _SparseBertTaskModel(SparseBertPreTrainedModel):
         dropout = getattr(self.config, "classifier_dropout", None)
         return self.config.hidden_dropout_prob if dropout is None else dropout
 
-    @property
-    def current_sparsity(self) -> int:
-        """The sparsity level the encoder is currently sliced to."""
-        return self.bert.current_sparsity
-
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.bert.set_input_embeddings(value)
-
-    def reorder(self, head_order=None, neuron_order=None) -> None:
-        """Permute heads ``[L, H]`` and neurons ``[L, I]`` per layer; see :meth:`SparseBertModel.reorder`."""
-        self.bert.reorder(head_order, neuron_order)
-
-    def available_sparsities(self) -> list[int]:
-        """Levels :meth:`sparsify` accepts; see :meth:`SparseBertModel.available_sparsities`."""
-        return self.bert.available_sparsities()
-
-    def sparsify(self, sparsity: int) -> None:
-        """Slice the encoder to ``sparsity`` (virtual pruning); see :meth:`SparseBertModel.sparsify`."""
-        self.bert.sparsify(sparsity)
-
-    def densify(self) -> None:
-        """Physically prune the encoder to the current slice; see :meth:`SparseBertModel.densify`."""
-        self.bert.densify()
-
-    def drop_layers(self, num_layers: int) -> None:
-        """Keep the bottom ``num_layers`` encoder layers; see :meth:`SparseBertModel.drop_layers`."""
-        self.bert.drop_layers(num_layers)
-
-    def kept_widths(self) -> dict[str, list[int]]:
-        """Current heads and neurons kept per layer: ``{"head": [...], "neuron": [...]}``."""
-        return self.bert.kept_widths()
 
     def forward(
         self,
@@ -91,13 +76,13 @@ class _SparseBertTaskModel(SparseBertPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         neuron_mask: torch.Tensor | None = None,
         embedding_output: torch.Tensor | None = None,
-    ) -> SparseBertOutput:
+    ) -> TaskOutput:
         """Encode, then the head's ``logits_from`` the hidden states and, with ``labels``, its ``task_loss``."""
         hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
                                     embedding_output)
         logits = self.logits_from(hidden_states)
         loss = None if labels is None else self.task_loss(logits, labels)
-        return SparseBertOutput(logits=logits, hidden_states=hidden_states, loss=loss)
+        return TaskOutput(logits=logits, hidden_states=hidden_states, loss=loss)
 
     def logits_from(self, hidden_states) -> torch.Tensor:
         """The task logits from the L + 1 hidden states."""
@@ -132,7 +117,7 @@ class SparseBertCls(_SparseBertTaskModel):
     published teachers. There is no pooler.
 
     ``forward(input_ids [B, T], attention_mask [B, T], token_type_ids [B, T], labels, head_mask [L, H],
-    neuron_mask [L, I], embedding_output) -> SparseBertOutput`` with ``logits [B, num_labels]``. ``labels`` is a
+    neuron_mask [L, I], embedding_output) -> TaskOutput`` with ``logits [B, num_labels]``. ``labels`` is a
     LongTensor ``[B]`` (cross-entropy) or, for regression, a FloatTensor ``[B]`` (MSE on the squeezed
     logits).
     """
@@ -152,16 +137,13 @@ class SparseBertCls(_SparseBertTaskModel):
         return self.cls(hidden_states[-1][:, 0])
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.config.num_labels == 1:
-            # In fp32 even under autocast: bf16 would round the gold scores (3.7 -> 3.703125).
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        return F.cross_entropy(logits, labels)
+        return sequence_loss(logits, labels)
 
 
 class SparseBertNer(_SparseBertTaskModel):
     """Token tagging (NER): ``cls`` = Dropout -> Linear(H, num_labels) on every token.
 
-    ``forward(...) -> SparseBertOutput`` with ``logits [B, T, num_labels]``. ``labels`` is a
+    ``forward(...) -> TaskOutput`` with ``logits [B, T, num_labels]``. ``labels`` is a
     LongTensor ``[B, T]`` holding -100 at positions not scored (padding, special tokens and every
     sub-word but a word's first); the loss is the token cross-entropy over the scored positions.
     """
@@ -177,4 +159,4 @@ class SparseBertNer(_SparseBertTaskModel):
         return self.cls(hidden_states[-1])
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return token_loss(logits, labels)

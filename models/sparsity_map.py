@@ -1,9 +1,12 @@
-"""The sparsity map: how many heads and FFN neurons each layer loses at each sparsity level.
+"""The sparsity map: how many heads and FFN neurons each row loses at each sparsity level.
 
-A sparsity map has the form ``{s: {"head": {layer: n_removed}, "neuron": {layer: n_removed}}}``
-with ``s`` an integer percent and the counts relative to the ORIGINAL sizes
-(``config.num_attention_heads`` heads and ``config.intermediate_size`` neurons per layer). Layers
-that lose nothing may be omitted. In memory every key is an ``int``; JSON turns keys into strings,
+A sparsity map has the form ``{s: {"head": {row: n_removed}, "neuron": {row: n_removed}}}`` with
+``s`` an integer percent and the counts relative to the ORIGINAL sizes (for BERT
+``config.num_attention_heads`` heads and ``config.intermediate_size`` neurons per row). A row is one
+attention (head rows) or one FFN (neuron rows) in the model's order: for BERT, row ``l`` is layer
+``l``; for EncT5, rows ``0..L-1`` are the encoder layers, then come the decoder's self-attention and
+cross-attention (head rows ``L`` and ``L+1``) and its FFN (neuron row ``L``). Rows that lose nothing
+may be omitted. In memory every key is an ``int``; JSON turns keys into strings,
 so maps read from a saved config go through :func:`normalize_sparsity_map`.
 """
 
@@ -49,23 +52,7 @@ def normalize_sparsity_map(sparsity_map: Mapping | None) -> SparsityMap:
     return result
 
 
-def truncate_sparsity_map(
-    sparsity_map: SparsityMap, min_sparsity: int = 0, num_layers: int | None = None
-) -> SparsityMap:
-    """Keep the levels ``>= min_sparsity`` and, if ``num_layers`` is given, only layers ``< num_layers``.
-
-    Used after :meth:`densify` (a densified model can only be pruned further) and after layer
-    dropping (the bottom ``num_layers`` layers remain).
-    """
-    return {
-        level: {
-            unit: {
-                layer: count
-                for layer, count in entry[unit].items()
-                if num_layers is None or layer < num_layers
-            }
-            for unit in UNITS
-        }
-        for level, entry in sparsity_map.items()
-        if level >= min_sparsity
-    }
+def truncate_sparsity_map(sparsity_map: SparsityMap, min_sparsity: int = 0) -> SparsityMap:
+    """Keep the levels ``>= min_sparsity`` (after :meth:`densify`, a model can only be pruned further)."""
+    return {level: {unit: dict(entry[unit]) for unit in UNITS}
+            for level, entry in sparsity_map.items() if level >= min_sparsity}

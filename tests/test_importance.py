@@ -133,10 +133,10 @@ def test_importance_file_round_trips_exactly(tmp_path):
     head = normalize_scores(torch.rand(3, 4, generator=g, dtype=torch.float64))
     neuron = normalize_scores(torch.rand(3, 37, generator=g, dtype=torch.float64))
     save_importance(tmp_path, head, neuron, "train", 12)
-    loaded = load_importance(tmp_path, 3, 4, 37)
+    loaded = load_importance(tmp_path, {"head": (3, 4), "neuron": (3, 37)})
     assert torch.equal(loaded["head"], head) and torch.equal(loaded["neuron"], neuron)
     assert (loaded["split"], loaded["num_examples"]) == ("train", 12)
     with pytest.raises(ValueError, match="model has"):
-        load_importance(tmp_path, 4, 4, 37)
+        load_importance(tmp_path, {"head": (4, 4), "neuron": (4, 37)})
     with pytest.raises(StageError, match="importance.json"):
-        load_importance(tmp_path / "nowhere", 3, 4, 37)
+        load_importance(tmp_path / "nowhere", {"head": (3, 4), "neuron": (3, 37)})

@@ -106,19 +106,28 @@ def removal_count(level: int, total: int) -> int:
     return round(Fraction(level * total, 100))
 
 
-def removed_per_layer(scores: torch.Tensor, level: int, multiple: int = 1) -> dict[int, int]:
-    """``{layer: n_removed}`` (layers losing nothing omitted) when the globally least important
-    ``removal_count(level, L·N)`` units of ``scores [L, N]`` are removed; see the module docstring
+def removed_per_layer(scores: torch.Tensor, level: int, multiple: int = 1,
+                      min_kept: list[int] | None = None) -> dict[int, int]:
+    """``{row: n_removed}`` (rows losing nothing omitted) when the globally least important
+    ``removal_count(level, rows·N)`` units of ``scores [rows, N]`` are removed; see the module docstring
     for the rounding to ``multiple``.
+
+    ``min_kept[r]`` units of row ``r`` (its most important ones) are never candidates: the removal
+    count is taken from the other units, and capped at their number.
     """
-    num_layers, size = scores.shape
-    count = removal_count(level, num_layers * size)
-    # Stable ascending sort of the flattened [L*N] scores: ties go to the lower (layer, position).
-    least = torch.argsort(scores.flatten(), stable=True)[:count]
-    per_layer = torch.bincount(torch.div(least, size, rounding_mode="floor"), minlength=num_layers).tolist()
+    num_rows, size = scores.shape
+    candidates = scores.flatten().clone()
+    if min_kept is not None and any(min_kept):
+        for row, keep in enumerate(min_kept):
+            top = torch.argsort(scores[row], descending=True, stable=True)[:keep]
+            candidates[row * size + top] = float("inf")
+    count = min(removal_count(level, num_rows * size), int(torch.isfinite(candidates).sum()))
+    # Stable ascending sort of the flattened [rows*N] scores: ties go to the lower (row, position).
+    least = torch.argsort(candidates, stable=True)[:count]
+    per_row = torch.bincount(torch.div(least, size, rounding_mode="floor"), minlength=num_rows).tolist()
     if multiple > 1:
-        per_layer = [min(round(Fraction(n, multiple)) * multiple, size) for n in per_layer]
-    return {layer: n for layer, n in enumerate(per_layer) if n > 0}
+        per_row = [min(round(Fraction(n, multiple)) * multiple, size) for n in per_row]
+    return {row: n for row, n in enumerate(per_row) if n > 0}
 
 
 def build_sparsity_map(
@@ -126,30 +135,35 @@ def build_sparsity_map(
     neuron_scores: torch.Tensor,
     levels: Iterable[int],
     neuron_multiple: int = 1,
+    min_kept: dict[str, list[int]] | None = None,
 ) -> SparsityMap:
-    """The sparsity map ``{s: {"head": {layer: n}, "neuron": {layer: n}}}`` from normalised scores.
+    """The sparsity map ``{s: {"head": {row: n}, "neuron": {row: n}}}`` from normalised scores.
 
-    Heads (``head_scores [L, H]``) and neurons (``neuron_scores [L, I]``) are ranked globally and
-    separately; each level removes the same fraction of each. Counts depend only on the scores, not
-    on their order within a layer, so scores saved after reordering give the same map. Because one
-    ranking serves every level, the maps are nested: a unit removed at ``s`` is removed at every
-    higher level (with ``neuron_multiple`` too, since its rounding is monotone).
+    Heads (``head_scores [rows, H]``) and neurons (``neuron_scores [rows', I]``) are ranked globally
+    and separately over all their rows (a row is one attention or one FFN: BERT's layers; EncT5's
+    encoder layers, then its decoder self- and cross-attention); each level removes the same fraction
+    of each. Counts depend only on the scores, not on their order within a row, so scores saved after
+    reordering give the same map. Because one ranking serves every level, the maps are nested: a unit
+    removed at ``s`` is removed at every higher level (with ``neuron_multiple`` too, since its rounding
+    is monotone). ``min_kept`` (``{"head": [per row], "neuron": [per row]}``, a model's
+    ``min_kept()``) protects each row's most important units from removal.
 
     Raises:
-        ValueError: for a level outside 0–99, ``neuron_multiple < 1`` or mismatched layer counts.
+        ValueError: for a level outside 0–99, ``neuron_multiple < 1`` or malformed scores.
     """
-    if head_scores.dim() != 2 or neuron_scores.dim() != 2 or head_scores.shape[0] != neuron_scores.shape[0]:
-        raise ValueError(f"scores must be [L, H] and [L, I], got {tuple(head_scores.shape)} and "
+    if head_scores.dim() != 2 or neuron_scores.dim() != 2:
+        raise ValueError(f"scores must be [rows, H] and [rows, I], got {tuple(head_scores.shape)} and "
                          f"{tuple(neuron_scores.shape)}")
     if neuron_multiple < 1:
         raise ValueError(f"neuron_multiple must be at least 1, got {neuron_multiple}")
+    min_kept = min_kept or {}
     result: SparsityMap = {}
     for level in sorted(set(levels)):
         if not 0 <= level <= 99:
             raise ValueError(f"sparsity level {level} is not between 0 and 99")
         result[level] = {
-            "head": removed_per_layer(head_scores, level),
-            "neuron": removed_per_layer(neuron_scores, level, neuron_multiple),
+            "head": removed_per_layer(head_scores, level, min_kept=min_kept.get("head")),
+            "neuron": removed_per_layer(neuron_scores, level, neuron_multiple, min_kept.get("neuron")),
         }
     return result
 
@@ -157,7 +171,8 @@ def build_sparsity_map(
 def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw first-order importance of every head and FFN neuron (Michel et al. 2019 for heads).
 
-    The model runs in eval mode with all-ones ``head_mask [L, H]`` and ``neuron_mask [L, I]`` that
+    The model runs in eval mode with all-ones ``head_mask [rows, H]`` and ``neuron_mask [rows, I]`` (the
+    shapes of ``model.unit_shape()``; rows are layers for BERT) that
     require grad; for each batch the task loss against gold labels (cross-entropy, MSE for
     regression, token cross-entropy over scored positions for NER, as the model computes it) is
     differentiated with respect to the masks only, and ``|∂loss_b/∂mask|`` is summed over batches
@@ -166,19 +181,17 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     scores ``dataset[rank::world_size]`` and the sums are added with ``all_reduce``.
 
     Args:
-        model: a full-width (``config.sparsity == 0``) SparseBert task model.
+        model: a full-width (``config.sparsity == 0``) task model of any family.
         dataset: an :class:`~data.pipelines.EncodedDataset` with labels.
 
     Returns:
-        ``(head_scores [L, H], neuron_scores [L, I])``, float64 on the CPU, not normalised.
+        ``(head_scores [rows, H], neuron_scores [rows, I])``, float64 on the CPU, not normalised.
     """
     if not dataset.has_labels:
         raise ValueError(f"importance needs gold labels, but the {dataset.task.name} split has none")
     was_training = model.training
     model.eval()
-    config = model.config
-    shape_h = (config.num_hidden_layers, config.num_attention_heads)
-    shape_i = (config.num_hidden_layers, config.intermediate_size)
+    shape_h, shape_i = model.unit_shape()["head"], model.unit_shape()["neuron"]
     head_mask = torch.ones(shape_h, device=run.device, requires_grad=True)
     neuron_mask = torch.ones(shape_i, device=run.device, requires_grad=True)
     head_scores = torch.zeros(shape_h, dtype=torch.float64, device=run.device)
@@ -235,11 +248,12 @@ def save_importance(directory: Path, head_scores: torch.Tensor, neuron_scores: t
     return path
 
 
-def load_importance(directory: Path, num_layers: int, num_heads: int, intermediate_size: int) -> dict:
-    """Read ``directory/importance.json`` written by :func:`save_importance`, checked against the model's sizes.
+def load_importance(directory: Path, unit_shape: dict[str, tuple[int, int]]) -> dict:
+    """Read ``directory/importance.json`` written by :func:`save_importance`, checked against the model's
+    ``unit_shape()`` (``{"head": (rows, H), "neuron": (rows, I)}``).
 
     Returns:
-        ``{"head": [L, H] float64, "neuron": [L, I] float64, "split": str, "num_examples": int}``.
+        ``{"head": [rows, H] float64, "neuron": [rows, I] float64, "split": str, "num_examples": int}``.
 
     Raises:
         StageError: when the file is absent (naming the script that writes it), or its shapes do not
@@ -252,8 +266,8 @@ def load_importance(directory: Path, num_layers: int, num_heads: int, intermedia
     payload = json.loads(path.read_text())
     head = torch.tensor(payload["head"], dtype=torch.float64)
     neuron = torch.tensor(payload["neuron"], dtype=torch.float64)
-    if tuple(head.shape) != (num_layers, num_heads) or tuple(neuron.shape) != (num_layers, intermediate_size):
+    if tuple(head.shape) != tuple(unit_shape["head"]) or tuple(neuron.shape) != tuple(unit_shape["neuron"]):
         raise StageError(f"{path} holds scores of shapes {tuple(head.shape)} and {tuple(neuron.shape)}, but the "
-                         f"model has [{num_layers}, {num_heads}] heads and [{num_layers}, {intermediate_size}] neurons")
+                         f"model has {list(unit_shape['head'])} heads and {list(unit_shape['neuron'])} neurons")
     return {"head": head, "neuron": neuron, "split": payload.get("split"),
             "num_examples": payload.get("num_examples")}

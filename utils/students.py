@@ -103,7 +103,7 @@ def build_student(model_type: str, teacher_path: str, spec: StudentSpec, task):
         return student
     student = load_model(model_type, teacher_path)
     if spec.layers is not None:
-        layers = student.config.num_hidden_layers
+        layers = student.depth
         if spec.layers > layers:
             raise StageError(f"--layer_or_sparsity {spec}: the teacher {teacher_path} has only {layers} layers")
         student.drop_layers(spec.layers)
@@ -120,7 +120,7 @@ def describe_model(model) -> dict:
     widths = model.kept_widths()
     return {
         "sparsity": model.current_sparsity,
-        "num_layers": model.config.num_hidden_layers,
+        "num_layers": model.depth,
         "heads_kept": sum(widths["head"]),
         "neurons_kept": sum(widths["neuron"]),
         "prunable_parameters": counts["prunable"],

@@ -1,0 +1,446 @@
+"""The prunable core every model family builds on: blocks of prunable units, and the verbs over them.
+
+A *unit* is what pruning removes at once: an attention head (its rows of Q, K and V, with their
+biases, and its columns of the output projection) or an FFN neuron (its row of each input
+projection, two of them when the FFN is gated, and its column of the output projection). A family
+declares its units and writes its forwards; the verbs are written once, here.
+
+* :class:`PrunableBlock` is a module holding one set of units: it declares, as class attributes, the
+  ``unit_kind`` (``"head"`` or ``"neuron"``), the linears whose output rows are the units
+  (``unit_rows``), those whose input columns are (``unit_cols``) and any integer buffers with one
+  entry per unit that must follow a reorder (``unit_index``, e.g. T5's original head ids). Unit ``i``
+  is rows ``[i·size, (i+1)·size)``. Its forward uses the leading ``kept`` units through
+  :meth:`~PrunableBlock.rows` and :meth:`~PrunableBlock.cols` (views of the stored weights, so
+  gradients reach the full tensors).
+* :class:`PrunableModel` is the base model's mixin: the blocks of each kind, in module order, are its
+  *unit rows* (row ``r`` of a ``head_mask`` and of a sparsity map's ``"head"`` entry is the ``r``-th
+  head block), and it implements ``reorder``, ``sparsify``, ``densify``, ``drop_layers``,
+  ``kept_widths``, ``available_sparsities`` and the prunable parameter counts over them. A family
+  says which config fields hold the full unit counts (``unit_config``), which holds its depth
+  (``depth_config``), how many rows of each kind a config builds (:meth:`~PrunableModel.unit_row_counts`)
+  and how to keep its bottom layers (:meth:`~PrunableModel._keep_layers`).
+
+The configuration carries ``sparsity`` (the level the stored weights are pruned to, 0 = none) and
+``sparsity_map`` (:mod:`models.sparsity_map`); only the verbs write them.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sparsity_map import UNITS, ModelConfigError, normalize_sparsity_map, truncate_sparsity_map
+
+logger = logging.getLogger(__name__)
+
+
+def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """``nn.Linear`` that may have zero rows or columns (an emptied block) without torch's init warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(in_features, out_features, bias=bias)
+
+
+def as_permutation(order, size: int, what: str) -> torch.Tensor:
+    """Validate ``order`` as a permutation of ``range(size)`` and return it as a LongTensor ``[size]``."""
+    index = torch.as_tensor(order, dtype=torch.long).flatten().cpu()
+    if index.numel() != size or not torch.equal(index.sort().values, torch.arange(size)):
+        raise ValueError(f"{what} must be a permutation of range({size}), got {index.tolist()}")
+    return index
+
+
+def rows_linear(linear: nn.Linear, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``linear`` restricted to its first ``rows`` outputs: ``[..., in] -> [..., rows]``."""
+    if rows == linear.out_features:
+        return linear(x)
+    return F.linear(x, linear.weight[:rows], None if linear.bias is None else linear.bias[:rows])
+
+
+def cols_linear(linear: nn.Linear, x: torch.Tensor, cols: int) -> torch.Tensor:
+    """``linear`` restricted to its first ``cols`` inputs: ``[..., cols] -> [..., out]``."""
+    if cols == linear.in_features:
+        return linear(x)
+    return F.linear(x, linear.weight[:, :cols], linear.bias)
+
+
+def _shrink_linear(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> None:
+    """Replace ``linear``'s parameters by new contiguous tensors holding the leading ``rows x cols`` block."""
+    rows = linear.out_features if rows is None else rows
+    cols = linear.in_features if cols is None else cols
+    weight = linear.weight.detach()[:rows, :cols].clone(memory_format=torch.contiguous_format)
+    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        bias = linear.bias.detach()[:rows].clone()
+        linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+    linear.out_features, linear.in_features = rows, cols
+
+
+class PrunableBlock(nn.Module):
+    """A module holding one set of prunable units (see the module docstring).
+
+    Subclasses set the class attributes ``unit_kind``, ``unit_rows``, ``unit_cols`` (submodule paths
+    of ``nn.Linear``) and ``unit_index`` (buffer names), and call ``self.init_units(size)`` once their
+    linears exist. ``kept`` is the number of units the forward uses now (the leading ones).
+    ``min_units`` is how many units a sparsity map built from importance must leave the block.
+    """
+
+    unit_kind: str = ""
+    unit_rows: tuple[str, ...] = ()
+    unit_cols: tuple[str, ...] = ()
+    unit_index: tuple[str, ...] = ()
+    min_units: int = 0
+
+    def init_units(self, size: int = 1) -> None:
+        """Record the unit size (rows per unit) and use every stored unit."""
+        self.unit_size = size
+        self.kept = self.physical_units
+
+    @property
+    def physical_units(self) -> int:
+        """The number of units the stored weights hold."""
+        return self.get_submodule(self.unit_rows[0]).out_features // self.unit_size
+
+    @property
+    def kept_width(self) -> int:
+        """Rows (of ``unit_rows``) or columns (of ``unit_cols``) in use: ``kept · unit_size``."""
+        return self.kept * self.unit_size
+
+    def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The linear ``name`` (one of ``unit_rows``) restricted to the kept units' rows: ``[..., in] -> [..., width]``."""
+        return rows_linear(self.get_submodule(name), x, self.kept_width)
+
+    def cols(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The linear ``name`` (one of ``unit_cols``) restricted to the kept units' columns: ``[..., width] -> [..., out]``."""
+        return cols_linear(self.get_submodule(name), x, self.kept_width)
+
+    def col_weight(self, name: str) -> torch.Tensor:
+        """The kept columns of the linear ``name``'s weight (a view)."""
+        weight = self.get_submodule(name).weight
+        return weight if self.kept_width == weight.shape[1] else weight[:, :self.kept_width]
+
+    def index(self, name: str) -> torch.Tensor:
+        """The kept entries of the per-unit buffer ``name``."""
+        return getattr(self, name)[:self.kept]
+
+    def _unit_slices(self, units: torch.Tensor) -> torch.Tensor:
+        """Row (or column) indices of ``units`` in the stored tensors: ``[len(units) · unit_size]``."""
+        return (units[:, None] * self.unit_size + torch.arange(self.unit_size)).flatten()
+
+    @torch.no_grad()
+    def reorder_units(self, order: torch.Tensor) -> None:
+        """Permute the stored units so that new unit ``i`` is old unit ``order[i]`` (function unchanged)."""
+        device = self.get_submodule(self.unit_rows[0]).weight.device
+        index = order if self.unit_size == 1 else self._unit_slices(order)
+        index = index.to(device)
+        for name in self.unit_rows:
+            linear = self.get_submodule(name)
+            linear.weight.copy_(linear.weight[index])
+            if linear.bias is not None:
+                linear.bias.copy_(linear.bias[index])
+        for name in self.unit_cols:
+            linear = self.get_submodule(name)
+            linear.weight.copy_(linear.weight[:, index])
+        for name in self.unit_index:
+            buffer = getattr(self, name)
+            buffer.copy_(buffer[order.to(buffer.device)])
+
+    def densify_units(self) -> None:
+        """Replace the unit tensors by new ones holding the kept units only."""
+        width = self.kept_width
+        for name in self.unit_rows:
+            _shrink_linear(self.get_submodule(name), rows=width)
+        for name in self.unit_cols:
+            _shrink_linear(self.get_submodule(name), cols=width)
+        for name in self.unit_index:
+            setattr(self, name, getattr(self, name)[:self.kept].clone())
+
+    def unit_parameters(self) -> list[nn.Parameter]:
+        """The stored parameters of the linears the units live in (of ``unit_rows`` and ``unit_cols``)."""
+        return [p for name in self.unit_rows + self.unit_cols for p in self.get_submodule(name).parameters()]
+
+    def unit_parameter_count(self, kept: int | None = None) -> int:
+        """Parameters of the linears the units live in at ``kept`` units (default: now). An output
+        projection's bias counts at full size: it stays when every unit goes."""
+        kept = self.kept if kept is None else kept
+        width = kept * self.unit_size
+        count = 0
+        for name in self.unit_rows:
+            linear = self.get_submodule(name)
+            count += width * (linear.in_features + (linear.bias is not None))
+        for name in self.unit_cols:
+            linear = self.get_submodule(name)
+            count += width * linear.out_features + (0 if linear.bias is None else linear.bias.numel())
+        return count
+
+
+def prepare_sparsity_config(config, row_counts: dict[str, int]) -> None:
+    """Give ``config`` an int ``sparsity`` and an int-keyed ``sparsity_map`` holding only rows that exist."""
+    sparsity = int(getattr(config, "sparsity", 0) or 0)
+    sparsity_map = normalize_sparsity_map(getattr(config, "sparsity_map", None))
+    sparsity_map = {level: {unit: {row: n for row, n in entry[unit].items() if row < row_counts[unit]}
+                            for unit in UNITS}
+                    for level, entry in sparsity_map.items()}
+    if sparsity != 0 and sparsity not in sparsity_map:
+        raise ModelConfigError(
+            f"config.sparsity={sparsity} is not a level of config.sparsity_map {sorted(sparsity_map)}"
+        )
+    config.sparsity = sparsity
+    config.sparsity_map = sparsity_map
+
+
+class PrunableModel:
+    """Mixin for a family's base model (a ``PreTrainedModel``): the verbs of pruning over its blocks.
+
+    Class attributes a family sets: ``unit_config`` (``{"head": config field, "neuron": config field}``,
+    the full unit counts of one block, which sparsity-map counts are relative to) and ``depth_config``
+    (the config field holding the number of layers). It also implements :meth:`unit_row_counts` and
+    :meth:`_keep_layers`, and builds its blocks with the widths :meth:`widths_at` gives.
+    """
+
+    unit_config: dict[str, str] = {}
+    depth_config: str = ""
+
+    @classmethod
+    def unit_row_counts(cls, config) -> dict[str, int]:
+        """How many blocks (rows) of each kind a model of ``config`` has: ``{"head": n, "neuron": m}``."""
+        raise NotImplementedError
+
+    def _keep_layers(self, num_layers: int) -> None:
+        """Drop every layer above the bottom ``num_layers`` (modules only; the verbs update the config)."""
+        raise NotImplementedError
+
+    @classmethod
+    def full_units(cls, config) -> dict[str, int]:
+        """Units per block before any pruning: ``{"head": H, "neuron": I}``."""
+        return {kind: getattr(config, field) for kind, field in cls.unit_config.items()}
+
+    @classmethod
+    def widths_at(cls, config, sparsity: int) -> dict[str, list[int]]:
+        """Units kept per row at ``sparsity`` (``0`` with no map entry = every unit), per kind."""
+        entry = config.sparsity_map.get(sparsity, {unit: {} for unit in UNITS})
+        full = cls.full_units(config)
+        widths = {kind: [full[kind] - entry[kind].get(row, 0) for row in range(rows)]
+                  for kind, rows in cls.unit_row_counts(config).items()}
+        if min((w for kind in widths.values() for w in kind), default=0) < 0:
+            raise ModelConfigError(f"sparsity map level {sparsity} removes more heads or neurons than exist")
+        return widths
+
+    @classmethod
+    def prepare_config(cls, config) -> dict[str, list[int]]:
+        """Check and normalise ``config``'s sparsity fields; returns the stored widths to build."""
+        prepare_sparsity_config(config, cls.unit_row_counts(config))
+        return cls.widths_at(config, config.sparsity)
+
+    # ---- the blocks ---------------------------------------------------------------------------------
+
+    def blocks(self, kind: str) -> list[PrunableBlock]:
+        """The blocks of ``kind`` in module order: the unit rows of that kind."""
+        return [m for m in self.modules() if isinstance(m, PrunableBlock) and m.unit_kind == kind]
+
+    def unit_shape(self) -> dict[str, tuple[int, int]]:
+        """``{kind: (rows, full units per row)}``: the shape of a mask or an importance table."""
+        full = self.full_units(self.config)
+        return {kind: (len(self.blocks(kind)), full[kind]) for kind in UNITS}
+
+    def check_masks(self, **masks: torch.Tensor | None) -> None:
+        """Raise a ValueError unless each given ``head_mask``/``neuron_mask`` is ``[rows, >= stored units]``."""
+        for name, mask in masks.items():
+            if mask is None:
+                continue
+            blocks = self.blocks(name.removesuffix("_mask"))
+            widest = max((b.physical_units for b in blocks), default=0)
+            if mask.dim() != 2 or mask.shape[0] != len(blocks) or mask.shape[1] < widest:
+                raise ValueError(f"{name} must be [{len(blocks)}, >= {widest}], got {tuple(mask.shape)}")
+
+    def kept_widths(self) -> dict[str, list[int]]:
+        """Units used now per row: ``{"head": [...], "neuron": [...]}``."""
+        return {kind: [block.kept for block in self.blocks(kind)] for kind in UNITS}
+
+    def min_kept(self) -> dict[str, list[int]]:
+        """Units per row that pruning must leave (the blocks' ``min_units``): ``{"head": [...], "neuron": [...]}``."""
+        return {kind: [block.min_units for block in self.blocks(kind)] for kind in UNITS}
+
+    # ---- the verbs ----------------------------------------------------------------------------------
+
+    def reorder(self, head_order=None, neuron_order=None) -> None:
+        """Permute the units of every block; the model's function is unchanged.
+
+        Args:
+            head_order: LongTensor ``[rows, H]`` or a list of 1-D tensors; row ``r`` lists head row
+                ``r``'s units in their new order (e.g. by descending importance), so that
+                ``sparsify`` keeps the first ones.
+            neuron_order: likewise for the neuron rows.
+
+        Raises:
+            ValueError: on a sliced or densified model (``config.sparsity != 0``), or if a row is
+                not a permutation.
+        """
+        if self.config.sparsity != 0 or self.current_sparsity != 0:
+            raise ValueError(
+                "reorder needs the full, unpruned model (config.sparsity == 0 and not sparsified), "
+                f"got config.sparsity={self.config.sparsity}, current sparsity={self.current_sparsity}"
+            )
+        plans = []
+        for kind, order in (("head", head_order), ("neuron", neuron_order)):
+            if order is None:
+                continue
+            blocks = self.blocks(kind)
+            if len(order) != len(blocks):
+                raise ValueError(f"{kind}_order must have one row per {kind} row ({len(blocks)}), got {len(order)}")
+            plans += [(block, as_permutation(order[i], block.physical_units, f"{kind}_order[{i}]"))
+                      for i, block in enumerate(blocks)]
+        for block, order in plans:
+            block.reorder_units(order)
+
+    def available_sparsities(self) -> list[int]:
+        """The levels :meth:`sparsify` accepts: ``config.sparsity`` and the map's levels above it."""
+        base = self.config.sparsity
+        return sorted({base} | {s for s in self.config.sparsity_map if s >= base})
+
+    def sparsify(self, sparsity: int) -> None:
+        """Slice every block to its width at ``sparsity`` (virtual pruning; weights untouched).
+
+        Cheap (only integer widths change) and autograd-safe: sliced forwards use views of the full
+        parameters, so gradients reach the full tensors. ``sparsify(config.sparsity)`` restores the
+        stored widths.
+
+        Raises:
+            ValueError: if ``sparsity`` is not in :meth:`available_sparsities`.
+            TypeError: if ``sparsity`` is not an int.
+        """
+        sparsity = operator.index(sparsity)
+        if sparsity not in self.available_sparsities():
+            raise ValueError(f"sparsity {sparsity} is not available; choose from {self.available_sparsities()}")
+        widths = None if sparsity == self.config.sparsity else self.widths_at(self.config, sparsity)
+        plans = []
+        for kind in UNITS:
+            for row, block in enumerate(self.blocks(kind)):
+                kept = block.physical_units if widths is None else widths[kind][row]
+                if kept > block.physical_units:
+                    raise ValueError(f"sparsity {sparsity} keeps {kept} units of {kind} row {row}, more than "
+                                     f"its stored {block.physical_units}")
+                plans.append((block, kept))
+        for block, kept in plans:
+            block.kept = kept
+        self.current_sparsity = sparsity
+
+    def densify(self) -> None:
+        """Physically prune to the current slice: new, smaller (contiguous) ``nn.Parameter`` tensors.
+
+        Sets ``config.sparsity`` to the current level and truncates the map to levels ``>=`` it, so
+        the model saves/reloads at its new shapes and can be sparsified further. Optimisers holding
+        the old parameters must be rebuilt.
+        """
+        for kind in UNITS:
+            for block in self.blocks(kind):
+                block.densify_units()
+        self.config.sparsity = self.current_sparsity
+        self.config.sparsity_map = truncate_sparsity_map(self.config.sparsity_map, self.current_sparsity)
+        logger.info("densified to sparsity %d: %s", self.current_sparsity, self.kept_widths())
+
+    def drop_layers(self, num_layers: int) -> None:
+        """Keep the bottom ``num_layers`` layers; the config's depth and the map's rows follow.
+
+        Raises:
+            ValueError: unless ``1 <= num_layers <=`` the current depth.
+        """
+        num_layers = operator.index(num_layers)
+        depth = getattr(self.config, self.depth_config)
+        if not 1 <= num_layers <= depth:
+            raise ValueError(f"can keep between 1 and {depth} layers, got {num_layers}")
+        before = {kind: self.blocks(kind) for kind in UNITS}
+        self._keep_layers(num_layers)
+        setattr(self.config, self.depth_config, num_layers)
+        renumber = {}
+        for kind in UNITS:
+            after = {id(block): row for row, block in enumerate(self.blocks(kind))}
+            renumber[kind] = {old: after[id(block)] for old, block in enumerate(before[kind]) if id(block) in after}
+        self.config.sparsity_map = {
+            level: {kind: {renumber[kind][row]: n for row, n in entry[kind].items() if row in renumber[kind]}
+                    for kind in UNITS}
+            for level, entry in self.config.sparsity_map.items()
+        }
+
+    @property
+    def depth(self) -> int:
+        """The number of layers (the config field ``depth_config``)."""
+        return getattr(self.config, self.depth_config)
+
+    def prunable_parameter_counts(self) -> tuple[int, int]:
+        """``(now, stored)`` parameter counts of the linears every block's units live in."""
+        blocks = [block for kind in UNITS for block in self.blocks(kind)]
+        current = sum(block.unit_parameter_count() for block in blocks)
+        stored = sum(p.numel() for block in blocks for p in block.unit_parameters())
+        return current, stored
+
+    def count_parameters(self) -> dict[str, int]:
+        """Parameter counts at the CURRENT (possibly sliced) widths.
+
+        Returns:
+            ``{"prunable": n, "total": m}``: ``prunable`` counts the weights and biases of the linears
+            the units live in (Q, K, V and output projections of every attention, input and output
+            projections of every FFN); ``total`` counts every parameter the current model holds for
+            use (embeddings, norms and task head included).
+        """
+        return _count_parameters(self, self)
+
+
+def _count_parameters(model: nn.Module, pruned: PrunableModel) -> dict[str, int]:
+    current, stored = pruned.prunable_parameter_counts()
+    return {"prunable": current, "total": sum(p.numel() for p in model.parameters()) - stored + current}
+
+
+class PrunableTaskModel:
+    """Mixin for a task model that wraps a :class:`PrunableModel` (its HF ``base_model``): the verbs are
+    the base model's, so the training code never reaches inside."""
+
+    @property
+    def current_sparsity(self) -> int:
+        """The sparsity level the model is currently sliced to."""
+        return self.base_model.current_sparsity
+
+    @property
+    def depth(self) -> int:
+        """The number of layers."""
+        return self.base_model.depth
+
+    def reorder(self, head_order=None, neuron_order=None) -> None:
+        """Permute heads and neurons per row; see :meth:`PrunableModel.reorder`."""
+        self.base_model.reorder(head_order, neuron_order)
+
+    def available_sparsities(self) -> list[int]:
+        """Levels :meth:`sparsify` accepts; see :meth:`PrunableModel.available_sparsities`."""
+        return self.base_model.available_sparsities()
+
+    def sparsify(self, sparsity: int) -> None:
+        """Slice to ``sparsity`` (virtual pruning); see :meth:`PrunableModel.sparsify`."""
+        self.base_model.sparsify(sparsity)
+
+    def densify(self) -> None:
+        """Physically prune to the current slice; see :meth:`PrunableModel.densify`."""
+        self.base_model.densify()
+
+    def drop_layers(self, num_layers: int) -> None:
+        """Keep the bottom ``num_layers`` layers; see :meth:`PrunableModel.drop_layers`."""
+        self.base_model.drop_layers(num_layers)
+
+    def kept_widths(self) -> dict[str, list[int]]:
+        """Units used now per row: ``{"head": [...], "neuron": [...]}``."""
+        return self.base_model.kept_widths()
+
+    def unit_shape(self) -> dict[str, tuple[int, int]]:
+        """``{kind: (rows, full units per row)}``; see :meth:`PrunableModel.unit_shape`."""
+        return self.base_model.unit_shape()
+
+    def min_kept(self) -> dict[str, list[int]]:
+        """Units per row that pruning must leave; see :meth:`PrunableModel.min_kept`."""
+        return self.base_model.min_kept()
+
+    def count_parameters(self) -> dict[str, int]:
+        """Like :meth:`PrunableModel.count_parameters`, the task head included in ``total``."""
+        return _count_parameters(self, self.base_model)
