@@ -1,7 +1,9 @@
 """Tokenisation and batching: examples → features (once, not per epoch) → padded tensors.
 
-Sequence tasks (``bert_cls``): ``[CLS] a [SEP] (b [SEP])`` with segment ids 0/1, pairs truncated
-longest-first to ``max_length``. Token tasks: every word is word-piece tokenised on its own; its
+The checkpoint's own tokenizer frames the text, so one pipeline serves every family. Sequence tasks
+(``bert_cls``, ``enct5_cls``): BERT's ``[CLS] a [SEP] (b [SEP])`` with segment ids 0/1, T5's
+``a </s> (b </s>)`` with segment ids 0; pairs truncated longest-first to ``max_length``. Token tasks
+(``bert_ner``, ``enct5_ner``): ``[CLS] words [SEP]`` or ``words </s>``; every word is tokenised on its own; its
 first piece carries the word's label and is the only scored position (``label_mask``). A sentence
 whose pieces do not fit in ``max_length`` is cut into consecutive, non-overlapping word windows,
 one feature each, so every word is predicted exactly once (the reference code silently dropped the
@@ -203,12 +205,20 @@ def _word_pieces(tokenizer, examples: list[TokenExample]) -> dict[str, list[int]
     return {w: (p or [tokenizer.unk_token_id]) for w, p in zip(vocab, ids, strict=True)}
 
 
+def _frame(tokenizer) -> tuple[list[int], list[int]]:
+    """Special-token ids before and after one sequence's pieces: ``[CLS] … [SEP]`` for BERT's tokenizers,
+    ``… </s>`` for T5's (no CLS or SEP token: the sequence ends with EOS)."""
+    before = [] if tokenizer.cls_token_id is None else [tokenizer.cls_token_id]
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return before, [] if end is None else [end]
+
+
 def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_length: int) -> list[dict]:
-    budget = max_length - 2  # room left by [CLS] and [SEP]
+    before, after = _frame(tokenizer)
+    budget = max_length - len(before) - len(after)  # room left by the special tokens
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room for words; use at least 3")
     pieces = _word_pieces(tokenizer, examples)
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     features: list[dict] = []
     split_sentences = truncated_words = 0
     for example_index, ex in enumerate(examples):
@@ -226,7 +236,7 @@ def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_
         if len(windows) > 1:
             split_sentences += 1
         for start, end in windows:
-            input_ids, label_mask, labels = [cls_id], [0], [IGNORE_INDEX]
+            input_ids, label_mask, labels = list(before), [0] * len(before), [IGNORE_INDEX] * len(before)
             for w in range(start, end):
                 word_pieces = pieces[ex.words[w]]
                 if len(word_pieces) > budget:
@@ -236,9 +246,9 @@ def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_
                 label_mask.extend([1] + [0] * (len(word_pieces) - 1))
                 gold = ex.labels[w] if ex.labels is not None else IGNORE_INDEX
                 labels.extend([gold] + [IGNORE_INDEX] * (len(word_pieces) - 1))
-            input_ids.append(sep_id)
-            label_mask.append(0)
-            labels.append(IGNORE_INDEX)
+            input_ids.extend(after)
+            label_mask.extend([0] * len(after))
+            labels.extend([IGNORE_INDEX] * len(after))
             feature = {
                 "input_ids": input_ids,
                 "token_type_ids": [0] * len(input_ids),

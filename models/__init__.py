@@ -1,10 +1,11 @@
-"""Prunable BERT models and the registry of model types.
+"""Prunable model families (BERT, EncT5) on one core, and the registry of model types.
 
 >>> from models import get_model_class
 >>> get_model_class("sparsebert_cls").__name__
 'SparseBertCls'
 """
 
+from .enc_t5 import SparseEncT5Cls, SparseEncT5Ner
 from .heads import SparseBertCls, SparseBertNer, TaskOutput
 from .packing import HiddenStates
 from .sparse_bert import SparseBertModel
@@ -13,6 +14,8 @@ from .sparsity_map import normalize_sparsity_map, truncate_sparsity_map
 MODEL_REGISTRY = {
     "sparsebert_cls": SparseBertCls,
     "sparsebert_ner": SparseBertNer,
+    "sparseenct5_cls": SparseEncT5Cls,
+    "sparseenct5_ner": SparseEncT5Ner,
 }
 
 
@@ -36,6 +39,8 @@ __all__ = [
     "SparseBertCls",
     "SparseBertModel",
     "SparseBertNer",
+    "SparseEncT5Cls",
+    "SparseEncT5Ner",
     "TaskOutput",
     "get_model_class",
     "normalize_sparsity_map",

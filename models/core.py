@@ -178,10 +178,18 @@ class PrunableBlock(nn.Module):
         return count
 
 
-def prepare_sparsity_config(config, row_counts: dict[str, int]) -> None:
-    """Give ``config`` an int ``sparsity`` and an int-keyed ``sparsity_map`` holding only rows that exist."""
+def prepare_sparsity_config(config, row_counts: dict[str, int], drop_extra_rows: bool) -> None:
+    """Give ``config`` an int ``sparsity`` and an int-keyed ``sparsity_map``. Rows beyond ``row_counts``
+    are dropped (``drop_extra_rows``: a config whose depth was lowered keeps its bottom layers' rows) or
+    refused."""
     sparsity = int(getattr(config, "sparsity", 0) or 0)
     sparsity_map = normalize_sparsity_map(getattr(config, "sparsity_map", None))
+    extra = sorted({(unit, row) for entry in sparsity_map.values() for unit in UNITS for row in entry[unit]
+                    if row >= row_counts[unit]})
+    if extra and not drop_extra_rows:
+        raise ModelConfigError(f"config.sparsity_map has {extra[0][0]} row {extra[0][1]}, but this config builds "
+                               f"{row_counts[extra[0][0]]} {extra[0][0]} rows: change the depth with drop_layers "
+                               "(--layer_or_sparsity kL), not by editing the config")
     sparsity_map = {level: {unit: {row: n for row, n in entry[unit].items() if row < row_counts[unit]}
                             for unit in UNITS}
                     for level, entry in sparsity_map.items()}
@@ -204,6 +212,9 @@ class PrunableModel:
 
     unit_config: dict[str, str] = {}
     depth_config: str = ""
+    # Whether a config of lower depth than its map may drop the map's extra rows (True when every row
+    # is a layer's, so the bottom layers' rows are the first ones).
+    rows_are_layers: bool = True
 
     @classmethod
     def unit_row_counts(cls, config) -> dict[str, int]:
@@ -233,7 +244,7 @@ class PrunableModel:
     @classmethod
     def prepare_config(cls, config) -> dict[str, list[int]]:
         """Check and normalise ``config``'s sparsity fields; returns the stored widths to build."""
-        prepare_sparsity_config(config, cls.unit_row_counts(config))
+        prepare_sparsity_config(config, cls.unit_row_counts(config), cls.rows_are_layers)
         return cls.widths_at(config, config.sparsity)
 
     # ---- the blocks ---------------------------------------------------------------------------------
@@ -396,8 +407,20 @@ def _count_parameters(model: nn.Module, pruned: PrunableModel) -> dict[str, int]
 
 
 class PrunableTaskModel:
-    """Mixin for a task model that wraps a :class:`PrunableModel` (its HF ``base_model``): the verbs are
-    the base model's, so the training code never reaches inside."""
+    """Mixin for a task model that wraps a :class:`PrunableModel` (its HF ``base_model``, of class
+    ``base_model_class``): the verbs are the base model's, so the training code never reaches inside."""
+
+    base_model_class: type[PrunableModel]
+
+    @classmethod
+    def unit_row_counts(cls, config) -> dict[str, int]:
+        """Rows of each kind a model of ``config`` has; see :meth:`PrunableModel.unit_row_counts`."""
+        return cls.base_model_class.unit_row_counts(config)
+
+    @classmethod
+    def full_units(cls, config) -> dict[str, int]:
+        """Units per block before any pruning; see :meth:`PrunableModel.full_units`."""
+        return cls.base_model_class.full_units(config)
 
     @property
     def current_sparsity(self) -> int:

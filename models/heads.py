@@ -52,6 +52,8 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class _SparseBertTaskModel(PrunableTaskModel, SparseBertPreTrainedModel):
     """Shared part of the BERT task models: the ``bert`` encoder (whose verbs they expose) and one forward."""
 
+    base_model_class = SparseBertModel
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.bert = SparseBertModel(config)
@@ -122,6 +124,8 @@ class SparseBertCls(_SparseBertTaskModel):
     logits).
     """
 
+    data_type = "bert_cls"
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         hidden = config.hidden_size
@@ -147,6 +151,8 @@ class SparseBertNer(_SparseBertTaskModel):
     LongTensor ``[B, T]`` holding -100 at positions not scored (padding, special tokens and every
     sub-word but a word's first); the loss is the token cross-entropy over the scored positions.
     """
+
+    data_type = "bert_ner"
 
     def __init__(self, config: BertConfig):
         super().__init__(config)

@@ -267,6 +267,13 @@ class SparseBertPreTrainedModel(PreTrainedModel):
     # The pooler of BERT checkpoints is unused by our heads and not part of the model.
     _keys_to_ignore_on_load_unexpected = [r"position_ids", r"pooler\."]
 
+    @classmethod
+    def is_backbone_key(cls, key: str) -> bool:
+        """Whether a checkpoint key belongs to the pretrained encoder (embeddings or layers), with or
+        without the ``bert.`` prefix; other keys are a task head's."""
+        key = key.removeprefix(cls.base_model_prefix + ".")
+        return key.startswith(("embeddings.", "encoder."))
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig
+from transformers import BertConfig, T5Config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_DATA = FIXTURES / "data"
@@ -60,29 +60,91 @@ def save_tiny_tokenizer(directory: Path) -> Path:
     return directory
 
 
-def random_sparsity_map(config, levels, seed: int = 0, emptied: bool = False) -> dict:
-    """A nested map for ``config``'s sizes: each level removes round(s% · total) heads and neurons, the
-    first ones of one random ranking, spread at random over the layers.
+# Every word the tiny tasks use, as whole sentencepiece pieces; anything else falls back to letters.
+T5_WORDS = ["the", "movie", "film", "plot", "story", "actor", "is", "was", "a", "this", "and", "it", "good",
+            "great", "fun", "bad", "awful", "dull", "peter", "blackburn", "eu", "german", "british"]
 
-    ``emptied``: at the top level layer 1 also loses every head and layer 2 every neuron.
+
+def make_tiny_t5_config(gated: bool = False, **overrides) -> T5Config:
+    """3 encoder layers (2 decoder layers, of which EncT5 uses the first), 6 heads of d_kv 8 over d_model 24,
+    d_ff 37; ReLU or gated-GELU. Odd sizes expose shape bugs."""
+    kwargs = dict(vocab_size=101, d_model=24, d_kv=8, num_heads=6, d_ff=37, num_layers=3,
+                  num_decoder_layers=2, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                  feed_forward_proj="gated-gelu" if gated else "relu", pad_token_id=0, eos_token_id=1,
+                  decoder_start_token_id=0)
+    kwargs.update(overrides)
+    return T5Config(**kwargs)
+
+
+def _t5_pieces() -> list[tuple[str, float]]:
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789.,'-"
+    return ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in T5_WORDS]
+            + [("▁", -2.0)] + [(c, -5.0) for c in letters])
+
+
+def save_tiny_t5_tokenizer(directory: Path) -> Path:
+    """A T5-style sentencepiece (unigram) tokenizer over :data:`T5_WORDS`, built locally: ``a </s> (b </s>)``,
+    lower-cased. Loads as ``T5Tokenizer`` on transformers 5 and ``T5TokenizerFast`` on 4.57."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.Unigram(_t5_pieces(), unk_id=2, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+         "model_max_length": 64, "extra_ids": 0}))
+    return directory
+
+
+def save_tiny_t5_pretrained(directory: Path, gated: bool = False, seed: int = 0) -> Path:
+    """A random tiny HF ``T5ForConditionalGeneration`` and its tokenizer, as a user's pretrained checkpoint."""
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(make_tiny_t5_config(gated)).save_pretrained(directory)
+    save_tiny_t5_tokenizer(Path(directory))
+    return Path(directory)
+
+
+def tiny_config(model_type: str = "sparsebert_cls", **overrides):
+    """The tiny config of ``model_type``'s family: :func:`make_tiny_config` (BERT) or :func:`make_tiny_t5_config`
+    (EncT5; ``gated=True`` for gated-GELU)."""
+    if "enct5" in model_type:
+        return make_tiny_t5_config(**overrides)
+    return make_tiny_config(**overrides)
+
+
+def random_sparsity_map(config, levels, seed: int = 0, emptied: bool = False,
+                        model_type: str = "sparsebert_cls") -> dict:
+    """A nested map for ``config``'s unit rows (as ``model_type`` builds them): each level removes
+    round(s% · total) heads and neurons, the first ones of one random ranking, spread at random over the rows.
+
+    ``emptied``: at the top level row 1 also loses every head and row 2 every neuron.
     """
-    num_layers, heads = config.num_hidden_layers, config.num_attention_heads
-    neurons = config.intermediate_size
+    from models import get_model_class
+
+    cls = get_model_class(model_type)
+    rows, full = cls.unit_row_counts(config), cls.full_units(config)
     g = torch.Generator().manual_seed(seed)
-    head_rank = torch.randperm(num_layers * heads, generator=g).tolist()
-    neuron_rank = torch.randperm(num_layers * neurons, generator=g).tolist()
+    head_rank = torch.randperm(rows["head"] * full["head"], generator=g).tolist()
+    neuron_rank = torch.randperm(rows["neuron"] * full["neuron"], generator=g).tolist()
     result = {}
     for s in levels:
         entry = {"head": {}, "neuron": {}}
-        for kind, rank, per_layer in (("head", head_rank, heads), ("neuron", neuron_rank, neurons)):
+        for kind, rank in (("head", head_rank), ("neuron", neuron_rank)):
             removed = rank[: round(s / 100 * len(rank))]
             for unit in removed:
-                layer = unit // per_layer
-                entry[kind][layer] = entry[kind].get(layer, 0) + 1
+                row = unit // full[kind]
+                entry[kind][row] = entry[kind].get(row, 0) + 1
         result[s] = entry
     if emptied:
-        result[max(levels)]["head"][1] = heads
-        result[max(levels)]["neuron"][2] = neurons
+        result[max(levels)]["head"][1] = full["head"]
+        result[max(levels)]["neuron"][2] = full["neuron"]
     return result
 
 
@@ -93,9 +155,9 @@ def tiny_model(model_type: str = "sparsebert_cls", num_labels: int = 2, levels=N
     from models import get_model_class
 
     torch.manual_seed(seed)
-    cfg = make_tiny_config(num_labels=num_labels, **config)
+    cfg = tiny_config(model_type, num_labels=num_labels, **config)
     if levels is not None:
-        sparsity_map = random_sparsity_map(cfg, levels, seed)
+        sparsity_map = random_sparsity_map(cfg, levels, seed, model_type=model_type)
     if sparsity_map is not None:
         cfg.sparsity_map = sparsity_map
     return get_model_class(model_type)(cfg)
@@ -103,10 +165,13 @@ def tiny_model(model_type: str = "sparsebert_cls", num_labels: int = 2, levels=N
 
 def save_tiny_teacher(directory: Path, num_labels: int = 2, levels=None, seed: int = 0,
                       model_type: str = "sparsebert_cls", **config) -> Path:
-    """Save :func:`tiny_model` plus the local tokenizer into ``directory``: a teacher for the scripts,
-    sparsified (with a map) when ``levels`` are given."""
+    """Save :func:`tiny_model` plus the local tokenizer of its family into ``directory``: a teacher for the
+    scripts, sparsified (with a map) when ``levels`` are given."""
     tiny_model(model_type, num_labels, levels, seed=seed, **config).save_pretrained(directory)
-    save_tiny_tokenizer(Path(directory))
+    if "enct5" in model_type:
+        save_tiny_t5_tokenizer(Path(directory))
+    else:
+        save_tiny_tokenizer(Path(directory))
     return Path(directory)
 
 

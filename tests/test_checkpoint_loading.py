@@ -6,10 +6,10 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
     GPT2Config,
     GPT2LMHeadModel,
-    T5Config,
-    T5ForConditionalGeneration,
 )
 
 import run_distillation
@@ -29,9 +29,8 @@ ONE_STEP = ("--max_steps", "1")
 
 
 def save_foreign(kind: str, directory):
-    if kind == "t5":
-        model = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2,
-                                                    num_decoder_layers=2, num_heads=4))
+    if kind == "distilbert":
+        model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=64, dim=16, n_layers=2, n_heads=4, hidden_dim=24))
     else:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=4))
     model.save_pretrained(directory)
@@ -39,13 +38,13 @@ def save_foreign(kind: str, directory):
     return directory
 
 
-@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+@pytest.mark.parametrize("kind", ["distilbert", "gpt2"])
 def test_another_architecture_is_refused_by_name(kind, sst2_task, tmp_path, capsys):
     checkpoint = save_foreign(kind, tmp_path / kind)
     assert cli(run_finetuning.main, finetune_args(checkpoint, sst2_task, tmp_path / "out", *ONE_STEP)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"error: --model_name_or_path {checkpoint} is a {kind} checkpoint (config model_type "
-                        f"'{kind}'); supported: bert")
+                        f"'{kind}'); supported: bert, t5")
     assert not (tmp_path / "out").exists()
     assert cli(run_distillation.main, distill_args(checkpoint, sst2_task, tmp_path / "d", "90S")) == 2
     assert f"--teacher_model_path {checkpoint} is a {kind} checkpoint" in capsys.readouterr().err

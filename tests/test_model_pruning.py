@@ -4,10 +4,14 @@ import pytest
 import torch
 
 from models import MODEL_REGISTRY, get_model_class, normalize_sparsity_map
-from tests.helpers import make_tiny_config, padded_batch, random_sparsity_map, tiny_model
+from tests.helpers import padded_batch, random_sparsity_map, tiny_config, tiny_model
 
 MODEL_TYPES = sorted(MODEL_REGISTRY)
 LEVELS = (30, 60, 90)
+# Every family and head, and both T5 FFNs: (model type, config overrides).
+VARIANTS = [(t, {}) for t in MODEL_TYPES] + [("sparseenct5_cls", {"gated": True}), ("sparseenct5_ner", {"gated": True})]
+VARIANT_IDS = [t + ("-gated" if o else "") for t, o in VARIANTS]
+variants = pytest.mark.parametrize(("model_type", "overrides"), VARIANTS, ids=VARIANT_IDS)
 
 
 def build(model_type: str, sparsity_map=None, seed: int = 0, **overrides):
@@ -15,20 +19,30 @@ def build(model_type: str, sparsity_map=None, seed: int = 0, **overrides):
     return tiny_model(model_type, sparsity_map=sparsity_map, seed=seed, **overrides).eval()
 
 
+def map_for(model_type: str, overrides=None) -> dict:
+    """A random nested map over LEVELS for ``model_type``'s rows; at the top level row 1 loses every head
+    and row 2 every neuron."""
+    return random_sparsity_map(tiny_config(model_type, **(overrides or {})), LEVELS, seed=3, emptied=True,
+                               model_type=model_type)
+
+
 def batch(seed: int = 1, size: int = 3, seq_len: int = 11):
     return padded_batch(torch.Generator().manual_seed(seed), size, seq_len, {0: seq_len - 4, 1: 3})
 
 
-def masks_for(config, sparsity: int):
+def ones(model) -> dict:
+    """All-ones masks at the model's full unit shape."""
+    return {f"{kind}_mask": torch.ones(shape) for kind, shape in model.unit_shape().items()}
+
+
+def masks_for(model, sparsity: int) -> dict:
     """All-ones masks with zeros at the heads/neurons that ``sparsify(sparsity)`` slices off."""
-    entry = config.sparsity_map[sparsity]
-    head_mask = torch.ones(config.num_hidden_layers, config.num_attention_heads)
-    neuron_mask = torch.ones(config.num_hidden_layers, config.intermediate_size)
-    for layer, n in entry["head"].items():
-        head_mask[layer, config.num_attention_heads - n :] = 0
-    for layer, n in entry["neuron"].items():
-        neuron_mask[layer, config.intermediate_size - n :] = 0
-    return head_mask, neuron_mask
+    masks = ones(model)
+    for kind, removed in model.config.sparsity_map[sparsity].items():
+        full = masks[f"{kind}_mask"].shape[1]
+        for row, n in removed.items():
+            masks[f"{kind}_mask"][row, full - n:] = 0
+    return masks
 
 
 def assert_same_output(a, b, atol=1e-5):
@@ -40,44 +54,38 @@ def assert_same_output(a, b, atol=1e-5):
 
 @pytest.fixture
 def sparsity_map():
-    """A random nested map over LEVELS; at the top level layer 1 loses every head and layer 2 every neuron."""
-    return random_sparsity_map(make_tiny_config(), LEVELS, seed=3, emptied=True)
+    """A random nested map over LEVELS for the tiny BERT (see :func:`map_for`)."""
+    return map_for("sparsebert_cls")
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_all_ones_masks_equal_no_masks(model_type):
-    model = build(model_type)
+@variants
+def test_all_ones_masks_equal_no_masks(model_type, overrides):
+    model = build(model_type, **overrides)
     inputs = batch()
-    config = model.config
     with torch.no_grad():
         plain = model(**inputs)
-        masked = model(
-            **inputs,
-            head_mask=torch.ones(config.num_hidden_layers, config.num_attention_heads),
-            neuron_mask=torch.ones(config.num_hidden_layers, config.intermediate_size),
-        )
-    assert plain.logits.shape == ((3, 5) if model_type == "sparsebert_cls" else (3, 11, 5))
-    assert len(plain.hidden_states) == config.num_hidden_layers + 1
+        masked = model(**inputs, **ones(model))
+    assert plain.logits.shape == ((3, 5) if model_type.endswith("_cls") else (3, 11, 5))
+    assert len(plain.hidden_states) == model.depth + 1
     assert_same_output(plain, masked, atol=0)
     with torch.no_grad():
-        zeroed = model(**inputs, head_mask=torch.zeros(config.num_hidden_layers, config.num_attention_heads))
+        zeroed = model(**inputs, head_mask=torch.zeros(model.unit_shape()["head"]))
     assert not torch.allclose(zeroed.logits, plain.logits)
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_reorder_preserves_outputs(model_type):
-    model = build(model_type)
-    config = model.config
+@variants
+def test_reorder_preserves_outputs(model_type, overrides):
+    model = build(model_type, **overrides)
+    shape = model.unit_shape()
     inputs = batch()
     with torch.no_grad():
         before = model(**inputs)
-    query_before = model.bert.encoder.layer[0].attention.self.query.weight.clone()
-    head_order = torch.stack(
-        [torch.randperm(config.num_attention_heads) for _ in range(config.num_hidden_layers)]
-    )
-    neuron_order = [torch.randperm(config.intermediate_size) for _ in range(config.num_hidden_layers)]
+    first = model.base_model.blocks("head")[0]
+    rows_before = first.get_submodule(first.unit_rows[0]).weight.clone()
+    head_order = torch.stack([torch.randperm(shape["head"][1]) for _ in range(shape["head"][0])])
+    neuron_order = [torch.randperm(shape["neuron"][1]) for _ in range(shape["neuron"][0])]
     model.reorder(head_order, neuron_order)
-    assert not torch.equal(query_before, model.bert.encoder.layer[0].attention.self.query.weight)
+    assert not torch.equal(rows_before, first.get_submodule(first.unit_rows[0]).weight)
     with torch.no_grad():
         after = model(**inputs)
     assert_same_output(before, after)
@@ -106,18 +114,17 @@ def test_reorder_rejects_bad_orders_and_pruned_models(sparsity_map):
         model.reorder(head_order=torch.arange(4).repeat(4, 1))
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@variants
 @pytest.mark.parametrize("level", LEVELS)
-def test_masked_equals_sliced_equals_densified(model_type, level, sparsity_map):
-    model = build(model_type, sparsity_map)
+def test_masked_equals_sliced_equals_densified(model_type, overrides, level):
+    model = build(model_type, map_for(model_type, overrides), **overrides)
     inputs = batch()
-    head_mask, neuron_mask = masks_for(model.config, level)
     with torch.no_grad():
-        masked = model(**inputs, head_mask=head_mask, neuron_mask=neuron_mask)
+        masked = model(**inputs, **masks_for(model, level))
         model.sparsify(level)
         sliced = model(**inputs)
         # Masks at physical width still apply to the leading entries of a sliced model.
-        sliced_masked = model(**inputs, head_mask=torch.ones(4, 4), neuron_mask=torch.ones(4, 37))
+        sliced_masked = model(**inputs, **ones(model))
         model.densify()
         densified = model(**inputs)
     assert_same_output(masked, sliced)
@@ -125,11 +132,9 @@ def test_masked_equals_sliced_equals_densified(model_type, level, sparsity_map):
     assert_same_output(sliced, densified)
     for hidden in densified.hidden_states:
         assert torch.isfinite(hidden).all()
-    expected = masks_for(model.config, level)
-    assert model.kept_widths() == {
-        "head": [int(row.sum()) for row in expected[0]],
-        "neuron": [int(row.sum()) for row in expected[1]],
-    }
+    expected = masks_for(build(model_type, map_for(model_type, overrides), **overrides), level)
+    assert model.kept_widths() == {kind: [int(row.sum()) for row in expected[f"{kind}_mask"]]
+                                   for kind in ("head", "neuron")}
     assert model.config.sparsity == level
     assert min(model.config.sparsity_map) == level
 
@@ -147,10 +152,10 @@ def test_emptied_blocks_keep_the_output_bias(sparsity_map):
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_densify_then_sparsify_further_equals_direct(model_type, sparsity_map):
-    direct = build(model_type, sparsity_map)
-    staged = build(model_type, sparsity_map)
+@variants
+def test_densify_then_sparsify_further_equals_direct(model_type, overrides):
+    direct = build(model_type, map_for(model_type, overrides), **overrides)
+    staged = build(model_type, map_for(model_type, overrides), **overrides)
     inputs = batch()
     direct.sparsify(90)
     staged.sparsify(30)
@@ -169,9 +174,9 @@ def test_densify_then_sparsify_further_equals_direct(model_type, sparsity_map):
         assert_same_output(direct(**inputs), staged(**inputs))
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_densified_save_load_round_trip(model_type, sparsity_map, tmp_path):
-    model = build(model_type, sparsity_map)
+@variants
+def test_densified_save_load_round_trip(model_type, overrides, tmp_path):
+    model = build(model_type, map_for(model_type, overrides), **overrides)
     inputs = batch()
     model.sparsify(60)
     model.densify()
@@ -188,13 +193,14 @@ def test_densified_save_load_round_trip(model_type, sparsity_map, tmp_path):
         assert_same_output(model(**inputs), reloaded(**inputs), atol=0)
 
 
-def test_round_trip_with_emptied_layers(sparsity_map, tmp_path):
-    model = build("sparsebert_cls", sparsity_map)
+@variants
+def test_round_trip_with_emptied_layers(model_type, overrides, tmp_path):
+    model = build(model_type, map_for(model_type, overrides), **overrides)
     model.sparsify(90)
     model.densify()
     assert model.kept_widths()["head"][1] == 0 and model.kept_widths()["neuron"][2] == 0
     model.save_pretrained(tmp_path)
-    reloaded = get_model_class("sparsebert_cls").from_pretrained(tmp_path).eval()
+    reloaded = get_model_class(model_type).from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert_same_output(model(**batch()), reloaded(**batch()), atol=0)
 
@@ -294,24 +300,32 @@ def test_unknown_model_type():
         get_model_class("bert_cls")
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_drop_layers_keeps_the_bottom_layers(model_type, sparsity_map, tmp_path):
-    model = build(model_type, sparsity_map)
+@variants
+def test_drop_layers_keeps_the_bottom_layers(model_type, overrides, tmp_path):
+    model = build(model_type, map_for(model_type, overrides), **overrides)
+    full_map = model.config.sparsity_map
+    rows_before = model.unit_shape()
     inputs = batch()
     with torch.no_grad():
         full_states = model(**inputs).hidden_states
-    model.save_pretrained(tmp_path)
     model.drop_layers(2)
-    assert model.config.num_hidden_layers == 2
-    assert all(
-        layer < 2 for entry in model.config.sparsity_map.values() for unit in entry.values() for layer in unit
-    )
+    assert model.depth == 2
+    # the rows of the two bottom layers keep their counts; rows above the layers (EncT5's decoder) move down
+    dropped_rows = {kind: rows_before[kind][0] - model.unit_shape()[kind][0] for kind in ("head", "neuron")}
+    for level, entry in full_map.items():
+        for kind, removed in entry.items():
+            expected = {row if row < 2 else row - dropped_rows[kind]: n for row, n in removed.items()
+                        if row < 2 or row >= 2 + dropped_rows[kind]}
+            assert model.config.sparsity_map[level][kind] == expected
     with torch.no_grad():
         dropped = model(**inputs)
     assert len(dropped.hidden_states) == 3
-    for x, y in zip(dropped.hidden_states, full_states[:3], strict=True):
+    # EncT5's last state is after the encoder's final norm, so only BERT's matches the full model's layer 2
+    same = 3 if "bert" in model_type else 2
+    for x, y in zip(dropped.hidden_states[:same], full_states[:same], strict=True):
         torch.testing.assert_close(x, y)
-    loaded = get_model_class(model_type).from_pretrained(tmp_path, num_hidden_layers=2).eval()
+    model.save_pretrained(tmp_path)
+    loaded = get_model_class(model_type).from_pretrained(tmp_path).eval()
     assert loaded.config.sparsity_map == model.config.sparsity_map
     with torch.no_grad():
         assert_same_output(loaded(**inputs), dropped, atol=0)
@@ -319,6 +333,14 @@ def test_drop_layers_keeps_the_bottom_layers(model_type, sparsity_map, tmp_path)
     loaded.sparsify(90)
     with torch.no_grad():
         assert_same_output(loaded(**inputs), model(**inputs), atol=0)
+
+
+def test_a_lowered_depth_in_the_config_keeps_the_bottom_rows_for_bert(sparsity_map, tmp_path):
+    model = build("sparsebert_cls", sparsity_map)
+    model.save_pretrained(tmp_path)
+    model.drop_layers(2)
+    loaded = get_model_class("sparsebert_cls").from_pretrained(tmp_path, num_hidden_layers=2)
+    assert loaded.config.sparsity_map == model.config.sparsity_map
 
 
 def test_drop_layers_out_of_range():

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 
 from data.tasks import TaskSpec, get_task, validate_selection_metric
-from models import MODEL_REGISTRY
+from models import MODEL_REGISTRY, get_model_class
 from utils.errors import USER_ERRORS, ArgumentError
 from utils.model_io import check_model_path, model_type_for
 from utils.students import StudentSpec
@@ -54,14 +54,15 @@ class RunArguments:
 
 @dataclass
 class ModelArguments:
-    model_type: str | None = arg(None, help="Model class: sparsebert_cls (classification, regression) or "
-                                 "sparsebert_ner (token classification); default: what the task and the checkpoint "
-                                 "call for.", choices=tuple(MODEL_REGISTRY))
+    model_type: str | None = arg(None, help="Model class: sparsebert_cls / sparseenct5_cls (classification, "
+                                 "regression) or sparsebert_ner / sparseenct5_ner (token classification); default: "
+                                 "what the task and the checkpoint's config call for.", choices=tuple(MODEL_REGISTRY))
 
 
 @dataclass
 class FinetuneArguments:
-    model_name_or_path: str = arg(help="Pretrained BERT to fine-tune: a hub name (bert-base-uncased) or a directory.")
+    model_name_or_path: str = arg(help="Pretrained model to fine-tune: a hub name (bert-base-uncased, t5-base) or a "
+                                  "directory.")
 
 
 @dataclass
@@ -77,7 +78,8 @@ class StudentArguments:
 @dataclass
 class DataArguments:
     task_name: str = arg(help="Task: cola sst2 mrpc stsb qqp mnli mnlimm qnli rte wnli conll polarity ...")
-    data_type: str | None = arg(None, help="Tokenisation pipeline; default: the task's.", choices=("bert_cls", "bert_ner"))
+    data_type: str | None = arg(None, help="Tokenisation pipeline; default: the one of the task and the model family.",
+                                choices=("bert_cls", "bert_ner", "enct5_cls", "enct5_ner"))
     data_dir: str = arg("datasets", help="Root folder holding {task_name}/ (or the official GLUE folder names).")
     max_length: int = arg(128, help="Maximum sequence length in word pieces.")
     max_train_samples: int | None = arg(None, help="Use only the first N training examples (quick runs).")
@@ -277,17 +279,18 @@ def complete_task(model: ModelArguments, data: DataArguments, checkpoint: str, c
         ArgumentError / StageError: a flag that does not fit the task, or a checkpoint that cannot be used.
     """
     task = get_task(data.task_name)
-    wanted = "bert_ner" if task.is_token_task else "bert_cls"
-    if data.data_type is None:
-        data.data_type = wanted
-    elif data.data_type != wanted:
-        raise ArgumentError(f"--data_type {data.data_type} does not fit task {task.name} ({task.kind}); use {wanted}")
     wanted = model_type_for(check_model_path(checkpoint, checkpoint_flag), task)
     if model.model_type is None:
         model.model_type = wanted
     elif model.model_type != wanted:
         raise ArgumentError(f"--model_type {model.model_type} does not fit task {task.name} ({task.kind}) and "
                             f"{checkpoint}; use {wanted}, or leave it out")
+    wanted = get_model_class(model.model_type).data_type
+    if data.data_type is None:
+        data.data_type = wanted
+    elif data.data_type != wanted:
+        raise ArgumentError(f"--data_type {data.data_type} does not fit task {task.name} ({task.kind}) and "
+                            f"--model_type {model.model_type}; use {wanted}, or leave it out")
     if training is not None:
         training.selection_metric = validate_selection_metric(task, training.selection_metric)
     return task

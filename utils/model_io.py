@@ -1,4 +1,4 @@
-"""Loading checkpoints: only supported architectures, every encoder weight present, with one-line errors."""
+"""Loading checkpoints: only supported architectures, every backbone weight present, with one-line errors."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def supported_model_types() -> list[str]:
     """The HF ``model_type`` values whose checkpoints this project's model classes load."""
     return sorted({cls.config_class.model_type for cls in MODEL_REGISTRY.values()})
+
+
+def data_types() -> list[str]:
+    """The tokenisation pipelines (``--data_type``) of the registered families: ``bert_cls``, ``enct5_ner``, ..."""
+    return sorted({cls.data_type for cls in MODEL_REGISTRY.values()})
 
 
 def model_type_for(checkpoint_type: str, task) -> str:
@@ -70,19 +75,15 @@ def load_tokenizer(path: str):
         raise StageError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from None
 
 
-def _is_encoder_key(key: str, prefix: str) -> bool:
-    key = key[len(prefix) + 1:] if key.startswith(prefix + ".") else key
-    return key.startswith(("embeddings.", "encoder."))
-
-
 def load_model(model_type: str, path: str, new_head: bool = False, **config_overrides):
     """``model_type``'s class loaded from a directory or hub name, with a one-line error if it cannot be.
 
     ``config_overrides`` are set on the loaded config first; ``new_head`` allows a task head of a
     different size than the checkpoint's, or none (fine-tuning a pretrained encoder on a new task).
-    Every encoder weight must come from the checkpoint: a missing, unexpected or mis-shaped one
-    stops the load, as does a head weight unless ``new_head`` (weights of heads we do not use, such
-    as a pretraining head, are ignored).
+    Every backbone weight (the family's ``is_backbone_key``: BERT's embeddings and encoder; EncT5's
+    embeddings, encoder and decoder block) must come from the checkpoint: a missing, unexpected or
+    mis-shaped one stops the load, as does a head weight unless ``new_head`` (weights of heads we do
+    not use, such as a pretraining head, are ignored).
 
     Raises:
         StageError: unreadable path, unsupported architecture, or weights that do not fit.
@@ -97,12 +98,12 @@ def load_model(model_type: str, path: str, new_head: bool = False, **config_over
                                           output_loading_info=True)
     except OSError as err:
         raise StageError(f"cannot load a {model_type} model from {path!r}: {str(err).splitlines()[0]}") from None
-    prefix = cls.base_model_prefix
+    backbone = cls.is_backbone_key
     mismatched = [k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])]
     problems = {
-        "missing": [k for k in info["missing_keys"] if not new_head or _is_encoder_key(k, prefix)],
-        "unexpected": [k for k in info["unexpected_keys"] if _is_encoder_key(k, prefix)],
-        "mis-shaped": [k for k in mismatched if not new_head or _is_encoder_key(k, prefix)],
+        "missing": [k for k in info["missing_keys"] if not new_head or backbone(k)],
+        "unexpected": [k for k in info["unexpected_keys"] if backbone(k)],
+        "mis-shaped": [k for k in mismatched if not new_head or backbone(k)],
     }
     problems = {kind: sorted(keys) for kind, keys in problems.items() if keys}
     if problems:
