@@ -23,6 +23,7 @@ from utils.evaluation import MetricSelector
 from utils.loop import train
 from utils.model_io import load_teacher, load_tokenizer
 from utils.objectives import DistillObjective
+from utils.planner import dry_run
 from utils.results import finish, train_summary
 from utils.run import end_run, start_run
 from utils.students import build_student
@@ -36,6 +37,8 @@ class Arguments(DistillScriptArguments):
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    if args.run.dry_run:
+        return dry_run(args, args.distill.teacher_model_path, distils=True)
     task, training, model_type, teacher_path = (args.task, args.training, args.model.model_type,
                                                 args.distill.teacher_model_path)
     run = start_run(args, "run_distillation", training=training.do_train)

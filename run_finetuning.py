@@ -28,6 +28,7 @@ from utils.evaluation import MetricSelector
 from utils.loop import train
 from utils.model_io import load_model, load_tokenizer
 from utils.objectives import TaskObjective
+from utils.planner import dry_run
 from utils.results import finish, train_summary
 from utils.run import end_run, start_run
 from utils.task_data import load_train_and_dev
@@ -44,11 +45,13 @@ class Arguments:
 
     def __post_init__(self):
         self.task = complete_task(self.model, self.data, self.finetune.model_name_or_path, "--model_name_or_path",
-                                  self.training)
+                                  self.training, dry_run=self.run.dry_run)
 
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    if args.run.dry_run:
+        return dry_run(args, args.finetune.model_name_or_path, distils=False)
     task, training = args.task, args.training
     run = start_run(args, "run_finetuning", training=training.do_train)
     summary = {}

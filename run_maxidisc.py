@@ -37,6 +37,7 @@ from utils.fingerprint import settings_key
 from utils.loop import train
 from utils.model_io import load_teacher, load_tokenizer
 from utils.objectives import DistillObjective
+from utils.planner import dry_run
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run
 from utils.students import StudentSpec, build_student, chain_name, parse_chain
@@ -157,6 +158,8 @@ def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: P
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    if args.run.dry_run:
+        return dry_run(args, args.distill.teacher_model_path, distils=True)
     task, training, options = args.task, args.training, args.maxidisc
     run = start_run(args, "run_maxidisc", training=training.do_train)
     summary, student_dir = {}, None

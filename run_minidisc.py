@@ -34,6 +34,7 @@ from utils.evaluation import MetricSelector, evaluate
 from utils.loop import train
 from utils.model_io import load_model, load_teacher, load_tokenizer
 from utils.objectives import DistillObjective, SandwichObjective
+from utils.planner import dry_run
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run, write_json_atomic
 from utils.schedule import SandwichSelector, plot_schedule
@@ -88,6 +89,8 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    if args.run.dry_run:
+        return dry_run(args, args.distill.teacher_model_path, distils=True)
     task, training, schedule_args = args.task, args.training, args.schedule
     target, metric = schedule_args.target_sparsity, training.selection_metric
     run = start_run(args, "run_minidisc", training=training.do_train)

@@ -41,6 +41,7 @@ from utils.importance import (
     parse_sparsities,
 )
 from utils.model_io import check_model_task, load_model, load_tokenizer
+from utils.planner import dry_run
 from utils.run import end_run, start_run
 from utils.students import describe_model
 from utils.task_data import load_split
@@ -89,7 +90,8 @@ class Arguments:
     task: TaskSpec = field(init=False)
 
     def __post_init__(self):
-        self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path")
+        self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path",
+                                  dry_run=self.run.dry_run)
 
 
 def score_importance(args, run, task, teacher, tokenizer) -> dict:
@@ -126,6 +128,8 @@ def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
     task, options = args.task, args.sparsify
     levels = options.levels
+    if args.run.dry_run:
+        return dry_run(args, options.teacher_model_path, distils=False, levels=levels)
     run = start_run(args, "run_sparsification", resumable=False)
     tokenizer = load_tokenizer(options.teacher_model_path)
     teacher = load_model(args.model.model_type, options.teacher_model_path).to(run.device)

@@ -159,6 +159,17 @@ class PrunableBlock(nn.Module):
         for name in self.unit_index:
             setattr(self, name, getattr(self, name)[:self.kept].clone())
 
+    def projection_flops(self, tokens: int) -> int:
+        """Forward FLOPs of the unit linears over ``tokens`` tokens at the kept width (2 per multiply-add)."""
+        width = self.kept_width
+        macs = sum(width * self.get_submodule(name).in_features for name in self.unit_rows)
+        macs += sum(width * self.get_submodule(name).out_features for name in self.unit_cols)
+        return 2 * tokens * macs
+
+    def attention_flops(self, queries: int, keys: int) -> int:
+        """Forward FLOPs of the scores and the weighted sum of ``queries`` over ``keys`` at the kept heads."""
+        return 4 * queries * keys * self.kept_width
+
     def unit_parameters(self) -> list[nn.Parameter]:
         """The stored parameters of the linears the units live in (of ``unit_rows`` and ``unit_cols``)."""
         return [p for name in self.unit_rows + self.unit_cols for p in self.get_submodule(name).parameters()]
@@ -223,6 +234,13 @@ class PrunableModel:
 
     def _keep_layers(self, num_layers: int) -> None:
         """Drop every layer above the bottom ``num_layers`` (modules only; the verbs update the config)."""
+        raise NotImplementedError
+
+    def training_cost(self, seq_len: int) -> dict[str, int]:
+        """Per sequence of ``seq_len`` tokens at the current widths: ``forward_flops`` of the transformer
+        blocks, and the elements a training step keeps for backward, split into ``stream_elements``
+        (residual stream and norm inputs, fp32 under autocast) and ``projection_elements`` (projection
+        and activation outputs, in the compute dtype). Used by the planner (:mod:`utils.planner`)."""
         raise NotImplementedError
 
     @classmethod
@@ -467,3 +485,7 @@ class PrunableTaskModel:
     def count_parameters(self) -> dict[str, int]:
         """Like :meth:`PrunableModel.count_parameters`, the task head included in ``total``."""
         return _count_parameters(self, self.base_model)
+
+    def training_cost(self, seq_len: int) -> dict[str, int]:
+        """FLOPs and saved activations per sequence; see :meth:`PrunableModel.training_cost`."""
+        return self.base_model.training_cost(seq_len)

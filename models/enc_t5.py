@@ -294,6 +294,29 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
     def _keep_layers(self, num_layers: int) -> None:
         self.encoder.block = self.encoder.block[:num_layers]
 
+    def training_cost(self, seq_len: int) -> dict[str, int]:
+        """Encoder blocks as BERT's layers (a gated FFN keeps 4 tensors of its width, a ReLU one 2); the
+        decoder block runs on one position, except the cross-attention keys and values over every token."""
+        d = self.config.d_model
+        cost = {"forward_flops": 0, "stream_elements": 0, "projection_elements": 0}
+        for block in self.encoder.block:
+            attention, ffn = block.layer[0].SelfAttention, block.layer[-1].DenseReluDense
+            cost["forward_flops"] += (attention.projection_flops(seq_len) + ffn.projection_flops(seq_len)
+                                      + attention.attention_flops(seq_len, seq_len))
+            cost["stream_elements"] += 4 * d * seq_len
+            cost["projection_elements"] += (4 * attention.kept_width + (4 if ffn.gated else 2) * ffn.kept) * seq_len
+        if self.has_decoder:
+            block = self.decoder.block[0]
+            attention, cross, ffn = (block.layer[0].SelfAttention, block.layer[1].EncDecAttention,
+                                     block.layer[2].DenseReluDense)
+            # Q and O of the cross-attention see the one position, K and V every encoder token.
+            cross_flops = cross.projection_flops(1) // 2 + cross.projection_flops(seq_len) // 2
+            cost["forward_flops"] += (attention.projection_flops(1) + attention.attention_flops(1, 1) + cross_flops
+                                      + cross.attention_flops(1, seq_len) + ffn.projection_flops(1))
+            cost["stream_elements"] += 6 * d
+            cost["projection_elements"] += 2 * cross.kept_width * seq_len
+        return cost
+
     @classmethod
     def is_backbone_key(cls, key: str) -> bool:
         """Whether a checkpoint key belongs to the pretrained part (embeddings, encoder, decoder block)."""

@@ -23,6 +23,7 @@ from data.tasks import TaskSpec, get_task, validate_selection_metric
 from models import MODEL_REGISTRY, get_model_class
 from utils.errors import USER_ERRORS, ArgumentError
 from utils.model_io import check_model_path, model_type_for
+from utils.planner import load_plan_config
 from utils.students import StudentSpec
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -46,10 +47,16 @@ class RunArguments:
     use_bf16: bool = arg(False, help="bfloat16 mixed precision (autocast, fp32 weights); CUDA or CPU.")
     local_rank: int = arg(-1, help="Set by torch.distributed launchers; torchrun's LOCAL_RANK is used when present.")
     model_suffix: str = arg("none", help="Free-form label recorded in args.json (kept for the original scripts).")
+    dry_run: bool = arg(False, help="Print the plan (sizes, training FLOPs, memory per device at every candidate "
+                        "sparsity) from the model's config, built on the meta device, and exit; the model path may "
+                        "be a published name such as t5-3b. Writes nothing.")
+    dry_run_devices: int = arg(1, help="Devices the --dry_run plan shards weights, gradients and optimizer over.")
 
     def __post_init__(self):
         if self.use_fp16 and self.use_bf16:
             raise ArgumentError("--use_fp16 and --use_bf16 are exclusive: pick one")
+        if self.dry_run_devices < 1:
+            raise ArgumentError(f"--dry_run_devices {self.dry_run_devices}: expected a positive integer")
 
 
 @dataclass
@@ -199,7 +206,7 @@ class DistillScriptArguments:
 
     def __post_init__(self):
         self.task = complete_task(self.model, self.data, self.distill.teacher_model_path, "--teacher_model_path",
-                                  self.training)
+                                  self.training, dry_run=self.run.dry_run)
 
 
 def _init_fields(cls) -> list[dataclasses.Field]:
@@ -269,17 +276,22 @@ def flag_values(args) -> dict:
 
 
 def complete_task(model: ModelArguments, data: DataArguments, checkpoint: str, checkpoint_flag: str,
-                  training: TrainingArguments | None = None) -> TaskSpec:
+                  training: TrainingArguments | None = None, dry_run: bool = False) -> TaskSpec:
     """The task of ``--task_name``, with what depends on it filled in or checked.
 
     ``--data_type`` and ``--model_type`` default to what the task and the checkpoint's architecture
-    call for (a given value must fit them); ``--selection_metric`` defaults to the task's.
+    call for (a given value must fit them); ``--selection_metric`` defaults to the task's. Under
+    ``dry_run`` the checkpoint may also be a published config name (:mod:`utils.planner`).
 
     Raises:
         ArgumentError / StageError: a flag that does not fit the task, or a checkpoint that cannot be used.
     """
     task = get_task(data.task_name)
-    wanted = model_type_for(check_model_path(checkpoint, checkpoint_flag), task)
+    if dry_run:
+        checkpoint_type = load_plan_config(checkpoint, checkpoint_flag).model_type
+    else:
+        checkpoint_type = check_model_path(checkpoint, checkpoint_flag)
+    wanted = model_type_for(checkpoint_type, task)
     if model.model_type is None:
         model.model_type = wanted
     elif model.model_type != wanted:

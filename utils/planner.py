@@ -1,0 +1,180 @@
+"""``--dry_run``: what a run would hold and cost, for every candidate sparsity, without allocating the model.
+
+The model is built on the meta device (shapes only, no memory) from a saved model directory (its
+``config.json``) or from a published config by name (``t5-3b``, ``google/flan-t5-xl``,
+``bert-base-uncased``, ...: a few fields of each model's public ``config.json``, kept in
+``models/configs/`` since the hub is not always reachable). For each sparsity level it reports:
+
+* layers, and heads and neurons kept (summed over every unit row);
+* prunable and total parameters (exact: counted on the meta model at that width);
+* training FLOPs per token of the model at that width: 3 × its forward (forward + backward), the
+  forward counted as 2 FLOPs per multiply-add of every transformer-block projection plus the
+  attention scores and weighted sums, at ``--max_length`` tokens (embeddings, norms and the task
+  head are left out); a distilling script adds the teacher's forward;
+* memory per device for one training step, fp32 and bf16 (autocast, as ``--use_bf16`` runs):
+  weights + gradients + AdamW state (16 bytes a parameter: fp32 master weights either way), the
+  frozen teacher (fp32, 4 bytes a parameter, when the script distils), and activations kept for
+  backward at ``--per_device_train_batch_size`` × ``--max_length`` tokens (residual-stream tensors in
+  fp32; projection outputs in the run's dtype; attention scores not stored, as with PyTorch's fused
+  SDPA kernels). "DDP" keeps a full copy on every device (how runs go today); "sharded" divides
+  weights, gradients, optimizer state and teacher by ``--dry_run_devices`` (what fully sharded
+  data parallelism needs). Activation counts are an estimate for planning, not a measurement.
+
+Without a sparsity map in the config (a published config, or an unsparsified teacher), every row
+loses the same fraction ``s`` of its units (neurons in multiples of ``--neuron_multiple``-like 8;
+the cross-attention of EncT5 keeps a head), the shape importance-built maps have on average.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, PretrainedConfig
+
+from models import MODEL_REGISTRY, get_model_class
+from models.sparsity_map import UNITS
+from utils.errors import StageError
+
+logger = logging.getLogger(__name__)
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "models" / "configs"
+DEFAULT_LEVELS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
+GIB = 1024 ** 3
+DTYPES = {"fp32": 4, "bf16": 2}
+
+
+def published_names() -> list[str]:
+    """The published configs the planner knows by name, hub spelling (``google/flan-t5-xl``)."""
+    return sorted(p.stem.replace("--", "/") for p in PUBLISHED.glob("*.json"))
+
+
+def load_plan_config(name_or_dir: str, flag: str = "--dry_run") -> PretrainedConfig:
+    """The config of a model directory, or of a published model by name.
+
+    Raises:
+        StageError: neither a directory with ``config.json`` nor a known name (the message lists them).
+    """
+    folder = Path(name_or_dir)
+    if (folder / "config.json").is_file():
+        payload = json.loads((folder / "config.json").read_text())
+    else:
+        path = PUBLISHED / (name_or_dir.replace("/", "--") + ".json")
+        if not path.is_file():
+            raise StageError(f"{flag} {name_or_dir}: not a model directory and not a published config this "
+                             f"planner knows ({', '.join(published_names())}); pass a folder holding config.json")
+        payload = json.loads(path.read_text())
+    model_type = payload.pop("model_type", None)
+    supported = sorted({cls.config_class.model_type for cls in MODEL_REGISTRY.values()})
+    if model_type not in supported:
+        raise StageError(f"{flag} {name_or_dir} is a {model_type or 'untyped'} config; supported: {', '.join(supported)}")
+    return AutoConfig.for_model(model_type, **payload)
+
+
+def uniform_map(model, levels, neuron_multiple: int = 8) -> dict:
+    """A map in which every row loses ``s`` percent of its units at level ``s`` (neurons rounded to
+    ``neuron_multiple``; each row keeps its ``min_kept`` units)."""
+    shape, floors = model.unit_shape(), model.min_kept()
+    result = {}
+    for level in levels:
+        entry = {}
+        for kind in UNITS:
+            rows, size = shape[kind]
+            removed = round(Fraction(level * size, 100))
+            if kind == "neuron" and neuron_multiple > 1:
+                removed = min(round(Fraction(removed, neuron_multiple)) * neuron_multiple, size)
+            entry[kind] = {row: min(removed, size - floors[kind][row]) for row in range(rows) if removed}
+        result[level] = entry
+    return result
+
+
+def build_on_meta(model_type: str, config: PretrainedConfig, num_labels: int):
+    """``model_type`` built from ``config`` on the meta device (no memory), with ``num_labels`` outputs."""
+    config.num_labels = num_labels
+    with torch.device("meta"):
+        return get_model_class(model_type)(config)
+
+
+def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teacher_params: int | None) -> list[dict]:
+    """One row per level: sizes, FLOPs and memory per device (see the module docstring)."""
+    rows = []
+    model.sparsify(model.config.sparsity)
+    teacher_flops = model.training_cost(seq_len)["forward_flops"]
+    for level in levels:
+        model.sparsify(level)
+        counts = model.count_parameters()
+        widths = model.kept_widths()
+        cost = model.training_cost(seq_len)
+        row = {
+            "sparsity": level, "num_layers": model.depth,
+            "heads_kept": sum(widths["head"]), "neurons_kept": sum(widths["neuron"]),
+            "prunable_parameters": counts["prunable"], "total_parameters": counts["total"],
+            "train_flops_per_token": 3 * cost["forward_flops"] / seq_len,
+            "memory_gib": {},
+        }
+        states = 16 * counts["total"]
+        teacher = 4 * teacher_params if teacher_params else 0
+        for dtype, size in DTYPES.items():
+            activations = batch_size * (4 * cost["stream_elements"] + size * cost["projection_elements"])
+            row["memory_gib"][dtype] = {
+                "weights_grads_adamw": states / GIB, "teacher": teacher / GIB, "activations": activations / GIB,
+                "ddp": (states + teacher + activations) / GIB,
+                "sharded": ((states + teacher) / devices + activations) / GIB,
+            }
+        rows.append(row)
+    model.sparsify(model.config.sparsity)
+    if teacher_params:
+        for row in rows:
+            row["teacher_flops_per_token"] = teacher_flops / seq_len
+    return rows
+
+
+def format_plan(header: str, rows: list[dict], devices: int) -> str:
+    """The plan as a table: one line per level and dtype."""
+    lines = [header,
+             f"{'sparsity':>8} {'layers':>6} {'heads':>6} {'neurons':>8} {'prunable':>14} {'total':>14} "
+             f"{'GFLOP/tok':>10} {'dtype':>5} {'states':>8} {'teacher':>8} {'activ.':>8} {'DDP/dev':>8} "
+             f"{f'shard/{devices}':>8}"]
+    for row in rows:
+        for dtype, memory in row["memory_gib"].items():
+            lines.append(
+                f"{row['sparsity']:>8} {row['num_layers']:>6} {row['heads_kept']:>6} {row['neurons_kept']:>8} "
+                f"{row['prunable_parameters']:>14,} {row['total_parameters']:>14,} "
+                f"{row['train_flops_per_token'] / 1e9:>10.3f} {dtype:>5} {memory['weights_grads_adamw']:>8.2f} "
+                f"{memory['teacher']:>8.2f} {memory['activations']:>8.2f} {memory['ddp']:>8.2f} "
+                f"{memory['sharded']:>8.2f}")
+    if rows and "teacher_flops_per_token" in rows[0]:
+        lines.append(f"teacher forward: {rows[0]['teacher_flops_per_token'] / 1e9:.3f} GFLOP/token on top of each "
+                     "row's training FLOPs")
+    lines.append("memory in GiB per device; activations are a planning estimate (see utils/planner.py)")
+    return "\n".join(lines)
+
+
+def dry_run(args, checkpoint: str, distils: bool, levels=None) -> dict:
+    """Print and return the plan of the run ``args`` describes, starting from ``checkpoint``.
+
+    ``distils``: the script holds a frozen teacher (the model at ``checkpoint``) beside the trained one.
+    ``levels``: the sparsities to plan (default: the config's map levels, else :data:`DEFAULT_LEVELS`).
+    """
+    config = load_plan_config(checkpoint, "--dry_run")
+    model = build_on_meta(args.model.model_type, config, args.task.num_labels)
+    teacher_params = model.count_parameters()["total"] if distils else None
+    if not model.config.sparsity_map:
+        model.config.sparsity_map = uniform_map(model, levels or DEFAULT_LEVELS)
+        source = "uniform map (every row loses the same fraction)"
+    else:
+        source = "the config's sparsity map"
+    available = model.available_sparsities()
+    levels = sorted(set(levels or available) & set(available))
+    devices = args.run.dry_run_devices
+    batch, seq_len = getattr(args, "training", None), args.data.max_length
+    batch_size = batch.per_device_train_batch_size if batch is not None else 1
+    rows = plan_rows(model, levels, batch_size, seq_len, devices, teacher_params)
+    header = (f"plan for {args.model.model_type} from {checkpoint} ({source}); batch {batch_size} x "
+              f"{seq_len} tokens per device; {devices} device(s)")
+    print(format_plan(header, rows, devices))
+    return {"checkpoint": checkpoint, "model_type": args.model.model_type, "map": source, "devices": devices,
+            "batch_size": batch_size, "max_length": seq_len, "levels": rows}
