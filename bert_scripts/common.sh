@@ -2,6 +2,9 @@
 #
 #   bert_scripts/run_{finetuning,sparsification,distillation,maxidisc,minidisc}_{task}.sh [FLAGS...]
 #
+# t5_scripts/common.sh sources this file too, after defining family_settings (the EncT5 model type,
+# base model and the reference's T5 hyperparameters) and SCRIPTS_NAME=t5_scripts.
+#
 # Each per-task script is one call into a function below. FLAGS are appended last, so any of
 # them overrides a default here (argparse keeps the last value of a repeated flag).
 #
@@ -25,6 +28,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPTS_NAME="${SCRIPTS_NAME:-bert_scripts}"
 PYTHON_FROM_ENV="${PYTHON:+1}"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
@@ -43,6 +47,7 @@ announce() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # max length 128, eval batch 32, weight decay 0.01, patience 5 epochs, warmup 0.1, gradient
 # clipping 5.0, seed 776; 10 training epochs (train_args' argument).
 SHARED_ARGS=(--max_length 128 --per_device_eval_batch_size 32)
+IMPORTANCE_ARGS=()
 TRAIN_ARGS=(--weight_decay 0.01 --num_patience_epochs 5 --warmup_proportion 0.1 --max_grad_norm 5.0 --seed 776)
 
 # task_settings TASK: the per-task choices.
@@ -67,6 +72,7 @@ task_settings() {
     polarity) BATCH=16 LR=3e-5 LOG_INTERVAL=50 PREDICT=--do_test ;;
     *) die "unknown task '$1'" ;;
   esac
+  if declare -F family_settings >/dev/null; then family_settings "$1"; fi
 }
 
 # task_args TASK: the data and training flags of TASK (into the array ARGS).
@@ -96,7 +102,7 @@ gives_flag() {
 need_teacher() {
   local dir=$1 what=$2 hint=$3; shift 3
   [[ "${DRY_RUN:-}" == 1 ]] || gives_flag --teacher_model_path "$@" || [[ -d "$dir" ]] ||
-    die "no $what teacher at $dir: run bert_scripts/$hint first (or set TEACHER_PATH=DIR)"
+    die "no $what teacher at $dir: run $SCRIPTS_NAME/$hint first (or set TEACHER_PATH=DIR)"
 }
 
 # run_python SCRIPT ARGS...: run (or, with DRY_RUN=1, print) one entry script.
@@ -124,7 +130,7 @@ sparsify() {
   local teacher="${TEACHER_PATH:-$OUTPUT_ROOT/$task/finetune/best}"
   need_teacher "$teacher" fine-tuned "run_finetuning_$task.sh" "$@"
   task_args "$task"
-  run_python run_sparsification.py "${ARGS[@]}" --teacher_model_path "$teacher" \
+  run_python run_sparsification.py "${ARGS[@]}" "${IMPORTANCE_ARGS[@]}" --teacher_model_path "$teacher" \
     --output_dir "$OUTPUT_ROOT/$task/sparsify" "$@"
 }
 

@@ -1,5 +1,6 @@
-"""The per-task shell scripts: present for every task, well-formed, and (in DRY_RUN mode) building the
-right command: per-task settings, the stage chain through OUTPUT_ROOT, user flags last."""
+"""The per-task shell scripts (bert_scripts/ and t5_scripts/): present for every task, well-formed, and (in
+DRY_RUN mode) building the right command: per-task settings, the stage chain through OUTPUT_ROOT, user
+flags last, and EncT5's settings in t5_scripts/."""
 
 import os
 import shlex
@@ -12,22 +13,25 @@ from data.tasks import get_task
 from tests.helpers import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "bert_scripts"
+T5_SCRIPTS = REPO_ROOT / "t5_scripts"
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "mnlimm", "qnli", "rte", "wnli", "conll", "polarity")
 STAGES = ("finetuning", "sparsification", "distillation", "maxidisc", "minidisc")
 ENTRY = {"finetuning": "run_finetuning.py", "sparsification": "run_sparsification.py",
          "distillation": "run_distillation.py", "maxidisc": "run_maxidisc.py", "minidisc": "run_minidisc.py"}
-ALL_SCRIPTS = [SCRIPTS / f"run_{stage}_{task}.sh" for task in TASKS for stage in STAGES]
-HELPERS = [SCRIPTS / name for name in ("common.sh", "run_main_job.sh", "run_tests.sh")]
+ALL_SCRIPTS = [folder / f"run_{stage}_{task}.sh" for folder in (SCRIPTS, T5_SCRIPTS) for task in TASKS
+               for stage in STAGES]
+HELPERS = [SCRIPTS / name for name in ("common.sh", "run_main_job.sh", "run_tests.sh")] + [T5_SCRIPTS / "common.sh"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def dry_run(stage: str, task: str, *flags: str, **env) -> list[str]:
-    """The python command a script would run, as argv (after the interpreter)."""
+def dry_run(stage: str, task: str, *flags: str, folder=SCRIPTS, **env) -> list[str]:
+    """The python command a script of ``folder`` would run, as argv (after the interpreter)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("MODEL", "TEACHER_PATH", "STUDENT", "TA_PATH",
-                                                                  "TARGET", "OBJECTIVE", "SUFFIX")}
+                                                                  "TARGET", "OBJECTIVE", "SUFFIX", "OUTPUT_ROOT")}
     environ.update({"DRY_RUN": "1", "PYTHON": "python3", "OUTPUT_ROOT": "/out", "DATA_DIR": "/data", **env})
-    result = subprocess.run(["bash", str(SCRIPTS / f"run_{stage}_{task}.sh"), *flags], capture_output=True,
+    environ = {k: v for k, v in environ.items() if v is not None}
+    result = subprocess.run(["bash", str(folder / f"run_{stage}_{task}.sh"), *flags], capture_output=True,
                             text=True, env=environ, check=True)
     argv = shlex.split(result.stdout)
     assert argv[0] == "python3"
@@ -136,3 +140,38 @@ def test_unknown_profile_is_one_clear_line():
     result = subprocess.run(["bash", str(SCRIPTS / "run_main_job.sh")], capture_output=True, text=True,
                             env={**os.environ, "PROFILE": "fast"})
     assert result.returncode == 1 and result.stderr.strip() == "error: PROFILE=fast: expected quick, full or smoke"
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_t5_scripts_run_enct5_with_user_flags_last(stage, task):
+    argv = dry_run(stage, task, "--seed", "3", folder=T5_SCRIPTS)
+    assert argv[0] == str(REPO_ROOT / ENTRY[stage]) and argv[-2:] == ["--seed", "3"]
+    ner = get_task(task).is_token_task
+    assert flag(argv, "--model_type") == ("sparseenct5_ner" if ner else "sparseenct5_cls")
+    assert flag(argv, "--data_type") == ("enct5_ner" if ner else "enct5_cls")
+    bert = dry_run(stage, task)
+    if task not in ("mrpc", "qqp") and stage != "sparsification":
+        assert flag(argv, "--learning_rate") == flag(bert, "--learning_rate")
+
+
+def test_t5_reference_settings_and_outputs():
+    mrpc = dry_run("minidisc", "mrpc", folder=T5_SCRIPTS)
+    assert (flag(mrpc, "--per_device_train_batch_size"), flag(mrpc, "--learning_rate")) == ("32", "2e-4")
+    assert (flag(mrpc, "--num_train_epochs"), flag(mrpc, "--max_grad_norm"), flag(mrpc, "--seed")) == ("10", "5.0", "776")
+    qqp = dry_run("distillation", "qqp", folder=T5_SCRIPTS)
+    assert (flag(qqp, "--per_device_train_batch_size"), flag(qqp, "--learning_rate")) == ("32", "1e-4")
+    assert flag(dry_run("sparsification", "mrpc", folder=T5_SCRIPTS), "--per_device_eval_batch_size") == "16"
+    assert flag(dry_run("sparsification", "mrpc"), "--per_device_eval_batch_size") == "32"
+    assert flag(dry_run("finetuning", "mrpc", folder=T5_SCRIPTS), "--model_name_or_path") == "t5-3b"
+    assert flag(dry_run("finetuning", "mrpc", folder=T5_SCRIPTS, MODEL="t5-small"), "--model_name_or_path") == "t5-small"
+    default = dry_run("finetuning", "mrpc", folder=T5_SCRIPTS, OUTPUT_ROOT=None)
+    assert flag(default, "--output_dir") == str(REPO_ROOT / "outputs" / "t5" / "mrpc" / "finetune")
+    assert flag(dry_run("finetuning", "mrpc", OUTPUT_ROOT=None), "--output_dir") == str(REPO_ROOT / "outputs" / "mrpc"
+                                                                                      / "finetune")
+
+
+def test_t5_missing_teacher_names_the_t5_script(tmp_path):
+    env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "PYTHON": "false"}
+    result = subprocess.run(["bash", str(T5_SCRIPTS / "run_minidisc_qqp.sh")], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "run t5_scripts/run_sparsification_qqp.sh first" in result.stderr

@@ -91,13 +91,15 @@ def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
     assert [int(merged[i].item()) for i in range(5)] == Dataset.lengths
 
 
-def test_minidisc_two_processes_equal_one(make_sst2_task, make_teacher, tmp_path):
+@pytest.mark.parametrize("model_type", ["sparsebert_cls", "sparseenct5_cls"])
+def test_minidisc_two_processes_equal_one(model_type, make_sst2_task, make_teacher, tmp_path):
     # sentences of different lengths: each process's token mean is weighted by its share of the
     # global batch's tokens, so the gradient is that of one mean over all tokens
     data = make_sst2_task(n_train=16, n_dev=11, seed=4)
     lengths = {len(line.split("\t")[0].split()) for line in (data / "sst2" / "train.tsv").read_text().splitlines()[1:]}
     assert len(lengths) > 3
-    teacher = make_teacher(levels=(0, 50, 60, 90), **NO_DROPOUT)
+    no_dropout = NO_DROPOUT if "bert" in model_type else {"dropout_rate": 0.0}
+    teacher = make_teacher(levels=(0, 50, 60, 90), model_type=model_type, **no_dropout)
     base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data),
             "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",
             "--target_iteration", "1", "--do_train", "--use_cpu"]

@@ -167,7 +167,7 @@ def test_five_scripts_on_a_tiny_t5_checkpoint(make_sst2_task, tmp_path):
     sparse = tmp_path / "sp" / "model"
     top = sparsified["sparsity_map"]["95"]["head"]
     assert int(top.get("4", 0)) <= 5  # the cross-attention keeps a head
-    distilled = run_distillation.main(distill_args(sparse, task, tmp_path / "kd", "90S"))
+    distilled = run_distillation.main(distill_args(sparse, task, tmp_path / "kd", "90S", "--use_bf16"))
     assert distilled["model"]["sparsity"] == 90
     assert len(read_jsonl(tmp_path / "kd" / "metrics.jsonl")) == 2
     shallow = run_distillation.main(distill_args(sparse, task, tmp_path / "kd2", "2L"))
