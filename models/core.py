@@ -118,11 +118,6 @@ class PrunableBlock(nn.Module):
         """The linear ``name`` (one of ``unit_cols``) restricted to the kept units' columns: ``[..., width] -> [..., out]``."""
         return cols_linear(self.get_submodule(name), x, self.kept_width)
 
-    def col_weight(self, name: str) -> torch.Tensor:
-        """The kept columns of the linear ``name``'s weight (a view)."""
-        weight = self.get_submodule(name).weight
-        return weight if self.kept_width == weight.shape[1] else weight[:, :self.kept_width]
-
     def index(self, name: str) -> torch.Tensor:
         """The kept entries of the per-unit buffer ``name``."""
         return getattr(self, name)[:self.kept]
