@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from data.tasks import TaskSpec
+from models import get_model_class
 from utils.args import DataArguments, ModelArguments, RunArguments, arg, complete_task, parse_args
 from utils.checkpoint import save_model_atomic
 from utils.cli import cli
@@ -35,7 +36,6 @@ from utils.importance import (
     accumulate_importance,
     build_sparsity_map,
     importance_record,
-    layer_order,
     load_importance,
     normalize_scores,
     parse_sparsities,
@@ -67,6 +67,10 @@ class SparsificationArguments:
     reuse_importance: bool = arg(False, help="Rebuild the map from TEACHER/importance.json (saved by an earlier run) "
                                  "instead of a new importance pass; the weights are already in importance order.")
     per_device_eval_batch_size: int = arg(32, help="Batch size of the importance pass and of evaluation.")
+    head_unit: str | None = arg(None, choices=("group", "query"),
+                                help="Decoder LLMs with grouped-query attention: what a sparsity level removes heads "
+                                "by, whole KV groups (a KV head with its query heads) or query heads within groups "
+                                "(every group keeps as many; all KV heads stay). Default: the teacher's, else group.")
     levels: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
@@ -92,6 +96,9 @@ class Arguments:
     def __post_init__(self):
         self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path",
                                   dry_run=self.run.dry_run)
+        if self.sparsify.head_unit and not hasattr(get_model_class(self.model.model_type), "set_head_unit"):
+            raise ArgumentError(f"--head_unit {self.sparsify.head_unit}: {self.model.model_type} has no grouped-query "
+                                "attention (only decoder LLMs do); leave it out")
 
 
 def score_importance(args, run, task, teacher, tokenizer) -> dict:
@@ -103,7 +110,7 @@ def score_importance(args, run, task, teacher, tokenizer) -> dict:
     data = load_split(args.data, task, tokenizer, options.importance_split, options.importance_samples)
     head, neuron = accumulate_importance(teacher, data, options.per_device_eval_batch_size, run)
     head, neuron = normalize_scores(head), normalize_scores(neuron)
-    head_order, neuron_order = layer_order(head), layer_order(neuron)
+    head_order, neuron_order = teacher.unit_orders("head", head), teacher.unit_orders("neuron", neuron)
     teacher.reorder(head_order, neuron_order)
     return {"head": head.gather(1, head_order), "neuron": neuron.gather(1, neuron_order),
             "split": options.importance_split, "num_examples": len(data.examples)}
@@ -138,15 +145,18 @@ def main(argv=None) -> dict:
         raise StageError(f"{options.teacher_model_path} is already pruned (config.sparsity {teacher.config.sparsity}): "
                          "sparsify the full teacher (config.sparsity 0) instead")
     dev = load_split(args.data, task, tokenizer, "dev", args.data.max_eval_samples)
+    if options.head_unit:
+        teacher.set_head_unit(options.head_unit)
     teacher_dev = evaluate(teacher, dev, options.per_device_eval_batch_size, run, "dev (teacher)")
     started = time.time()
     if options.reuse_importance:
-        scores = load_importance(options.teacher_model_path, teacher.unit_shape())
+        scores = load_importance(options.teacher_model_path, teacher.mask_shape())
     else:
         scores = score_importance(args, run, task, teacher, tokenizer)
     teacher.config.sparsity = 0
-    teacher.config.sparsity_map = build_sparsity_map(scores["head"], scores["neuron"], levels,
-                                                     options.neuron_multiple, teacher.min_kept())
+    teacher.config.sparsity_map = build_sparsity_map(
+        teacher.unit_scores("head", scores["head"]), teacher.unit_scores("neuron", scores["neuron"]), levels,
+        options.neuron_multiple, teacher.min_kept())
     teacher.config.importance_split = scores["split"]
     teacher.config.importance_samples = scores["num_examples"]
     teacher.config.neuron_multiple = options.neuron_multiple

@@ -13,6 +13,7 @@
 #   DATA_DIR      prepared data root, holding {task}/ [REPO/datasets]
 #   OUTPUT_ROOT   runs go to OUTPUT_ROOT/{task}/{stage} [REPO/outputs]
 #   MODEL         pretrained model fine-tuned by run_finetuning_* [bert-base-uncased; conll: bert-base-cased]
+#   FAMILY        decoder: MODEL is a decoder LLM (Llama, Mistral, Qwen2/3): sparsedecoder_* model types [bert]
 #   TEACHER_PATH  teacher of the stage [the previous stage's output, see below]
 #   STUDENT       run_distillation_*: student spec, kL or sS [90S]
 #   TA_PATH       run_maxidisc_*: assistant chain ending in the student [80,90S]
@@ -72,6 +73,11 @@ task_settings() {
     polarity) BATCH=16 LR=3e-5 LOG_INTERVAL=50 PREDICT=--do_test ;;
     *) die "unknown task '$1'" ;;
   esac
+  if [[ "${FAMILY:-bert}" == decoder ]]; then
+    MODEL_TYPE="${MODEL_TYPE/sparsebert/sparsedecoder}" DATA_TYPE="${DATA_TYPE/bert/decoder}"
+  elif [[ "${FAMILY:-bert}" != bert ]]; then
+    die "FAMILY=$FAMILY: expected bert or decoder (T5: use t5_scripts/)"
+  fi
   if declare -F family_settings >/dev/null; then family_settings "$1"; fi
 }
 

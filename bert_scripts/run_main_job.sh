@@ -7,6 +7,8 @@
 #   PROFILE=full bash bert_scripts/run_main_job.sh     # the scripts' real budgets (hours on a CPU)
 #   PROFILE=smoke bash bert_scripts/run_main_job.sh    # minutes; also chains distillation and MaxiDisc (CI)
 #   MODEL=bert-base-uncased bash bert_scripts/run_main_job.sh   # BERT from the hub instead of MiniLM
+#   MODEL=smollm2 bash bert_scripts/run_main_job.sh    # the decoder LLM SmolLM2-135M (PyPI GGUF wheel); quick:
+#                                                      # about half an hour on 2 CPU cores, in bf16
 #
 # Outputs: outputs/main_job_{profile}/polarity/{finetune,sparsify,minidisc_90S,...} (OUTPUT_ROOT to
 # change). A stage whose results.json exists is reused, an interrupted one resumes; FRESH=1 redoes
@@ -16,8 +18,23 @@ source "$(dirname "$0")/common.sh"
 
 PROFILE="${PROFILE:-quick}"
 TASK=polarity
-# Budgets on top of the task's settings in common.sh (appended last, so they win).
-case "$PROFILE" in
+LLM=""
+if [[ "${MODEL:-}" == smollm2 ]]; then LLM=smollm2; fi
+# Budgets on top of the task's settings in common.sh (appended last, so they win); SANDWICH: MiniDisc's only.
+SANDWICH=()
+case "$LLM$PROFILE" in
+  smollm2quick)  # a 135M decoder on 2 CPU cores: bf16 autocast (about 2x fp32 there), step budgets, dev
+    # subsets, and candidate assistants from 70S (the wider ones cost most and are not chosen at λ = 0.2)
+    DATA=(--max_length 64 --max_eval_samples 200 --use_bf16) SPARSIFY=(--importance_samples 256)
+    FINETUNE=(--max_steps 120 --log_interval 60 --learning_rate 5e-5 --group_by_length)
+    MINIDISC=(--max_steps 40 --log_interval 20 --learning_rate 5e-5 --group_by_length) SANDWICH=(--trunc_sparsity 70)
+    REPORT=(--repeats 5) ;;
+  smollm2smoke)
+    DATA=(--max_length 32 --max_eval_samples 16 --use_bf16) SPARSIFY=(--importance_samples 16)
+    FINETUNE=(--max_train_samples 32 --max_steps 2 --log_interval 2) MINIDISC=("${FINETUNE[@]}")
+    SANDWICH=(--trunc_sparsity 80) REPORT=(--repeats 2 --warmup 1 --num_batches 1) ;;
+  smollm2full)
+    DATA=(--use_bf16) SPARSIFY=() FINETUNE=() MINIDISC=() REPORT=(--repeats 20) ;;
   quick)  # 1 epoch of fine-tuning, 80 sandwich steps per MiniDisc iteration, 2 evaluations each;
     # batches of similar lengths (polarity sentences run from 5 to 60+ word pieces: half the
     # compute of random batches is padding) and a higher learning rate for the short schedule
@@ -38,15 +55,21 @@ esac
 started=$SECONDS
 ensure_venv requirements.txt
 export PYTHON DATA_DIR
-export OUTPUT_ROOT="${JOB_OUTPUT_ROOT:-$REPO_ROOT/outputs/main_job_$PROFILE}"
-announce "main job, profile $PROFILE: outputs in $OUTPUT_ROOT"
 
 if [[ -z "${MODEL:-}" ]]; then
   MODEL="$REPO_ROOT/outputs/assets/all-MiniLM-L6-v2"
   announce "fetching all-MiniLM-L6-v2 into $MODEL"
   "$PYTHON" -m tools.assets minilm --output_dir "$MODEL"
+elif [[ "$LLM" == smollm2 ]]; then
+  MODEL="$REPO_ROOT/outputs/assets/SmolLM2-135M-Instruct"
+  announce "fetching SmolLM2-135M-Instruct (GGUF, dequantised once) into $MODEL"
+  "$PYTHON" -m tools.assets smollm2 --output_dir "$MODEL"
+  export FAMILY=decoder
+  if [[ -z "$JOB_OUTPUT_ROOT" ]]; then JOB_OUTPUT_ROOT="$REPO_ROOT/outputs/main_job_${PROFILE}_smollm2"; fi
 fi
 export MODEL
+export OUTPUT_ROOT="${JOB_OUTPUT_ROOT:-$REPO_ROOT/outputs/main_job_$PROFILE}"
+announce "main job, profile $PROFILE: outputs in $OUTPUT_ROOT"
 
 if [[ -f "$DATA_DIR/$TASK/train.tsv" && -f "$DATA_DIR/$TASK/dev.tsv" && -f "$DATA_DIR/$TASK/test.tsv" ]]; then
   announce "$TASK data already in $DATA_DIR/$TASK"
@@ -69,7 +92,8 @@ stage() {
 
 stage "1/3 fine-tuning $(basename "$MODEL") on $TASK" finetune "run_finetuning_$TASK.sh" "${DATA[@]}" "${FINETUNE[@]}"
 stage "2/3 sparsifying the teacher" sparsify "run_sparsification_$TASK.sh" "${DATA[@]}" "${SPARSIFY[@]}"
-TARGET=90 stage "3/3 MiniDisc to a 90S student" minidisc_90S "run_minidisc_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}"
+TARGET=90 stage "3/3 MiniDisc to a 90S student" minidisc_90S "run_minidisc_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}" \
+  "${SANDWICH[@]}"
 if [[ "$PROFILE" == smoke ]]; then
   # CI chains the other two distillation scripts as well.
   STUDENT=90S stage "extra: plain distillation to 90S" distil_90S "run_distillation_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}"

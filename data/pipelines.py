@@ -1,9 +1,11 @@
 """Tokenisation and batching: examples → features (once, not per epoch) → padded tensors.
 
 The checkpoint's own tokenizer frames the text, so one pipeline serves every family. Sequence tasks
-(``bert_cls``, ``enct5_cls``): BERT's ``[CLS] a [SEP] (b [SEP])`` with segment ids 0/1, T5's
-``a </s> (b </s>)`` with segment ids 0; pairs truncated longest-first to ``max_length``. Token tasks
-(``bert_ner``, ``enct5_ner``): ``[CLS] words [SEP]`` or ``words </s>``; every word is tokenised on its own; its
+(``bert_cls``, ``enct5_cls``, ``decoder_cls``): BERT's ``[CLS] a [SEP] (b [SEP])`` with segment ids
+0/1, T5's ``a </s> (b </s>)``, a decoder's own template (Llama's ``<s> a …``); pairs truncated
+longest-first to ``max_length``. Token tasks
+(``bert_ner``, ``enct5_ner``, ``decoder_ner``): the tokenizer's own frame (``[CLS] words [SEP]``, ``words
+</s>``, ``<s> words``); every word is tokenised on its own; its
 first piece carries the word's label and is the only scored position (``label_mask``). A sentence
 whose pieces do not fit in ``max_length`` is cut into consecutive, non-overlapping word windows,
 one feature each, so every word is predicted exactly once (the reference code silently dropped the
@@ -206,11 +208,15 @@ def _word_pieces(tokenizer, examples: list[TokenExample]) -> dict[str, list[int]
 
 
 def _frame(tokenizer) -> tuple[list[int], list[int]]:
-    """Special-token ids before and after one sequence's pieces: ``[CLS] … [SEP]`` for BERT's tokenizers,
-    ``… </s>`` for T5's (no CLS or SEP token: the sequence ends with EOS)."""
-    before = [] if tokenizer.cls_token_id is None else [tokenizer.cls_token_id]
-    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    return before, [] if end is None else [end]
+    """Special-token ids the tokenizer puts before and after one sequence's pieces, read off a probe:
+    ``[CLS] … [SEP]`` for BERT's tokenizers, ``… </s>`` for T5's, ``<s> …`` for Llama's."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("x")["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start:start + len(plain)] == plain:
+            return framed[:start], framed[start + len(plain):]
+    raise ValueError(f"{type(tokenizer).__name__} encodes 'x' as {framed}, which does not contain its plain "
+                     f"pieces {plain}: cannot tell its special tokens")
 
 
 def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_length: int) -> list[dict]:

@@ -1,10 +1,11 @@
-"""Prunable model families (BERT, EncT5) on one core, and the registry of model types.
+"""Prunable model families (BERT, EncT5, decoder LLMs) on one core, and the registry of model types.
 
 >>> from models import get_model_class
 >>> get_model_class("sparsebert_cls").__name__
 'SparseBertCls'
 """
 
+from .decoder import SparseDecoderCls, SparseDecoderNer
 from .enc_t5 import SparseEncT5Cls, SparseEncT5Ner
 from .heads import SparseBertCls, SparseBertNer, TaskOutput
 from .packing import HiddenStates
@@ -16,7 +17,14 @@ MODEL_REGISTRY = {
     "sparsebert_ner": SparseBertNer,
     "sparseenct5_cls": SparseEncT5Cls,
     "sparseenct5_ner": SparseEncT5Ner,
+    "sparsedecoder_cls": SparseDecoderCls,
+    "sparsedecoder_ner": SparseDecoderNer,
 }
+
+
+def checkpoint_types(cls: type) -> tuple[str, ...]:
+    """The HF ``model_type`` values of the checkpoints ``cls`` loads."""
+    return getattr(cls, "checkpoint_types", (cls.config_class.model_type,))
 
 
 def get_model_class(model_type: str) -> type:
@@ -39,9 +47,12 @@ __all__ = [
     "SparseBertCls",
     "SparseBertModel",
     "SparseBertNer",
+    "SparseDecoderCls",
+    "SparseDecoderNer",
     "SparseEncT5Cls",
     "SparseEncT5Ner",
     "TaskOutput",
+    "checkpoint_types",
     "get_model_class",
     "normalize_sparsity_map",
     "truncate_sparsity_map",

@@ -54,6 +54,24 @@ def as_permutation(order, size: int, what: str) -> torch.Tensor:
     return index
 
 
+@torch.no_grad()
+def init_standard(module: nn.Module, std: float) -> bool:
+    """BERT's and Llama's init of a linear (N(0, std) weights, zero bias; emptied ones skipped) or an
+    embedding (N(0, std), zero padding row); returns whether ``module`` was one of them."""
+    if isinstance(module, nn.Linear):
+        if module.weight.numel():
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+        return True
+    if isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+        return True
+    return False
+
+
 def rows_linear(linear: nn.Linear, x: torch.Tensor, rows: int) -> torch.Tensor:
     """``linear`` restricted to its first ``rows`` outputs: ``[..., in] -> [..., rows]``."""
     if rows == linear.out_features:
@@ -85,8 +103,15 @@ class PrunableBlock(nn.Module):
 
     Subclasses set the class attributes ``unit_kind``, ``unit_rows``, ``unit_cols`` (submodule paths
     of ``nn.Linear``) and ``unit_index`` (buffer names), and call ``self.init_units(size)`` once their
-    linears exist. ``kept`` is the number of units the forward uses now (the leading ones).
-    ``min_units`` is how many units a sparsity map built from importance must leave the block.
+    linears exist. Unit ``i`` is rows (or columns) ``[i·size, (i+1)·size)`` of each linear, where
+    ``size`` is ``unit_size``, or ``unit_sizes[name]`` for a linear whose units are wider (a KV group
+    is ``g`` query heads in Q and O but one head in K and V). ``kept`` is the number of units the
+    forward uses now (the leading ones). ``min_units`` is how many units a sparsity map built from
+    importance must leave the block.
+
+    Importance is scored per *mask entry* (one per unit here; a GQA attention scores query heads
+    whatever its unit): :meth:`order_from_scores` turns a row of mask-entry scores into the order
+    :meth:`reorder_units` takes, and :meth:`unit_scores` into one score per unit for the global ranking.
     """
 
     unit_kind: str = ""
@@ -95,50 +120,73 @@ class PrunableBlock(nn.Module):
     unit_index: tuple[str, ...] = ()
     min_units: int = 0
 
-    def init_units(self, size: int = 1) -> None:
-        """Record the unit size (rows per unit) and use every stored unit."""
+    def init_units(self, size: int = 1, sizes: dict[str, int] | None = None) -> None:
+        """Record the unit size (rows per unit, per linear where ``sizes`` says) and use every stored unit."""
         self.unit_size = size
+        self.unit_sizes = dict(sizes or {})
         self.kept = self.physical_units
+
+    def size_of(self, name: str) -> int:
+        """Rows (or columns) one unit has in the linear ``name``."""
+        return self.unit_sizes.get(name, self.unit_size)
 
     @property
     def physical_units(self) -> int:
         """The number of units the stored weights hold."""
-        return self.get_submodule(self.unit_rows[0]).out_features // self.unit_size
+        name = self.unit_rows[0]
+        return self.get_submodule(name).out_features // self.size_of(name)
+
+    @property
+    def mask_entries(self) -> int:
+        """Entries of this block's row of a mask (and of an importance table) at the stored width."""
+        return self.physical_units
 
     @property
     def kept_width(self) -> int:
         """Rows (of ``unit_rows``) or columns (of ``unit_cols``) in use: ``kept · unit_size``."""
         return self.kept * self.unit_size
 
+    def width(self, name: str) -> int:
+        """Rows (or columns) of the linear ``name`` in use."""
+        return self.kept * self.size_of(name)
+
     def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The linear ``name`` (one of ``unit_rows``) restricted to the kept units' rows: ``[..., in] -> [..., width]``."""
-        return rows_linear(self.get_submodule(name), x, self.kept_width)
+        return rows_linear(self.get_submodule(name), x, self.width(name))
 
     def cols(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The linear ``name`` (one of ``unit_cols``) restricted to the kept units' columns: ``[..., width] -> [..., out]``."""
-        return cols_linear(self.get_submodule(name), x, self.kept_width)
+        return cols_linear(self.get_submodule(name), x, self.width(name))
 
     def index(self, name: str) -> torch.Tensor:
         """The kept entries of the per-unit buffer ``name``."""
         return getattr(self, name)[:self.kept]
 
-    def _unit_slices(self, units: torch.Tensor) -> torch.Tensor:
-        """Row (or column) indices of ``units`` in the stored tensors: ``[len(units) · unit_size]``."""
-        return (units[:, None] * self.unit_size + torch.arange(self.unit_size)).flatten()
+    def order_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The order :meth:`reorder_units` takes for this block's mask-entry ``scores``: most important first
+        (stable: ties keep their index order)."""
+        return torch.argsort(scores, descending=True, stable=True)
+
+    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """One score per unit from the mask-entry ``scores``, in the order :meth:`order_from_scores` gives."""
+        return scores.gather(0, self.order_from_scores(scores))
+
+    def _slices(self, name: str, units: torch.Tensor) -> torch.Tensor:
+        """Row (or column) indices of ``units`` in the linear ``name``: ``[len(units) · size]``."""
+        size = self.size_of(name)
+        return units if size == 1 else (units[:, None] * size + torch.arange(size)).flatten()
 
     @torch.no_grad()
     def reorder_units(self, order: torch.Tensor) -> None:
         """Permute the stored units so that new unit ``i`` is old unit ``order[i]`` (function unchanged)."""
         device = self.get_submodule(self.unit_rows[0]).weight.device
-        index = order if self.unit_size == 1 else self._unit_slices(order)
-        index = index.to(device)
         for name in self.unit_rows:
-            linear = self.get_submodule(name)
+            linear, index = self.get_submodule(name), self._slices(name, order).to(device)
             linear.weight.copy_(linear.weight[index])
             if linear.bias is not None:
                 linear.bias.copy_(linear.bias[index])
         for name in self.unit_cols:
-            linear = self.get_submodule(name)
+            linear, index = self.get_submodule(name), self._slices(name, order).to(device)
             linear.weight.copy_(linear.weight[:, index])
         for name in self.unit_index:
             buffer = getattr(self, name)
@@ -146,19 +194,17 @@ class PrunableBlock(nn.Module):
 
     def densify_units(self) -> None:
         """Replace the unit tensors by new ones holding the kept units only."""
-        width = self.kept_width
         for name in self.unit_rows:
-            _shrink_linear(self.get_submodule(name), rows=width)
+            _shrink_linear(self.get_submodule(name), rows=self.width(name))
         for name in self.unit_cols:
-            _shrink_linear(self.get_submodule(name), cols=width)
+            _shrink_linear(self.get_submodule(name), cols=self.width(name))
         for name in self.unit_index:
             setattr(self, name, getattr(self, name)[:self.kept].clone())
 
     def projection_flops(self, tokens: int) -> int:
         """Forward FLOPs of the unit linears over ``tokens`` tokens at the kept width (2 per multiply-add)."""
-        width = self.kept_width
-        macs = sum(width * self.get_submodule(name).in_features for name in self.unit_rows)
-        macs += sum(width * self.get_submodule(name).out_features for name in self.unit_cols)
+        macs = sum(self.width(name) * self.get_submodule(name).in_features for name in self.unit_rows)
+        macs += sum(self.width(name) * self.get_submodule(name).out_features for name in self.unit_cols)
         return 2 * tokens * macs
 
     def attention_flops(self, queries: int, keys: int) -> int:
@@ -169,18 +215,16 @@ class PrunableBlock(nn.Module):
         """The stored parameters of the linears the units live in (of ``unit_rows`` and ``unit_cols``)."""
         return [p for name in self.unit_rows + self.unit_cols for p in self.get_submodule(name).parameters()]
 
-    def unit_parameter_count(self, kept: int | None = None) -> int:
-        """Parameters of the linears the units live in at ``kept`` units (default: now). An output
-        projection's bias counts at full size: it stays when every unit goes."""
-        kept = self.kept if kept is None else kept
-        width = kept * self.unit_size
+    def unit_parameter_count(self) -> int:
+        """Parameters of the linears the units live in at the kept units. An output projection's bias
+        counts at full size: it stays when every unit goes."""
         count = 0
         for name in self.unit_rows:
             linear = self.get_submodule(name)
-            count += width * (linear.in_features + (linear.bias is not None))
+            count += self.width(name) * (linear.in_features + (linear.bias is not None))
         for name in self.unit_cols:
             linear = self.get_submodule(name)
-            count += width * linear.out_features + (0 if linear.bias is None else linear.bias.numel())
+            count += self.width(name) * linear.out_features + (0 if linear.bias is None else linear.bias.numel())
         return count
 
 
@@ -267,9 +311,29 @@ class PrunableModel:
         return [m for m in self.modules() if isinstance(m, PrunableBlock) and m.unit_kind == kind]
 
     def unit_shape(self) -> dict[str, tuple[int, int]]:
-        """``{kind: (rows, full units per row)}``: the shape of a mask or an importance table."""
+        """``{kind: (rows, full units per row)}``: the shape of the unit scores a sparsity map is built from."""
         full = self.full_units(self.config)
         return {kind: (len(self.blocks(kind)), full[kind]) for kind in UNITS}
+
+    @classmethod
+    def full_mask_entries(cls, config) -> dict[str, int]:
+        """Mask entries per row before any pruning (one per unit unless a family says otherwise)."""
+        return cls.full_units(config)
+
+    def mask_shape(self) -> dict[str, tuple[int, int]]:
+        """``{kind: (rows, full mask entries per row)}``: the shape of a ``head_mask``/``neuron_mask`` and
+        of the importance scores."""
+        full = self.full_mask_entries(self.config)
+        return {kind: (len(self.blocks(kind)), full[kind]) for kind in UNITS}
+
+    def unit_orders(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
+        """Per row, the order :meth:`reorder` takes for the mask-entry ``scores [rows, entries]``."""
+        return torch.stack([b.order_from_scores(row) for b, row in zip(self.blocks(kind), scores, strict=True)])
+
+    def unit_scores(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
+        """Per row, one score per unit from the mask-entry ``scores [rows, entries]``: what
+        :func:`~utils.importance.build_sparsity_map` ranks."""
+        return torch.stack([b.unit_scores(row) for b, row in zip(self.blocks(kind), scores, strict=True)])
 
     def check_masks(self, **masks: torch.Tensor | None) -> None:
         """Raise a ValueError unless each given ``head_mask``/``neuron_mask`` is ``[rows, >= stored units]``."""
@@ -277,13 +341,17 @@ class PrunableModel:
             if mask is None:
                 continue
             blocks = self.blocks(name.removesuffix("_mask"))
-            widest = max((b.physical_units for b in blocks), default=0)
+            widest = max((b.mask_entries for b in blocks), default=0)
             if mask.dim() != 2 or mask.shape[0] != len(blocks) or mask.shape[1] < widest:
                 raise ValueError(f"{name} must be [{len(blocks)}, >= {widest}], got {tuple(mask.shape)}")
 
     def kept_widths(self) -> dict[str, list[int]]:
         """Units used now per row: ``{"head": [...], "neuron": [...]}``."""
         return {kind: [block.kept for block in self.blocks(kind)] for kind in UNITS}
+
+    def heads_in_use(self) -> int:
+        """Attention heads in use over every row (query heads of a GQA attention, whatever its unit)."""
+        return sum(getattr(block, "kept_heads", block.kept) for block in self.blocks("head"))
 
     def min_kept(self) -> dict[str, list[int]]:
         """Units per row that pruning must leave (the blocks' ``min_units``): ``{"head": [...], "neuron": [...]}``."""
@@ -316,7 +384,7 @@ class PrunableModel:
             blocks = self.blocks(kind)
             if len(order) != len(blocks):
                 raise ValueError(f"{kind}_order must have one row per {kind} row ({len(blocks)}), got {len(order)}")
-            plans += [(block, as_permutation(order[i], block.physical_units, f"{kind}_order[{i}]"))
+            plans += [(block, as_permutation(order[i], block.mask_entries, f"{kind}_order[{i}]"))
                       for i, block in enumerate(blocks)]
         for block, order in plans:
             block.reorder_units(order)
@@ -472,6 +540,22 @@ class PrunableTaskModel:
     def unit_shape(self) -> dict[str, tuple[int, int]]:
         """``{kind: (rows, full units per row)}``; see :meth:`PrunableModel.unit_shape`."""
         return self.base_model.unit_shape()
+
+    def mask_shape(self) -> dict[str, tuple[int, int]]:
+        """``{kind: (rows, full mask entries per row)}``; see :meth:`PrunableModel.mask_shape`."""
+        return self.base_model.mask_shape()
+
+    def unit_orders(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
+        """Per-row orders from mask-entry scores; see :meth:`PrunableModel.unit_orders`."""
+        return self.base_model.unit_orders(kind, scores)
+
+    def unit_scores(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
+        """Per-row unit scores from mask-entry scores; see :meth:`PrunableModel.unit_scores`."""
+        return self.base_model.unit_scores(kind, scores)
+
+    def heads_in_use(self) -> int:
+        """Attention heads in use; see :meth:`PrunableModel.heads_in_use`."""
+        return self.base_model.heads_in_use()
 
     def min_kept(self) -> dict[str, list[int]]:
         """Units per row that pruning must leave; see :meth:`PrunableModel.min_kept`."""

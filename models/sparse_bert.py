@@ -43,7 +43,7 @@ from torch import nn
 from transformers import BertConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .core import PrunableBlock, PrunableModel, cols_linear, new_linear
+from .core import PrunableBlock, PrunableModel, cols_linear, init_standard, new_linear
 from .fast_ops import FastDropout, attention, residual_linear
 from .packing import HiddenStates, TokenPacking
 from .sparsity_map import ModelConfigError
@@ -276,17 +276,9 @@ class SparseBertPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            if module.weight.numel():
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                nn.init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.LayerNorm):
+        if init_standard(module, self.config.initializer_range):
+            return
+        if isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 

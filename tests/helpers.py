@@ -111,11 +111,56 @@ def save_tiny_t5_pretrained(directory: Path, gated: bool = False, seed: int = 0)
     return Path(directory)
 
 
+def make_tiny_decoder_config(family: str = "llama", **overrides):
+    """A tiny decoder LLM of ``family`` (llama, mistral, qwen2, qwen3): 3 layers, hidden 48, 6 query heads over
+    2 KV heads of head dim 8 (Qwen3: 12, set apart from hidden / heads), SwiGLU 37, vocabulary 101."""
+    from transformers import AutoConfig
+
+    kwargs = dict(vocab_size=101, hidden_size=48, intermediate_size=37, num_hidden_layers=3, num_attention_heads=6,
+                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  tie_word_embeddings=False)
+    if family == "qwen3":
+        kwargs["head_dim"] = 12
+    kwargs.update(overrides)
+    return AutoConfig.for_model(family, **kwargs)
+
+
+def save_tiny_decoder_tokenizer(directory: Path) -> Path:
+    """A word-level tokenizer over :data:`T5_WORDS` framed as Llama's (``<s> a``, pairs ``<s> a <s> b``), with
+    no pad token, as most decoder LLMs' tokenizers have none. Built locally."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>"] + T5_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+         "unk_token": "<unk>", "model_max_length": 64}))
+    return directory
+
+
+def save_tiny_decoder_pretrained(directory: Path, family: str = "llama", seed: int = 0) -> Path:
+    """A random tiny HF ``*ForCausalLM`` of ``family`` and its tokenizer, as a user's pretrained checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(make_tiny_decoder_config(family)).save_pretrained(directory)
+    save_tiny_decoder_tokenizer(Path(directory))
+    return Path(directory)
+
+
 def tiny_config(model_type: str = "sparsebert_cls", **overrides):
-    """The tiny config of ``model_type``'s family: :func:`make_tiny_config` (BERT) or :func:`make_tiny_t5_config`
-    (EncT5; ``gated=True`` for gated-GELU)."""
+    """The tiny config of ``model_type``'s family: :func:`make_tiny_config` (BERT), :func:`make_tiny_t5_config`
+    (EncT5; ``gated=True`` for gated-GELU) or :func:`make_tiny_decoder_config` (decoders; ``family=``)."""
     if "enct5" in model_type:
         return make_tiny_t5_config(**overrides)
+    if "decoder" in model_type:
+        return make_tiny_decoder_config(**overrides)
     return make_tiny_config(**overrides)
 
 
@@ -170,6 +215,8 @@ def save_tiny_teacher(directory: Path, num_labels: int = 2, levels=None, seed: i
     tiny_model(model_type, num_labels, levels, seed=seed, **config).save_pretrained(directory)
     if "enct5" in model_type:
         save_tiny_t5_tokenizer(Path(directory))
+    elif "decoder" in model_type:
+        save_tiny_decoder_tokenizer(Path(directory))
     else:
         save_tiny_tokenizer(Path(directory))
     return Path(directory)

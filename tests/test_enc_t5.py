@@ -17,7 +17,7 @@ import run_finetuning
 import run_maxidisc
 import run_minidisc
 import run_sparsification
-from models import SparseEncT5Cls, SparseEncT5Ner
+from models import SparseEncT5Cls
 from tests.helpers import (
     distill_args,
     finetune_args,
@@ -139,7 +139,7 @@ def test_the_cross_attention_always_keeps_a_head():
 def test_gradients_reach_masks_and_full_parameters_through_slices():
     model = tiny_model("sparseenct5_cls", 3, gated=True, levels=(60,), seed=2)
     model.train()
-    masks = {f"{kind}_mask": torch.ones(shape, requires_grad=True) for kind, shape in model.unit_shape().items()}
+    masks = {f"{kind}_mask": torch.ones(shape, requires_grad=True) for kind, shape in model.mask_shape().items()}
     model.sparsify(60)
     widths = model.kept_widths()
     model(**t5_batch(), labels=torch.tensor([0, 2, 1]), **masks).loss.backward()
@@ -185,17 +185,3 @@ def mini_best(folder) -> str:
     """The folder of MiniDisc's final student, relative to its output folder."""
     last = sorted(p for p in folder.iterdir() if p.name.startswith("iter_"))[-1]
     return f"{last.name}/best"
-
-
-def test_token_tagging_on_a_tiny_t5(make_conll_task, tmp_path):
-    task = make_conll_task()
-    pretrained = save_tiny_t5_pretrained(tmp_path / "t5-tiny")
-    run_finetuning.main(finetune_args(pretrained, task, tmp_path / "ft", "--task_name", "conll",
-                                      "--num_train_epochs", "1", "--do_test"))
-    assert json.loads((tmp_path / "ft" / "args.json").read_text())["args"]["model_type"] == "sparseenct5_ner"
-    run_sparsification.main(sparsify_args(tmp_path / "ft" / "best", task, tmp_path / "sp", task="conll",
-                                          sparsities="50,90"))
-    result = run_distillation.main(distill_args(tmp_path / "sp" / "model", task, tmp_path / "kd", "50S",
-                                                "--task_name", "conll"))
-    assert set(result["best_dev"]) >= {"f1", "precision", "recall"}
-    assert SparseEncT5Ner.from_pretrained(tmp_path / "kd" / "best").config.sparsity == 50

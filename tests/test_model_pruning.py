@@ -8,9 +8,14 @@ from tests.helpers import padded_batch, random_sparsity_map, tiny_config, tiny_m
 
 MODEL_TYPES = sorted(MODEL_REGISTRY)
 LEVELS = (30, 60, 90)
-# Every family and head, and both T5 FFNs: (model type, config overrides).
-VARIANTS = [(t, {}) for t in MODEL_TYPES] + [("sparseenct5_cls", {"gated": True}), ("sparseenct5_ner", {"gated": True})]
-VARIANT_IDS = [t + ("-gated" if o else "") for t, o in VARIANTS]
+# Every family and head, both T5 FFNs, every decoder family and both GQA head units: (model type, overrides).
+VARIANTS = [(t, {}) for t in MODEL_TYPES] + [
+    ("sparseenct5_cls", {"gated": True}), ("sparseenct5_ner", {"gated": True}),
+    ("sparsedecoder_cls", {"head_unit": "query"}), ("sparsedecoder_ner", {"head_unit": "query"}),
+    ("sparsedecoder_cls", {"family": "qwen2"}), ("sparsedecoder_cls", {"family": "qwen3", "head_unit": "query"}),
+    ("sparsedecoder_cls", {"family": "mistral"}),
+]
+VARIANT_IDS = [t + "".join(f"-{v}" if v is not True else f"-{k}" for k, v in o.items()) for t, o in VARIANTS]
 variants = pytest.mark.parametrize(("model_type", "overrides"), VARIANTS, ids=VARIANT_IDS)
 
 
@@ -32,16 +37,26 @@ def batch(seed: int = 1, size: int = 3, seq_len: int = 11):
 
 def ones(model) -> dict:
     """All-ones masks at the model's full unit shape."""
-    return {f"{kind}_mask": torch.ones(shape) for kind, shape in model.unit_shape().items()}
+    return {f"{kind}_mask": torch.ones(shape) for kind, shape in model.mask_shape().items()}
 
 
 def masks_for(model, sparsity: int) -> dict:
-    """All-ones masks with zeros at the heads/neurons that ``sparsify(sparsity)`` slices off."""
+    """All-ones masks with zeros at the heads/neurons that ``sparsify(sparsity)`` slices off: the last ``n``
+    units of a row; for a GQA decoder the last ``n`` groups' query heads, or the last ``n`` query heads of
+    every group (head unit "query")."""
     masks = ones(model)
-    for kind, removed in model.config.sparsity_map[sparsity].items():
-        full = masks[f"{kind}_mask"].shape[1]
+    config = model.config
+    for kind, removed in config.sparsity_map[sparsity].items():
+        mask = masks[f"{kind}_mask"]
         for row, n in removed.items():
-            masks[f"{kind}_mask"][row, full - n:] = 0
+            if kind == "head" and hasattr(config, "num_key_value_heads"):
+                g = config.num_attention_heads // config.num_key_value_heads
+                if config.head_unit == "group":
+                    mask[row, mask.shape[1] - n * g:] = 0
+                else:
+                    mask[row].view(-1, g)[:, g - n:] = 0
+            else:
+                mask[row, mask.shape[1] - n:] = 0
     return masks
 
 
@@ -69,21 +84,32 @@ def test_all_ones_masks_equal_no_masks(model_type, overrides):
     assert len(plain.hidden_states) == model.depth + 1
     assert_same_output(plain, masked, atol=0)
     with torch.no_grad():
-        zeroed = model(**inputs, head_mask=torch.zeros(model.unit_shape()["head"]))
+        zeroed = model(**inputs, head_mask=torch.zeros(model.mask_shape()["head"]))
     assert not torch.allclose(zeroed.logits, plain.logits)
+
+
+def random_orders(model, kind: str) -> torch.Tensor:
+    """A random order per row over the mask entries; for a GQA decoder's heads a valid one (groups permuted,
+    then the heads within each group)."""
+    rows, size = model.mask_shape()[kind]
+    config = model.config
+    if kind == "head" and hasattr(config, "num_key_value_heads"):
+        groups = config.num_key_value_heads
+        g = size // groups
+        return torch.stack([(torch.randperm(groups)[:, None] * g + torch.stack([torch.randperm(g) for _ in
+                             range(groups)])).flatten() for _ in range(rows)])
+    return torch.stack([torch.randperm(size) for _ in range(rows)])
 
 
 @variants
 def test_reorder_preserves_outputs(model_type, overrides):
     model = build(model_type, **overrides)
-    shape = model.unit_shape()
     inputs = batch()
     with torch.no_grad():
         before = model(**inputs)
     first = model.base_model.blocks("head")[0]
     rows_before = first.get_submodule(first.unit_rows[0]).weight.clone()
-    head_order = torch.stack([torch.randperm(shape["head"][1]) for _ in range(shape["head"][0])])
-    neuron_order = [torch.randperm(shape["neuron"][1]) for _ in range(shape["neuron"][0])]
+    head_order, neuron_order = random_orders(model, "head"), list(random_orders(model, "neuron"))
     model.reorder(head_order, neuron_order)
     assert not torch.equal(rows_before, first.get_submodule(first.unit_rows[0]).weight)
     with torch.no_grad():
@@ -132,9 +158,9 @@ def test_masked_equals_sliced_equals_densified(model_type, overrides, level):
     assert_same_output(sliced, densified)
     for hidden in densified.hidden_states:
         assert torch.isfinite(hidden).all()
-    expected = masks_for(build(model_type, map_for(model_type, overrides), **overrides), level)
-    assert model.kept_widths() == {kind: [int(row.sum()) for row in expected[f"{kind}_mask"]]
-                                   for kind in ("head", "neuron")}
+    full, removed = model.full_units(model.config), model.config.sparsity_map[level]
+    assert model.kept_widths() == {kind: [full[kind] - removed[kind].get(row, 0) for row in range(rows)]
+                                   for kind, (rows, _) in model.unit_shape().items()}
     assert model.config.sparsity == level
     assert min(model.config.sparsity_map) == level
 

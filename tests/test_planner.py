@@ -130,3 +130,29 @@ def test_unknown_names_are_one_line_errors(sst2_task, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--model_name_or_path t5-9z: not a model directory and not a published config" in err
     assert "google/flan-t5-xl" in err and "t5-3b" in published_names()
+
+
+@pytest.mark.parametrize(("name", "model_class"), [("meta-llama/Llama-3.1-8B", "LlamaModel"),
+                                                   ("Qwen/Qwen3-8B", "Qwen3Model"),
+                                                   ("HuggingFaceTB/SmolLM2-135M", "LlamaModel")])
+def test_decoder_configs_match_hf_models_on_meta(name, model_class):
+    """Our classifier = HF's decoder (no LM head) + the score head, counted on the meta device."""
+    import transformers
+
+    config = load_plan_config(name)
+    model = build_on_meta("sparsedecoder_cls", copy.deepcopy(config), 2)
+    with torch.device("meta"):
+        hf = getattr(transformers, model_class)(copy.deepcopy(config))
+    assert model.count_parameters()["total"] == sum(p.numel() for p in hf.parameters()) + 2 * config.hidden_size
+
+
+def test_llama_8b_plan(make_sst2_task, tmp_path, capsys):
+    plan = run_minidisc.main(schedule_args("meta-llama/Llama-3.1-8B", make_sst2_task(), tmp_path / "never",
+                                           "--dry_run", "--dry_run_devices", "8"))
+    full = plan["levels"][0]
+    # 8.03 B with the 128,256 x 4,096 LM head, which a classifier does not have
+    assert full["total_parameters"] + 128_256 * 4_096 - 2 * 4_096 == 8_030_261_248
+    assert full["heads_kept"] == 32 * 32 and full["num_layers"] == 32
+    assert "7,504,932,864" in capsys.readouterr().out
+    sizes = [row["total_parameters"] for row in plan["levels"]]
+    assert sizes == sorted(sizes, reverse=True) and len(sizes) == len(DEFAULT_LEVELS)

@@ -61,9 +61,10 @@ class RunArguments:
 
 @dataclass
 class ModelArguments:
-    model_type: str | None = arg(None, help="Model class: sparsebert_cls / sparseenct5_cls (classification, "
-                                 "regression) or sparsebert_ner / sparseenct5_ner (token classification); default: "
-                                 "what the task and the checkpoint's config call for.", choices=tuple(MODEL_REGISTRY))
+    model_type: str | None = arg(None, help="Model class: sparsebert_cls / sparseenct5_cls / sparsedecoder_cls "
+                                 "(classification, regression) or sparsebert_ner / sparseenct5_ner / sparsedecoder_ner "
+                                 "(token classification); default: what the task and the checkpoint's config call "
+                                 "for.", choices=tuple(MODEL_REGISTRY))
 
 
 @dataclass
@@ -86,7 +87,7 @@ class StudentArguments:
 class DataArguments:
     task_name: str = arg(help="Task: cola sst2 mrpc stsb qqp mnli mnlimm qnli rte wnli conll polarity ...")
     data_type: str | None = arg(None, help="Tokenisation pipeline; default: the one of the task and the model family.",
-                                choices=("bert_cls", "bert_ner", "enct5_cls", "enct5_ner"))
+                                choices=("bert_cls", "bert_ner", "enct5_cls", "enct5_ner", "decoder_cls", "decoder_ner"))
     data_dir: str = arg("datasets", help="Root folder holding {task_name}/ (or the official GLUE folder names).")
     max_length: int = arg(128, help="Maximum sequence length in word pieces.")
     max_train_samples: int | None = arg(None, help="Use only the first N training examples (quick runs).")

@@ -38,16 +38,20 @@ _identity_cache: dict[tuple, str] = {}
 
 
 def model_identity(path: str | Path) -> str:
-    """``sha256:…`` of a model directory's config and weight files (names and bytes, in name order).
+    """``sha256:…`` of a model directory's config and weight files (names and bytes, in name order), or of
+    a GGUF file.
 
     A value that is not a directory (a hub name such as ``bert-base-uncased``, or a student spec
     such as ``90S``) is its own identity: the hub versions what a name points to. Hashes are cached
     per file size and modification time within the process.
     """
     folder = Path(path)
-    if not folder.is_dir():
+    if folder.is_file() and folder.suffix == ".gguf":
+        files = [folder]
+    elif not folder.is_dir():
         return str(path)
-    files = sorted({f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern) if f.is_file()})
+    else:
+        files = sorted({f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern) if f.is_file()})
     stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     key = (str(folder.resolve()), stamp)
     if key not in _identity_cache:

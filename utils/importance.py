@@ -172,7 +172,7 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     """Raw first-order importance of every head and FFN neuron (Michel et al. 2019 for heads).
 
     The model runs in eval mode with all-ones ``head_mask [rows, H]`` and ``neuron_mask [rows, I]`` (the
-    shapes of ``model.unit_shape()``; rows are layers for BERT) that
+    shapes of ``model.mask_shape()``; rows are layers for BERT) that
     require grad; for each batch the task loss against gold labels (cross-entropy, MSE for
     regression, token cross-entropy over scored positions for NER, as the model computes it) is
     differentiated with respect to the masks only, and ``|∂loss_b/∂mask|`` is summed over batches
@@ -191,7 +191,7 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
         raise ValueError(f"importance needs gold labels, but the {dataset.task.name} split has none")
     was_training = model.training
     model.eval()
-    shape_h, shape_i = model.unit_shape()["head"], model.unit_shape()["neuron"]
+    shape_h, shape_i = model.mask_shape()["head"], model.mask_shape()["neuron"]
     head_mask = torch.ones(shape_h, device=run.device, requires_grad=True)
     neuron_mask = torch.ones(shape_i, device=run.device, requires_grad=True)
     head_scores = torch.zeros(shape_h, dtype=torch.float64, device=run.device)
@@ -248,9 +248,9 @@ def save_importance(directory: Path, head_scores: torch.Tensor, neuron_scores: t
     return path
 
 
-def load_importance(directory: Path, unit_shape: dict[str, tuple[int, int]]) -> dict:
+def load_importance(directory: Path, mask_shape: dict[str, tuple[int, int]]) -> dict:
     """Read ``directory/importance.json`` written by :func:`save_importance`, checked against the model's
-    ``unit_shape()`` (``{"head": (rows, H), "neuron": (rows, I)}``).
+    ``mask_shape()`` (``{"head": (rows, H), "neuron": (rows, I)}``).
 
     Returns:
         ``{"head": [rows, H] float64, "neuron": [rows, I] float64, "split": str, "num_examples": int}``.
@@ -266,8 +266,8 @@ def load_importance(directory: Path, unit_shape: dict[str, tuple[int, int]]) -> 
     payload = json.loads(path.read_text())
     head = torch.tensor(payload["head"], dtype=torch.float64)
     neuron = torch.tensor(payload["neuron"], dtype=torch.float64)
-    if tuple(head.shape) != tuple(unit_shape["head"]) or tuple(neuron.shape) != tuple(unit_shape["neuron"]):
+    if tuple(head.shape) != tuple(mask_shape["head"]) or tuple(neuron.shape) != tuple(mask_shape["neuron"]):
         raise StageError(f"{path} holds scores of shapes {tuple(head.shape)} and {tuple(neuron.shape)}, but the "
-                         f"model has {list(unit_shape['head'])} heads and {list(unit_shape['neuron'])} neurons")
+                         f"model has {list(mask_shape['head'])} heads and {list(mask_shape['neuron'])} neurons")
     return {"head": head, "neuron": neuron, "split": payload.get("split"),
             "num_examples": payload.get("num_examples")}

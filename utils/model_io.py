@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
-from transformers import AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from data.tasks import get_task
-from models import MODEL_REGISTRY, get_model_class
+from models import MODEL_REGISTRY, checkpoint_types, get_model_class
 from utils.errors import StageError
+
+logger = logging.getLogger(__name__)
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def supported_model_types() -> list[str]:
     """The HF ``model_type`` values whose checkpoints this project's model classes load."""
-    return sorted({cls.config_class.model_type for cls in MODEL_REGISTRY.values()})
+    return sorted({kind for cls in MODEL_REGISTRY.values() for kind in checkpoint_types(cls)})
 
 
 def data_types() -> list[str]:
@@ -29,20 +32,30 @@ def model_type_for(checkpoint_type: str, task) -> str:
     the family that loads that architecture, with a token head for token tasks, else a sequence head."""
     head = "_ner" if task.is_token_task else "_cls"
     for name, cls in MODEL_REGISTRY.items():
-        if name.endswith(head) and cls.config_class.model_type == checkpoint_type:
+        if name.endswith(head) and checkpoint_type in checkpoint_types(cls):
             return name
     raise StageError(f"no model class for {checkpoint_type} checkpoints; supported: {', '.join(supported_model_types())}")
 
 
+def gguf_location(path: str) -> tuple[str, dict]:
+    """``(folder or hub name, loading keyword arguments)``: a ``*.gguf`` file is read from its folder with
+    transformers' GGUF loader (``gguf_file=``), anything else as it is."""
+    if str(path).endswith(".gguf") and Path(path).is_file():
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return str(path), {}
+
+
 def check_model_path(path: str, flag: str) -> str:
-    """The HF ``model_type`` of the checkpoint at ``path`` (given as ``flag``): a saved model directory or
-    a hub name, of a supported architecture.
+    """The HF ``model_type`` of the checkpoint at ``path`` (given as ``flag``): a saved model directory, a
+    GGUF file, or a hub name, of a supported architecture.
 
     Raises:
-        StageError: no such directory, a file, no ``config.json``, an unreadable hub name, or another
+        StageError: no such directory, another file, no ``config.json``, an unreadable hub name, or another
             architecture; one line each.
     """
     folder = Path(path)
+    if str(path).endswith(".gguf") and folder.is_file():
+        return check_architecture(path, flag)
     if not folder.exists():
         if HUB_NAME.match(path):
             return check_architecture(path, flag)
@@ -56,9 +69,10 @@ def check_model_path(path: str, flag: str) -> str:
 
 def check_architecture(path: str, flag: str = "the checkpoint") -> str:
     """The config's ``model_type`` at ``path``; :class:`StageError` unless it is a supported one."""
+    location, gguf = gguf_location(path)
     try:
-        config, _ = PretrainedConfig.get_config_dict(path)
-    except OSError as err:
+        config, _ = PretrainedConfig.get_config_dict(location, **gguf)
+    except (OSError, ImportError) as err:
         raise StageError(f"{flag} {path}: cannot read its config ({str(err).splitlines()[0]})") from None
     model_type = config.get("model_type")
     if model_type not in supported_model_types():
@@ -68,11 +82,19 @@ def check_architecture(path: str, flag: str = "the checkpoint") -> str:
 
 
 def load_tokenizer(path: str):
-    """The (fast) tokenizer saved with a model directory or named on the hub."""
+    """The (fast) tokenizer saved with a model directory or named on the hub. A tokenizer without a pad
+    token (most decoder LLMs') pads with its end-of-sequence token: padding is masked out anyway."""
+    location, gguf = gguf_location(path)
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as err:
+        tokenizer = AutoTokenizer.from_pretrained(location, **gguf)
+    except (OSError, ImportError) as err:
         raise StageError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise StageError(f"the tokenizer of {path} has neither a pad nor an end-of-sequence token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("the tokenizer of %s has no pad token: padding with %r (masked out)", path, tokenizer.eos_token)
+    return tokenizer
 
 
 def load_model(model_type: str, path: str, new_head: bool = False, **config_overrides):
@@ -90,13 +112,14 @@ def load_model(model_type: str, path: str, new_head: bool = False, **config_over
     """
     cls = get_model_class(model_type)
     check_architecture(path)
+    location, gguf = gguf_location(path)
     try:
-        config = cls.config_class.from_pretrained(path)
+        config = AutoConfig.from_pretrained(location, **gguf)
         for key, value in config_overrides.items():
             setattr(config, key, value)
-        model, info = cls.from_pretrained(path, config=config, ignore_mismatched_sizes=True,
-                                          output_loading_info=True)
-    except OSError as err:
+        model, info = cls.from_pretrained(location, config=config, ignore_mismatched_sizes=True,
+                                          output_loading_info=True, **gguf)
+    except (OSError, ImportError) as err:
         raise StageError(f"cannot load a {model_type} model from {path!r}: {str(err).splitlines()[0]}") from None
     backbone = cls.is_backbone_key
     mismatched = [k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])]
@@ -111,6 +134,12 @@ def load_model(model_type: str, path: str, new_head: bool = False, **config_over
                            for kind, keys in problems.items())
         hint = "" if new_head else " (fine-tune it first with run_finetuning.py if it is a pretrained encoder)"
         raise StageError(f"{path} does not hold a complete {model_type} model: {detail} weights{hint}")
+    if gguf:
+        # Dequantised on load: the weights are plain fp32 now, and the model saves like any other.
+        model.hf_quantizer = None
+        for holder in (model.config, config):
+            if hasattr(holder, "quantization_config"):
+                del holder.quantization_config
     return model
 
 

@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from models import MODEL_REGISTRY, get_model_class
+from models import get_model_class
 from models.sparsity_map import UNITS
 from utils.errors import StageError
+from utils.model_io import supported_model_types
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def load_plan_config(name_or_dir: str, flag: str = "--dry_run") -> PretrainedCon
                              f"planner knows ({', '.join(published_names())}); pass a folder holding config.json")
         payload = json.loads(path.read_text())
     model_type = payload.pop("model_type", None)
-    supported = sorted({cls.config_class.model_type for cls in MODEL_REGISTRY.values()})
+    supported = supported_model_types()
     if model_type not in supported:
         raise StageError(f"{flag} {name_or_dir} is a {model_type or 'untyped'} config; supported: {', '.join(supported)}")
     return AutoConfig.for_model(model_type, **payload)
@@ -110,7 +111,7 @@ def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teache
         cost = model.training_cost(seq_len)
         row = {
             "sparsity": level, "num_layers": model.depth,
-            "heads_kept": sum(widths["head"]), "neurons_kept": sum(widths["neuron"]),
+            "heads_kept": model.heads_in_use(), "neurons_kept": sum(widths["neuron"]),
             "prunable_parameters": counts["prunable"], "total_parameters": counts["total"],
             "train_flops_per_token": 3 * cost["forward_flops"] / seq_len,
             "memory_gib": {},

@@ -121,7 +121,7 @@ def describe_model(model) -> dict:
     return {
         "sparsity": model.current_sparsity,
         "num_layers": model.depth,
-        "heads_kept": sum(widths["head"]),
+        "heads_kept": model.heads_in_use(),
         "neurons_kept": sum(widths["neuron"]),
         "prunable_parameters": counts["prunable"],
         "total_parameters": counts["total"],

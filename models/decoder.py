@@ -1,0 +1,573 @@
+"""Decoder LLMs on the prunable core: Llama, Mistral, Qwen2 and Qwen3, with grouped-query attention.
+
+Parameter names are HF's (``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj``,
+Qwen3's ``self_attn.{q,k}_norm``, ``model.layers.{i}.mlp.{gate,up,down}_proj``,
+``model.layers.{i}.{input,post_attention}_layernorm``, ``model.norm``), so a ``*ForCausalLM`` or
+``*Model`` checkpoint of these families loads; its LM head is not used. The configuration is the
+checkpoint's own (``LlamaConfig``, ``Qwen3Config``, ...) with ``sparsity``, ``sparsity_map`` and
+``head_unit`` added. Family differences are read from the config: Qwen2 has biases on Q/K/V,
+``attention_bias`` puts them on Q/K/V/O (Llama, Qwen3), Qwen3 normalises each query and key head
+(RMSNorm over ``head_dim``) before RoPE. RoPE comes from the family's own HF rotary-embedding module
+(so every ``rope_scaling`` type, Llama 3's included, is computed as HF does); it acts on
+``head_dim`` and, like the norms, is untouched by pruning.
+
+Units. FFN neurons are SwiGLU channels: a row of ``gate_proj`` and of ``up_proj`` and a column of
+``down_proj``. Attention heads are grouped: ``num_key_value_heads`` KV heads each serve
+``g = num_attention_heads / num_key_value_heads`` query heads (query head ``h`` uses KV head
+``h // g``, HF's layout). ``config.head_unit`` says what one head unit is:
+
+* ``"group"``: a KV group, i.e. one KV head (its K and V rows) with its ``g`` query heads (their Q
+  rows and O columns). A layer keeps its first ``m`` groups: ``m·g`` query heads over ``m`` KV heads.
+* ``"query"``: a *slot* ``r``: the ``r``-th query head of every group (``num_key_value_heads`` query
+  heads). A layer keeps its first ``k`` slots: ``k`` query heads in every group, every KV head kept.
+  The kept Q rows are not a prefix of the stored tensor, so they are gathered with an index.
+
+Either way every layer stays a valid GQA layer. Importance is scored per query head; a group's
+score is the sum of its query heads', a slot's the sum over groups of each group's ``r``-th best
+head. Reordering is two-level: groups by score, then the heads within each group by score.
+
+Causal attention with padding on either side: each token attends to the real tokens at or before
+it (and, under ``sliding_window``, within the window); positions count real tokens only, so a
+left-padded sequence is computed exactly as its unpadded self. Sequence heads read the last real
+token (HF's ``*ForSequenceClassification``); token heads read every token.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, LlamaConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+
+from .core import PrunableBlock, PrunableModel, PrunableTaskModel, init_standard, new_linear
+from .heads import TaskOutput, sequence_loss, token_loss
+from .sparsity_map import ModelConfigError
+
+DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+HEAD_UNITS = ("group", "query")
+ROTARY = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+
+def head_dim(config) -> int:
+    """Per-head size: the config's ``head_dim`` when set (Qwen3), else ``hidden_size / num_attention_heads``."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def head_unit(config) -> str:
+    """The config's head unit (``"group"`` when unset)."""
+    unit = getattr(config, "head_unit", None) or "group"
+    if unit not in HEAD_UNITS:
+        raise ModelConfigError(f"config head_unit {unit!r}: expected one of {', '.join(HEAD_UNITS)}")
+    return unit
+
+
+class RMSNorm(nn.Module):
+    """Scale by the root mean square over the last dimension (computed in fp32), then by ``weight``."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, H, T, d]`` with ``cos``/``sin [B, T, d]``: ``x·cos + (-x₂, x₁)·sin`` over the two halves."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+
+
+class SparseGQAttention(PrunableBlock):
+    """Grouped-query self-attention over the kept head units (see the module docstring).
+
+    ``forward(x [B, T, d], cos, sin, mask [B, 1, T, T] bool or None, head_mask [>= stored query heads])
+    -> [B, T, d]``.
+    """
+
+    unit_kind = "head"
+    unit_cols = ("o_proj",)
+
+    def __init__(self, config, query_heads: int, kv_heads: int):
+        super().__init__()
+        self.head_dim = head_dim(config)
+        qkv_bias = config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
+        o_bias = config.model_type != "qwen2" and bool(getattr(config, "attention_bias", False))
+        hidden = config.hidden_size
+        self.q_proj = new_linear(hidden, query_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = new_linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = new_linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = new_linear(query_heads * self.head_dim, hidden, bias=o_bias)
+        if config.model_type == "qwen3":
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.dropout_p = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+        self.set_head_unit(head_unit(config))
+
+    # ---- geometry -------------------------------------------------------------------------------------
+
+    def set_head_unit(self, unit: str) -> None:
+        """Make a head unit a KV group (``"group"``) or a slot of query heads (``"query"``); every unit kept."""
+        self.head_unit = unit
+        d, g = self.head_dim, self.group_size
+        if unit == "group":
+            self.unit_rows = ("q_proj", "k_proj", "v_proj")
+            self.init_units(d, {"q_proj": g * d, "o_proj": g * d})
+        else:
+            self.unit_rows = ("q_proj",)
+            self.init_units(d)
+
+    @property
+    def kv_heads(self) -> int:
+        """Stored KV heads."""
+        return self.k_proj.out_features // self.head_dim
+
+    @property
+    def group_size(self) -> int:
+        """Stored query heads per KV head."""
+        return self.q_proj.out_features // self.k_proj.out_features if self.k_proj.out_features else 0
+
+    @property
+    def physical_units(self) -> int:
+        return self.kv_heads if self.head_unit == "group" else self.group_size
+
+    @property
+    def mask_entries(self) -> int:
+        return self.q_proj.out_features // self.head_dim
+
+    @property
+    def kept_heads(self) -> int:
+        """Query heads in use."""
+        return self.kept * (self.group_size if self.head_unit == "group" else self.kv_heads)
+
+    @property
+    def kept_kv_heads(self) -> int:
+        """KV heads in use."""
+        return self.kept if self.head_unit == "group" else self.kv_heads
+
+    @property
+    def kept_width(self) -> int:
+        return self.kept_heads * self.head_dim
+
+    def kept_head_ids(self) -> torch.Tensor:
+        """Stored query heads in use, in GQA order: ``[kept_heads]``."""
+        g = self.group_size
+        if self.head_unit == "group":
+            return torch.arange(self.kept * g)
+        return (torch.arange(self.kv_heads)[:, None] * g + torch.arange(self.kept)).flatten()
+
+    def _query_rows(self) -> torch.Tensor:
+        """Rows of ``q_proj`` (columns of ``o_proj``) in use, cached per kept count and device."""
+        key = (self.kept, self.q_proj.weight.device)
+        if getattr(self, "_rows_cache", (None, None))[0] != key:
+            heads = self.kept_head_ids()
+            rows = (heads[:, None] * self.head_dim + torch.arange(self.head_dim)).flatten()
+            self._rows_cache = (key, rows.to(self.q_proj.weight.device))
+        return self._rows_cache[1]
+
+    def _gathered(self) -> bool:
+        return self.head_unit == "query" and self.kept != self.group_size
+
+    def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name != "q_proj" or not self._gathered():
+            return super().rows(name, x) if name in self.unit_rows else self.get_submodule(name)(x)
+        rows = self._query_rows()
+        bias = None if self.q_proj.bias is None else self.q_proj.bias.index_select(0, rows)
+        return F.linear(x, self.q_proj.weight.index_select(0, rows), bias)
+
+    def cols(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if not self._gathered():
+            return super().cols(name, x)
+        return F.linear(x, self.o_proj.weight.index_select(1, self._query_rows()), self.o_proj.bias)
+
+    def width(self, name: str) -> int:
+        if name in ("q_proj", "o_proj"):
+            return self.kept_width
+        return self.kept_kv_heads * self.head_dim
+
+    # ---- importance and reordering ---------------------------------------------------------------------
+
+    def order_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Query heads, groups by summed score first, then each group's heads by score (both descending)."""
+        by_group = scores.view(self.kv_heads, self.group_size)
+        within = torch.argsort(by_group, dim=1, descending=True, stable=True)
+        groups = torch.argsort(by_group.sum(1), descending=True, stable=True)
+        heads = groups[:, None] * self.group_size + within[groups]
+        return heads.flatten()
+
+    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Group sums (``"group"``) or slot sums (``"query"``), in the order of :meth:`order_from_scores`."""
+        ordered = scores.gather(0, self.order_from_scores(scores)).view(self.kv_heads, self.group_size)
+        return ordered.sum(1) if self.head_unit == "group" else ordered.sum(0)
+
+    @torch.no_grad()
+    def reorder_units(self, order: torch.Tensor) -> None:
+        """Permute query heads by ``order`` (over stored query heads), which must move whole groups: the
+        heads in each new group come from one old group, whose K and V rows follow."""
+        g, d = self.group_size, self.head_dim
+        groups = order.view(self.kv_heads, g) // g
+        if not torch.equal(groups, groups[:, :1].expand_as(groups)):
+            raise ValueError(f"head order {order.tolist()} mixes query heads of different KV groups "
+                             f"(groups of {g}): not a valid grouped-query layout")
+        device = self.q_proj.weight.device
+        heads = ((order[:, None] * d) + torch.arange(d)).flatten().to(device)
+        kv = ((groups[:, 0][:, None] * d) + torch.arange(d)).flatten().to(device)
+        for linear, index in ((self.q_proj, heads), (self.k_proj, kv), (self.v_proj, kv)):
+            linear.weight.copy_(linear.weight[index])
+            if linear.bias is not None:
+                linear.bias.copy_(linear.bias[index])
+        self.o_proj.weight.copy_(self.o_proj.weight[:, heads])
+
+    def densify_units(self) -> None:
+        if not self._gathered():
+            super().densify_units()
+            return
+        rows = self._query_rows()
+        with torch.no_grad():
+            for linear, dim in ((self.q_proj, 0), (self.o_proj, 1)):
+                weight = linear.weight.detach().index_select(dim, rows).contiguous()
+                requires_grad = linear.weight.requires_grad
+                linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
+                if dim == 0 and linear.bias is not None:
+                    linear.bias = nn.Parameter(linear.bias.detach().index_select(0, rows), requires_grad=requires_grad)
+            self.q_proj.out_features = self.o_proj.in_features = len(rows)
+        self._rows_cache = (None, None)
+
+    def projection_flops(self, tokens: int) -> int:
+        hidden = self.q_proj.in_features
+        return 2 * tokens * hidden * (2 * self.kept_width + 2 * self.kept_kv_heads * self.head_dim)
+
+    def unit_parameter_count(self) -> int:
+        """Q, K, V and O at the kept heads (K and V whole in ``"query"`` mode: they are not pruned)."""
+        hidden, q, kv = self.q_proj.in_features, self.kept_width, self.kept_kv_heads * self.head_dim
+        count = hidden * (2 * q + 2 * kv)
+        if self.q_proj.bias is not None:
+            count += q + 2 * kv
+        return count + (0 if self.o_proj.bias is None else hidden)
+
+    def unit_parameters(self) -> list[nn.Parameter]:
+        return [p for linear in (self.q_proj, self.k_proj, self.v_proj, self.o_proj) for p in linear.parameters()]
+
+    # ---- forward ----------------------------------------------------------------------------------------
+
+    def forward(self, x, cos, sin, mask=None, head_mask=None) -> torch.Tensor:
+        batch, length = x.shape[:2]
+        d = self.head_dim
+        query = self.rows("q_proj", x).view(batch, length, -1, d)
+        key = self.rows("k_proj", x).view(batch, length, -1, d)
+        value = self.rows("v_proj", x).view(batch, length, -1, d).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = rotate(query.transpose(1, 2), cos, sin), rotate(key.transpose(1, 2), cos, sin)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=d ** -0.5,
+                                                 dropout_p=self.dropout_p if self.training else 0.0,
+                                                 is_causal=mask is None and length > 1, enable_gqa=True)
+        if head_mask is not None:
+            ids = self.kept_head_ids().to(head_mask.device)
+            context = context * head_mask.index_select(0, ids).to(context.dtype).view(1, -1, 1, 1)
+        return self.cols("o_proj", context.transpose(1, 2).reshape(batch, length, self.kept_width))
+
+
+class SparseSwiGLU(PrunableBlock):
+    """``down_proj(act(gate_proj x) · up_proj x)`` over the kept neurons; ``forward(x, neuron_mask) -> [B, T, d]``."""
+
+    unit_kind = "neuron"
+    unit_rows = ("gate_proj", "up_proj")
+    unit_cols = ("down_proj",)
+
+    def __init__(self, config, neurons: int):
+        super().__init__()
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.gate_proj = new_linear(config.hidden_size, neurons, bias=bias)
+        self.up_proj = new_linear(config.hidden_size, neurons, bias=bias)
+        self.down_proj = new_linear(neurons, config.hidden_size, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.init_units()
+
+    def forward(self, x: torch.Tensor, neuron_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.act_fn(self.rows("gate_proj", x)) * self.rows("up_proj", x)
+        if neuron_mask is not None:
+            hidden = hidden * neuron_mask[:self.kept].to(hidden.dtype)
+        return self.cols("down_proj", hidden)
+
+
+class SparseDecoderLayer(nn.Module):
+    """Pre-norm block: ``x + self_attn(input_layernorm x)``, then ``+ mlp(post_attention_layernorm ·)``;
+    a sublayer with no units left adds nothing (no biases on its output, or only its bias)."""
+
+    def __init__(self, config, query_heads: int, kv_heads: int, neurons: int):
+        super().__init__()
+        self.self_attn = SparseGQAttention(config, query_heads, kv_heads)
+        self.mlp = SparseSwiGLU(config, neurons)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, head_mask=None, neuron_mask=None) -> torch.Tensor:
+        attention, mlp = self.self_attn, self.mlp
+        if attention.kept:
+            x = x + attention(self.input_layernorm(x), cos, sin, mask, head_mask)
+        elif attention.o_proj.bias is not None:
+            x = x + attention.o_proj.bias
+        if mlp.kept:
+            x = x + mlp(self.post_attention_layernorm(x), neuron_mask)
+        elif mlp.down_proj.bias is not None:
+            x = x + mlp.down_proj.bias
+        return x
+
+
+def _rotary(config) -> nn.Module:
+    family = config.model_type if config.model_type in ROTARY else "llama"
+    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    return getattr(module, f"{ROTARY[family]}RotaryEmbedding")(config=config)
+
+
+class SparseDecoderPreTrainedModel(PreTrainedModel):
+    """Base class: the checkpoint's own config class (read with ``AutoConfig``), HF save/load, Llama-style init."""
+
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+    checkpoint_types = DECODER_TYPES
+    _supports_sdpa = True
+    # The LM head of causal-LM checkpoints is unused here.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"rotary_emb\.inv_freq"]
+
+    @classmethod
+    def from_pretrained(cls, path, *args, config=None, **kwargs):
+        """As HF's, with the checkpoint's own config class (``LlamaConfig``, ``Qwen3Config``, ...) by default;
+        extra keyword arguments that are config fields override them."""
+        if config is None:
+            loading = {k: kwargs[k] for k in ("gguf_file", "revision", "cache_dir", "token") if k in kwargs}
+            config, kwargs = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **loading, **kwargs)
+            kwargs.update(loading)
+        return super().from_pretrained(path, *args, config=config, **kwargs)
+
+    @classmethod
+    def is_backbone_key(cls, key: str) -> bool:
+        """Whether a checkpoint key belongs to the pretrained decoder (``model.*``); other keys are a head's."""
+        return key.startswith("model.") or key.startswith(("embed_tokens.", "layers.", "norm."))
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if init_standard(module, getattr(self.config, "initializer_range", 0.02)):
+            return
+        if isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif "RotaryEmbedding" in type(module).__name__:
+            # transformers 5 builds models on the meta device: HF's own init recomputes the RoPE frequencies.
+            super()._init_weights(module)
+
+
+class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
+    """The prunable decoder: ``embed_tokens``, ``layers``, ``norm`` (no LM head).
+
+    ``forward(input_ids [B, T], attention_mask [B, T], head_mask [L, H], neuron_mask [L, I]) -> the
+    L + 1 hidden states [B, T, d]`` (the embeddings, each layer's output, the last after ``norm``;
+    zero at padding).
+    """
+
+    depth_config = "num_hidden_layers"
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.model_type not in DECODER_TYPES:
+            raise ModelConfigError(f"config model_type {config.model_type!r}: expected one of {', '.join(DECODER_TYPES)}")
+        groups, heads = config.num_key_value_heads, config.num_attention_heads
+        if heads % groups:
+            raise ModelConfigError(f"config num_attention_heads {heads} is not a multiple of num_key_value_heads {groups}")
+        types = set(getattr(config, "layer_types", None) or ())
+        if config.model_type in ("qwen2", "qwen3") and getattr(config, "use_sliding_window", False) and len(types) > 1:
+            raise ModelConfigError("config use_sliding_window with mixed layer_types: per-layer sliding windows are "
+                                   "not supported")
+        config.head_unit = head_unit(config)
+        widths = self.prepare_config(config)
+        g = heads // groups
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        layers = []
+        for units, neurons in zip(widths["head"], widths["neuron"], strict=True):
+            query, kv = (units * g, units) if config.head_unit == "group" else (units * groups, groups)
+            layers.append(SparseDecoderLayer(config, query, kv, neurons))
+        self.layers = nn.ModuleList(layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = _rotary(config)
+        self.current_sparsity = config.sparsity
+        self.post_init()
+
+    @classmethod
+    def unit_row_counts(cls, config) -> dict[str, int]:
+        """One head row and one neuron row per layer."""
+        return {"head": config.num_hidden_layers, "neuron": config.num_hidden_layers}
+
+    @classmethod
+    def full_units(cls, config) -> dict[str, int]:
+        """KV groups (``"group"``) or query heads per group (``"query"``) per layer, and FFN channels."""
+        groups = config.num_key_value_heads
+        units = groups if head_unit(config) == "group" else config.num_attention_heads // groups
+        return {"head": units, "neuron": config.intermediate_size}
+
+    @classmethod
+    def full_mask_entries(cls, config) -> dict[str, int]:
+        """A head mask has one entry per query head."""
+        return {"head": config.num_attention_heads, "neuron": config.intermediate_size}
+
+    def set_head_unit(self, unit: str) -> None:
+        """Choose what a head unit is (``"group"`` or ``"query"``) on the full, unpruned model.
+
+        Raises:
+            ValueError: for another unit name, or a model already sliced or pruned.
+        """
+        if unit not in HEAD_UNITS:
+            raise ValueError(f"head unit {unit!r}: expected one of {', '.join(HEAD_UNITS)}")
+        if self.config.sparsity != 0 or self.current_sparsity != 0:
+            raise ValueError("the head unit can be changed only on the full, unpruned model")
+        self.config.head_unit = unit
+        for block in self.blocks("head"):
+            block.set_head_unit(unit)
+
+    def _keep_layers(self, num_layers: int) -> None:
+        self.layers = self.layers[:num_layers]
+        if getattr(self.config, "layer_types", None):
+            self.config.layer_types = self.config.layer_types[:num_layers]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _attention_mask(self, attention_mask, length: int, device) -> torch.Tensor | None:
+        """``[B, 1, T, T]`` bool: key at or before the query (within the sliding window), and real; a token
+        always sees itself, so padding rows stay finite. None for unpadded inputs without a window."""
+        window = getattr(self.config, "sliding_window", None)
+        use_window = window is not None and getattr(self.config, "use_sliding_window", True) and length > window
+        if (attention_mask is None or bool(attention_mask.all())) and not use_window:
+            return None
+        positions = torch.arange(length, device=device)
+        allowed = positions[None, :] <= positions[:, None]
+        if use_window:
+            allowed = allowed & (positions[:, None] - positions[None, :] < window)
+        allowed = allowed[None, None]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask.bool()[:, None, None, :]
+        return allowed | torch.eye(length, dtype=torch.bool, device=device)
+
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The token embeddings ``[B, T, d]``; pass back as ``forward(..., embedding_output=...)``."""
+        return self.embed_tokens(input_ids)
+
+    def forward(self, input_ids, attention_mask=None, head_mask=None, neuron_mask=None, embedding_output=None):
+        self.check_masks(head_mask=head_mask, neuron_mask=neuron_mask)
+        hidden = self.embed_tokens(input_ids) if embedding_output is None else embedding_output
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        else:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.rotary_emb(hidden, positions)
+        mask = self._attention_mask(attention_mask, length, input_ids.device)
+        states = [hidden]
+        for i, layer in enumerate(self.layers):
+            hidden = layer(hidden, cos, sin, mask, None if head_mask is None else head_mask[i],
+                           None if neuron_mask is None else neuron_mask[i])
+            states.append(hidden)
+        states[-1] = self.norm(hidden)
+        if attention_mask is not None:
+            keep = attention_mask.bool()[:, :, None]
+            states = [torch.where(keep, state, torch.zeros((), dtype=state.dtype)) for state in states]
+        return tuple(states)
+
+    def training_cost(self, seq_len: int) -> dict[str, int]:
+        """Per layer and token: Q/K/V/O and SwiGLU projections, attention over ``seq_len`` keys (the whole
+        square, as a masked kernel computes it); kept for backward: 4 stream tensors, Q, K, V, the
+        context, and the gate, up, activation and product of the FFN."""
+        cost = {"forward_flops": 0, "stream_elements": 0, "projection_elements": 0}
+        for layer in self.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            cost["forward_flops"] += (attention.projection_flops(seq_len) + mlp.projection_flops(seq_len)
+                                      + attention.attention_flops(seq_len, seq_len))
+            cost["stream_elements"] += 4 * self.config.hidden_size * seq_len
+            kv = attention.kept_kv_heads * attention.head_dim
+            cost["projection_elements"] += (2 * attention.kept_width + 2 * kv + 4 * mlp.kept) * seq_len
+        return cost
+
+
+class _SparseDecoderTaskModel(PrunableTaskModel, SparseDecoderPreTrainedModel):
+    """Shared part of the decoder task models: the ``model`` decoder (whose verbs they expose) and one forward."""
+
+    base_model_class = SparseDecoderModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = SparseDecoderModel(config)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def set_head_unit(self, unit: str) -> None:
+        """Choose the head unit; see :meth:`SparseDecoderModel.set_head_unit`."""
+        self.model.set_head_unit(unit)
+
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.model.embed(input_ids)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, head_mask=None,
+                neuron_mask=None, embedding_output=None) -> TaskOutput:
+        """``input_ids [B, T]`` (``token_type_ids`` is accepted and unused) -> :class:`TaskOutput`;
+        ``head_mask [L, num_attention_heads]`` (one entry per query head), ``neuron_mask [L, I]``."""
+        states = self.model(input_ids, attention_mask, head_mask, neuron_mask, embedding_output)
+        logits = self.logits_from(states, attention_mask)
+        loss = None if labels is None else self.task_loss(logits, labels)
+        return TaskOutput(logits=logits, hidden_states=states, loss=loss)
+
+
+class SparseDecoderCls(_SparseDecoderTaskModel):
+    """Sequence classification or regression from the last real token: ``score`` (Linear, no bias), as HF's
+    ``*ForSequenceClassification``."""
+
+    data_type = "decoder_cls"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        last = states[-1]
+        if attention_mask is None:
+            index = torch.full((last.shape[0],), last.shape[1] - 1, device=last.device)
+        else:
+            positions = torch.arange(last.shape[1], device=last.device)
+            index = (attention_mask.long() * positions).argmax(-1)
+        return self.score(last[torch.arange(last.shape[0], device=last.device), index])
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sequence_loss(logits, labels)
+
+
+class SparseDecoderNer(_SparseDecoderTaskModel):
+    """Token tagging: ``dropout`` then ``score`` (Linear) on every token, as HF's ``*ForTokenClassification``."""
+
+    data_type = "decoder_ner"
+
+    def __init__(self, config):
+        super().__init__(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        return self.score(self.dropout(states[-1]))
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return token_loss(logits, labels)
