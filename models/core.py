@@ -33,6 +33,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .sparsity_map import UNITS, ModelConfigError, normalize_sparsity_map, truncate_sparsity_map
 
@@ -463,6 +464,19 @@ class PrunableModel:
         """The number of layers (the config field ``depth_config``)."""
         return getattr(self.config, self.depth_config)
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each layer's activations in backward instead of keeping them (non-reentrant
+        ``torch.utils.checkpoint``, RNG state preserved, so dropout draws the same masks). The widths a
+        layer reads are module state set before the forward; a sandwich runs each width's backward
+        before the next ``sparsify``, so recomputation sees the width of its own pass."""
+        self.checkpoint_layers = enabled
+
+    def call_layer(self, layer, *args):
+        """``layer(*args)``, checkpointed in training when :meth:`set_gradient_checkpointing` is on."""
+        if getattr(self, "checkpoint_layers", False) and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     def prunable_parameter_counts(self) -> tuple[int, int]:
         """``(now, stored)`` parameter counts of the linears every block's units live in."""
         blocks = [block for kind in UNITS for block in self.blocks(kind)]
@@ -568,3 +582,7 @@ class PrunableTaskModel:
     def training_cost(self, seq_len: int) -> dict[str, int]:
         """FLOPs and saved activations per sequence; see :meth:`PrunableModel.training_cost`."""
         return self.base_model.training_cost(seq_len)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each layer in backward; see :meth:`PrunableModel.set_gradient_checkpointing`."""
+        self.base_model.set_gradient_checkpointing(enabled)

@@ -474,8 +474,8 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         mask = self._attention_mask(attention_mask, length, input_ids.device)
         states = [hidden]
         for i, layer in enumerate(self.layers):
-            hidden = layer(hidden, cos, sin, mask, None if head_mask is None else head_mask[i],
-                           None if neuron_mask is None else neuron_mask[i])
+            hidden = self.call_layer(layer, hidden, cos, sin, mask, None if head_mask is None else head_mask[i],
+                                     None if neuron_mask is None else neuron_mask[i])
             states.append(hidden)
         states[-1] = self.norm(hidden)
         if attention_mask is not None:

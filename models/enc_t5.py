@@ -217,7 +217,10 @@ class T5FFNLayer(_Residual):
 
 
 class SparseT5Block(nn.Module):
-    """``layer[0]`` self-attention, ``layer[1]`` cross-attention (decoder only), ``layer[-1]`` FFN."""
+    """``layer[0]`` self-attention, ``layer[1]`` cross-attention (decoder only), ``layer[-1]`` FFN.
+
+    ``forward`` runs an encoder block: ``(x, bias, mask, head_mask row, neuron_mask row) -> x``.
+    """
 
     def __init__(self, config: T5Config, heads: Sequence[int], neurons: int, has_bias_table: bool):
         super().__init__()
@@ -226,6 +229,9 @@ class SparseT5Block(nn.Module):
             layers.append(T5CrossAttentionLayer(config, heads[1]))
         layers.append(T5FFNLayer(config, neurons))
         self.layer = nn.ModuleList(layers)
+
+    def forward(self, x, bias=None, mask=None, head_mask=None, neuron_mask=None) -> torch.Tensor:
+        return self.layer[-1](self.layer[0](x, bias, mask, head_mask), neuron_mask)
 
 
 class SparseT5Stack(nn.Module):
@@ -375,8 +381,8 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
         mask = _additive_mask(attention_mask, hidden.dtype)
         states = [hidden]
         for i, block in enumerate(self.encoder.block):
-            hidden = block.layer[0](hidden, bias, mask, None if head_mask is None else head_mask[i])
-            hidden = block.layer[-1](hidden, None if neuron_mask is None else neuron_mask[i])
+            hidden = self.call_layer(block, hidden, bias, mask, None if head_mask is None else head_mask[i],
+                                     None if neuron_mask is None else neuron_mask[i])
             states.append(hidden)
         states[-1] = self.encoder.dropout(self.encoder.final_layer_norm(hidden))
         if attention_mask is not None:

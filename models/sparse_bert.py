@@ -349,7 +349,8 @@ class SparseBertModel(PrunableModel, SparseBertPreTrainedModel):
             hidden = self.embeddings.dropout(embedding_output)
         hidden_states = [hidden]
         for i, layer in enumerate(self.layers):
-            hidden = layer(
+            hidden = self.call_layer(
+                layer,
                 hidden,
                 packing,
                 None if head_mask is None else head_mask[i],

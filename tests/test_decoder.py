@@ -172,7 +172,7 @@ def test_five_scripts_on_a_tiny_decoder(family, head_unit, make_sst2_task, tmp_p
     assert run_maxidisc.main(schedule_args(sparse, task, tmp_path / "maxi", "--layer_or_sparsity_path",
                                            "60,90S"))["model"]["sparsity"] == 90
     mini = run_minidisc.main(schedule_args(sparse, task, tmp_path / "mini", "--lam", "0.05", "--target_sparsity",
-                                           "90", "--max_steps", "3"))
+                                           "90", "--max_steps", "3", "--gradient_checkpointing"))
     assert mini["model"]["sparsity"] == 90
     student = SparseDecoderCls.from_pretrained(tmp_path / "kd" / "best")
     layer = student.model.layers[0].self_attn

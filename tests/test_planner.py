@@ -156,3 +156,12 @@ def test_llama_8b_plan(make_sst2_task, tmp_path, capsys):
     assert "7,504,932,864" in capsys.readouterr().out
     sizes = [row["total_parameters"] for row in plan["levels"]]
     assert sizes == sorted(sizes, reverse=True) and len(sizes) == len(DEFAULT_LEVELS)
+
+
+def test_gradient_checkpointing_shrinks_the_planned_activations(make_sst2_task, tmp_path):
+    base = schedule_args("t5-3b", make_sst2_task(), tmp_path / "never", "--dry_run")
+    plain = run_minidisc.main(base)["levels"][0]["memory_gib"]["bf16"]
+    checkpointed = run_minidisc.main(base + ["--gradient_checkpointing"])["levels"][0]["memory_gib"]["bf16"]
+    assert checkpointed["weights_grads_adamw"] == plain["weights_grads_adamw"]
+    # 24 layers: each keeps its input (4 kB a token in fp32, of its 114 kB), one layer keeps everything
+    assert plain["activations"] / 24 < checkpointed["activations"] < plain["activations"] / 8

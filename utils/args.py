@@ -123,6 +123,8 @@ class TrainingArguments:
     save_steps: int = arg(500, help="Write the resumable state every N optimizer steps (and at each epoch end).")
     selection_metric: str | None = arg(None, help="Dev metric that selects the best checkpoint (default: the task's).")
     group_by_length: bool = arg(False, help="Batch examples of similar length together (less padding, faster).")
+    gradient_checkpointing: bool = arg(False, help="Recompute each layer's activations in backward instead of "
+                                       "keeping them: less memory, about a third more compute.")
 
     def __post_init__(self):
         positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "num_grad_accum_steps",

@@ -89,6 +89,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         recover_model_dir(output_dir / BEST_DIR)  # a crash may have interrupted a swap of best/
     module = model.to(run.device)
     module.train()
+    module.set_gradient_checkpointing(args.gradient_checkpointing)
     if objective.needs_labels and not train_dataset.has_labels:
         raise ValueError("the training split has no gold labels, which this objective needs")
     # find_unused_parameters: a pruned width or a densified student may leave a layer with no heads

@@ -16,7 +16,7 @@ The model is built on the meta device (shapes only, no memory) from a saved mode
   frozen teacher (fp32, 4 bytes a parameter, when the script distils), and activations kept for
   backward at ``--per_device_train_batch_size`` × ``--max_length`` tokens (residual-stream tensors in
   fp32; projection outputs in the run's dtype; attention scores not stored, as with PyTorch's fused
-  SDPA kernels). "DDP" keeps a full copy on every device (how runs go today); "sharded" divides
+  SDPA kernels; with ``--gradient_checkpointing``, each layer's input plus one layer's activations). "DDP" keeps a full copy on every device (how runs go today); "sharded" divides
   weights, gradients, optimizer state and teacher by ``--dry_run_devices`` (what fully sharded
   data parallelism needs). Activation counts are an estimate for planning, not a measurement.
 
@@ -99,7 +99,8 @@ def build_on_meta(model_type: str, config: PretrainedConfig, num_labels: int):
         return get_model_class(model_type)(config)
 
 
-def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teacher_params: int | None) -> list[dict]:
+def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teacher_params: int | None,
+              checkpointing: bool = False) -> list[dict]:
     """One row per level: sizes, FLOPs and memory per device (see the module docstring)."""
     rows = []
     model.sparsify(model.config.sparsity)
@@ -120,6 +121,10 @@ def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teache
         teacher = 4 * teacher_params if teacher_params else 0
         for dtype, size in DTYPES.items():
             activations = batch_size * (4 * cost["stream_elements"] + size * cost["projection_elements"])
+            if checkpointing:
+                # each layer keeps only its input (a quarter of its stream tensors); one layer at a time
+                # holds everything while it is recomputed
+                activations = batch_size * 4 * cost["stream_elements"] // 4 + activations // max(model.depth, 1)
             row["memory_gib"][dtype] = {
                 "weights_grads_adamw": states / GIB, "teacher": teacher / GIB, "activations": activations / GIB,
                 "ddp": (states + teacher + activations) / GIB,
@@ -173,9 +178,11 @@ def dry_run(args, checkpoint: str, distils: bool, levels=None) -> dict:
     devices = args.run.dry_run_devices
     batch, seq_len = getattr(args, "training", None), args.data.max_length
     batch_size = batch.per_device_train_batch_size if batch is not None else 1
-    rows = plan_rows(model, levels, batch_size, seq_len, devices, teacher_params)
+    checkpointing = bool(getattr(batch, "gradient_checkpointing", False))
+    rows = plan_rows(model, levels, batch_size, seq_len, devices, teacher_params, checkpointing)
     header = (f"plan for {args.model.model_type} from {checkpoint} ({source}); batch {batch_size} x "
-              f"{seq_len} tokens per device; {devices} device(s)")
+              f"{seq_len} tokens per device; {devices} device(s)"
+              f"{'; activations with gradient checkpointing' if checkpointing else ''}")
     print(format_plan(header, rows, devices))
     return {"checkpoint": checkpoint, "model_type": args.model.model_type, "map": source, "devices": devices,
-            "batch_size": batch_size, "max_length": seq_len, "levels": rows}
+            "batch_size": batch_size, "max_length": seq_len, "gradient_checkpointing": checkpointing, "levels": rows}
