@@ -96,6 +96,9 @@ class Arguments:
     def __post_init__(self):
         self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path",
                                   dry_run=self.run.dry_run)
+        if self.run.fsdp:
+            raise ArgumentError("--fsdp: the importance pass runs unsharded on every process; leave --fsdp out "
+                                "for run_sparsification.py")
         if self.sparsify.head_unit and not hasattr(get_model_class(self.model.model_type), "set_head_unit"):
             raise ArgumentError(f"--head_unit {self.sparsify.head_unit}: {self.model.model_type} has no grouped-query "
                                 "attention (only decoder LLMs do); leave it out")

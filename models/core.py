@@ -276,6 +276,10 @@ class PrunableModel:
         """Drop every layer above the bottom ``num_layers`` (modules only; the verbs update the config)."""
         raise NotImplementedError
 
+    def layer_modules(self) -> list[nn.Module]:
+        """The transformer layers, each a unit of sharding and of activation checkpointing."""
+        raise NotImplementedError
+
     def training_cost(self, seq_len: int) -> dict[str, int]:
         """Per sequence of ``seq_len`` tokens at the current widths: ``forward_flops`` of the transformer
         blocks, and the elements a training step keeps for backward, split into ``stream_elements``
@@ -586,3 +590,7 @@ class PrunableTaskModel:
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer in backward; see :meth:`PrunableModel.set_gradient_checkpointing`."""
         self.base_model.set_gradient_checkpointing(enabled)
+
+    def layer_modules(self) -> list[nn.Module]:
+        """The transformer layers; see :meth:`PrunableModel.layer_modules`."""
+        return self.base_model.layer_modules()

@@ -436,6 +436,9 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         if getattr(self.config, "layer_types", None):
             self.config.layer_types = self.config.layer_types[:num_layers]
 
+    def layer_modules(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 

@@ -300,6 +300,13 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
     def _keep_layers(self, num_layers: int) -> None:
         self.encoder.block = self.encoder.block[:num_layers]
 
+    def layer_modules(self) -> list[nn.Module]:
+        """Each stack's position-bias table first (every block reads it, outside its owner's forward), then
+        the blocks."""
+        stacks = [self.encoder] + ([self.decoder] if self.has_decoder else [])
+        tables = [stack.block[0].layer[0].SelfAttention.relative_attention_bias for stack in stacks]
+        return tables + [block for stack in stacks for block in stack.block]
+
     def training_cost(self, seq_len: int) -> dict[str, int]:
         """Encoder blocks as BERT's layers (a gated FFN keeps 4 tensors of its width, a ReLU one 2); the
         decoder block runs on one position, except the cross-attention keys and values over every token."""

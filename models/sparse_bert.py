@@ -387,6 +387,9 @@ class SparseBertModel(PrunableModel, SparseBertPreTrainedModel):
     def _keep_layers(self, num_layers: int) -> None:
         self.encoder.layer = self.encoder.layer[:num_layers]
 
+    def layer_modules(self) -> list[nn.Module]:
+        return list(self.encoder.layer)
+
     def training_cost(self, seq_len: int) -> dict[str, int]:
         """Per layer and token: Q/K/V/output and FFN projections, attention over ``seq_len`` keys; kept
         for backward: 4 stream tensors (block inputs, LayerNorm inputs), Q, K, V, the context, and the

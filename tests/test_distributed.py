@@ -126,3 +126,46 @@ def test_token_task_fine_tuning_two_processes_equal_one(make_conll_task, make_te
         assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
     assert same_weights(tmp_path / "one" / "best", tmp_path / "two" / "best", atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["sparsebert_cls", "sparsedecoder_cls"])
+def test_fsdp_fine_tuning_two_processes_equal_one(model_type, make_sst2_task, make_teacher, tmp_path):
+    """FSDP2 on gloo (every layer sharded): losses, dev metrics and the saved best model of two processes
+    equal one process's with the same global batch; sentences of different lengths."""
+    data = make_sst2_task(n_train=32, n_dev=11, seed=4)
+    teacher = make_teacher(model_type=model_type, **({"sparsebert_cls": NO_DROPOUT}.get(model_type, {})))
+    base = ["--model_name_or_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data), "--max_length",
+            "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "4", "--per_device_eval_batch_size",
+            "4", "--do_train", "--use_cpu"]
+    launch("run_finetuning.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
+    launch("run_finetuning.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4",
+                                        "--fsdp"], 2)
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [2, 4]
+    for a, b in zip(one, two, strict=True):
+        assert a["metrics"] == b["metrics"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+    assert same_weights(tmp_path / "one" / "best", tmp_path / "two" / "best", atol=1e-5)
+    assert not (tmp_path / "two" / "checkpoint").exists()
+    assert "sharded with FSDP2 over 2 processes" in (tmp_path / "two" / "log.txt").read_text()
+
+
+def test_fsdp_minidisc_two_processes_equal_one(make_sst2_task, make_teacher, tmp_path):
+    """A MiniDisc iteration (sandwich of four widths, teacher and student sharded) on a tiny decoder."""
+    data = make_sst2_task(n_train=16, n_dev=11, seed=4)
+    teacher = make_teacher(levels=(0, 50, 60, 90), model_type="sparsedecoder_cls")
+    base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data),
+            "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",
+            "--target_iteration", "1", "--export_all", "--do_train", "--use_cpu"]
+    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
+    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4",
+                                      "--fsdp"], 2)
+    one = read_jsonl(tmp_path / "one" / "iter_1" / "metrics.jsonl")
+    two = read_jsonl(tmp_path / "two" / "iter_1" / "metrics.jsonl")
+    assert one[-1]["sparsities"] == two[-1]["sparsities"]
+    assert one[-1]["train_loss"] == pytest.approx(two[-1]["train_loss"], abs=1e-5)
+    assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best", atol=1e-5)
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "SparseDecoderCls sharded with FSDP2" in log and log.count("sharded with FSDP2") >= 2  # and the teacher
+    for export in (tmp_path / "one" / "iter_1" / "export").iterdir():
+        assert same_weights(export, tmp_path / "two" / "iter_1" / "export" / export.name, atol=1e-5)

@@ -3,6 +3,7 @@ that tell the loop which evaluation is the best so far and which model to save f
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from utils.batches import to_device
 from utils.metrics import compute_metrics
+from utils.sharding import is_sharded
 
 
 def unwrap(model):
@@ -40,8 +42,19 @@ def collect_outputs(model, dataset, batch_size: int, run, desc: str = "eval") ->
     shard.sort(key=lambda i: dataset.lengths[i])
     outputs: dict[int, torch.Tensor] = {}
     batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    if is_sharded(module) and len(dataset):
+        # A sharded forward is a collective: every rank runs as many batches as rank 0 (the largest
+        # shard); the extra ones score one example again and are not kept.
+        extra = math.ceil(len(range(0, len(dataset), run.world_size)) / batch_size) - len(batches)
+        batches += [None] * extra
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     for indices in tqdm(batches, desc=desc, leave=False, disable=quiet(run)):
+        if indices is None:
+            filler = to_device(dataset.collate_fn([dataset[0]]), run.device)
+            with autocast:
+                module(input_ids=filler["input_ids"], attention_mask=filler["attention_mask"],
+                       token_type_ids=filler["token_type_ids"])
+            continue
         batch = to_device(dataset.collate_fn([dataset[i] for i in indices]), run.device)
         with autocast:
             logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

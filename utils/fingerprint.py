@@ -25,11 +25,11 @@ from utils.errors import SettingsMismatch
 # training, how often it saves (resuming is exact), the evaluation batch (each example is scored
 # on its own real tokens), the device choice and launcher plumbing, and where MaxiDisc looks for
 # stages to reuse (a reused stage is checked by its own key), the planner's flags (a dry run trains nothing),
-# and activation checkpointing (recomputation gives the same values).
+# activation checkpointing (recomputation gives the same values) and sharding (N processes train as one).
 NOT_SETTINGS = frozenset({
     "output_dir", "overwrite_output_dir", "do_train", "do_test", "do_infer", "eval_model_path",
     "per_device_eval_batch_size", "save_steps", "use_cpu", "local_rank", "model_suffix", "reuse_dir",
-    "dry_run", "dry_run_devices", "gradient_checkpointing",
+    "dry_run", "dry_run_devices", "gradient_checkpointing", "fsdp",
 })
 # Flags naming a model a run starts from: recorded by the content of its files, not its path.
 MODEL_FLAGS = ("model_name_or_path", "teacher_model_path", "layer_or_sparsity")

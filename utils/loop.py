@@ -43,6 +43,7 @@ from utils.errors import RunError
 from utils.evaluation import Selector, quiet
 from utils.fingerprint import check_settings
 from utils.run import set_seed
+from utils.sharding import gathered, is_sharded, shard
 from utils.step import backward_batch, build_optimizer, optimizer_step, plan_steps
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     Args:
         args: the training arguments (:class:`utils.args.TrainingArguments`).
         run: the :class:`utils.run.Run` (device, ranks, precision, seed, settings).
-        model: the model to train (bare module; wrapped in DDP here when distributed).
+        model: the model to train (bare module; wrapped in DDP here when distributed, or sharded in
+            place with the objective's teacher under ``--fsdp``).
         train_dataset: an encoded dataset with ``lengths`` and ``collate_fn``.
         objective: how a batch becomes losses (one backward per pass).
         selector: evaluation and best-model rule.
@@ -89,14 +91,20 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         recover_model_dir(output_dir / BEST_DIR)  # a crash may have interrupted a swap of best/
     module = model.to(run.device)
     module.train()
-    module.set_gradient_checkpointing(args.gradient_checkpointing)
     if objective.needs_labels and not train_dataset.has_labels:
         raise ValueError("the training split has no gold labels, which this objective needs")
-    # find_unused_parameters: a pruned width or a densified student may leave a layer with no heads
-    # or no neurons, whose weights then take no part in that forward pass.
-    ddp_model = (DistributedDataParallel(module, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
-                                         find_unused_parameters=True)
-                 if run.distributed else module)
+    module.set_gradient_checkpointing(args.gradient_checkpointing)
+    if run.fsdp:
+        for model_to_shard in [module, *objective.frozen_models()]:
+            if not is_sharded(model_to_shard):
+                shard(model_to_shard, run)
+        ddp_model = module
+    else:
+        # find_unused_parameters: a pruned width or a densified student may leave a layer with no heads
+        # or no neurons, whose weights then take no part in that forward pass.
+        ddp_model = (DistributedDataParallel(module, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
+                                             find_unused_parameters=True)
+                     if run.distributed else module)
 
     sampler = EpochBatches(train_dataset.lengths, args.per_device_train_batch_size, run.seed, run.rank,
                            run.world_size, args.group_by_length)
@@ -146,6 +154,8 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         logger.info("best/ was saved at step %d after the last checkpoint: keeping it as the best", newer["step"])
 
     def checkpoint():
+        if run.fsdp:
+            return  # sharded runs write no resumable state yet (see utils.sharding)
         save_state(output_dir / STATE_DIR, module, optimizer, scheduler, scaler, state, selector, losses, run,
                    settings, {"best_record": best_record})
 
@@ -163,8 +173,9 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             state.best_score, state.best_step = record["score"], state.step
             best_record = entry
             selector.accept(entry)
+            plain = gathered(module) if run.fsdp else module  # every rank takes part in gathering
             if run.is_main:
-                save_model_atomic(selector.model_to_save(module), tokenizer, output_dir / BEST_DIR,
+                save_model_atomic(selector.model_to_save(plain), tokenizer, output_dir / BEST_DIR,
                                   {SELECTION_FILE: entry})
             run.barrier()
         logger.info("step %d/%d: score %.4f%s (best %.4f at step %d)", state.step, total_steps, record["score"],
@@ -189,7 +200,8 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             group_size = min(accum, len(batches) - group_start)
             last_micro = position == group_start + group_size - 1
             step_loss += backward_batch(objective, ddp_model, module, batch, group_size, sync=last_micro,
-                                        autocast=autocast, scaler=scaler, distributed=run.distributed)
+                                        autocast=autocast, scaler=scaler, distributed=run.distributed,
+                                        sharded=run.fsdp)
             state.examples_seen += len(batches[position]) * run.world_size
             state.batch_in_epoch = position + 1
             if not last_micro:

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from utils.sharding import is_sharded
+
 OBJECTIVES = ("ft", "kd", "hidden_kd")
 
 
@@ -153,6 +155,10 @@ class Objective:
     def finish(self, module) -> None:
         """Restore anything the passes changed on the model (e.g. its sparsity)."""
 
+    def frozen_models(self) -> list:
+        """Models the objective runs but does not train (a teacher), to shard alongside the student."""
+        return []
+
 
 class TaskObjective(Objective):
     """Fine-tuning: the task loss against gold labels."""
@@ -179,6 +185,9 @@ class DistillObjective(Objective):
         self.needs_labels = kind == "kd"
         self._teacher_out = None
         self._teacher_states = {}
+
+    def frozen_models(self):
+        return [self.teacher]
 
     @torch.no_grad()
     def prepare(self, batch):
@@ -239,6 +248,9 @@ class SandwichObjective(Objective):
         self.base.prepare(batch)
         self._embedded = self._detached = None
 
+    def frozen_models(self):
+        return self.base.frozen_models()
+
     def loss(self, model, module, batch, pass_index):
         module.sparsify(self.sparsities[pass_index])
         embedding_output = self._shared_embeddings(module, batch, pass_index)
@@ -246,8 +258,8 @@ class SandwichObjective(Objective):
 
     def _shared_embeddings(self, module, batch, pass_index):
         """Pass ``pass_index``'s embedding output: a detached leaf before the last pass, the real one then."""
-        if self.num_passes == 1:
-            return None
+        if self.num_passes == 1 or is_sharded(module):
+            return None  # sharded: the embeddings are gathered only inside the model's forward
         if pass_index == 0:
             self._embedded = module.embed(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             self._detached = self._embedded.detach().requires_grad_()

@@ -48,6 +48,7 @@ class Run:
         device: the device of this process.
         rank, world_size, local_rank: torch.distributed coordinates (0, 1, 0 when single-process).
         amp_dtype: ``torch.float16``/``torch.bfloat16`` under mixed precision, else None.
+        fsdp: whether models are sharded across the processes (``--fsdp`` with several of them).
         resume: True when ``checkpoint/`` was found and training continues from it.
         seed: the run's seed (data order, initialisation, dropout).
         settings: what the run's results depend on (:func:`utils.fingerprint.run_settings`).
@@ -59,6 +60,7 @@ class Run:
     world_size: int = 1
     local_rank: int = 0
     amp_dtype: torch.dtype | None = None
+    fsdp: bool = False
     resume: bool = False
     seed: int = 0
     settings: dict | None = None
@@ -235,7 +237,10 @@ def start_run(args, script: str, resumable: bool = True, training: bool = True) 
         resume, settings = shared
     setup_logging(output_dir, rank == 0)
     run = Run(output_dir=output_dir, device=device, rank=rank, world_size=world_size, local_rank=local_rank,
-              amp_dtype=amp_dtype, resume=resume, seed=options.seed, settings=settings)
+              amp_dtype=amp_dtype, resume=resume, seed=options.seed, settings=settings,
+              fsdp=options.fsdp and world_size > 1)
+    if options.fsdp and world_size == 1:
+        logger.warning("--fsdp with one process: nothing to shard, the model is trained as it is")
     set_seed(options.seed)
     record = {
         "script": script,

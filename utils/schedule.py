@@ -11,6 +11,7 @@ from pathlib import Path
 
 from utils.checkpoint import save_model_atomic
 from utils.evaluation import Selector, evaluate, unwrap
+from utils.sharding import gathered, is_sharded
 from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ class SandwichSelector(Selector):
             choice, score = select_assistant(self.performance, self.lam, self.low, self.target)
         else:
             choice, score = self.target, self.performance[self.target]
-        if self.export_dir is not None and self.run.is_main:
-            for s in improved:
-                save_model_atomic(self._densified(module, s), self.tokenizer, self.export_dir / f"{s}S",
+        if self.export_dir is not None and improved:
+            source = gathered(module) if is_sharded(module) else module  # every rank takes part in gathering
+            for s in improved if self.run.is_main else ():
+                save_model_atomic(self._densified(source, s), self.tokenizer, self.export_dir / f"{s}S",
                                   {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}})
         module.sparsify(self.rest_sparsity)
         return {

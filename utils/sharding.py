@@ -1,0 +1,79 @@
+"""``--fsdp``: the student (and the teacher) sharded with PyTorch's FSDP2 across the processes of a run.
+
+:func:`shard` applies ``torch.distributed.fsdp.fully_shard`` to every transformer layer of a model (its
+family's ``layer_modules()``) and then to the model itself, with a mixed-precision policy under
+``--use_bf16``/``--use_fp16`` (parameters gathered in that dtype, gradients reduced in fp32). Inside a
+layer's forward the gathered parameters are ordinary tensors, so the sliced widths of the sandwich
+work unchanged; :func:`pass_context` keeps the parameters gathered and the gradients local until the
+last pass of a step, so a sandwich step gathers and reduces once, not once per width.
+
+Saving goes through :func:`gathered`: every process takes part in assembling the full state dict,
+and rank 0 gets a plain (unsharded, CPU) copy of the model at its current width, which it saves
+exactly as a single-process run does. Sharded runs do not write a resumable state yet: an
+interrupted ``--fsdp`` run starts again from the beginning.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def is_sharded(model) -> bool:
+    """Whether ``model`` was sharded by :func:`shard`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard(model, run):
+    """Shard ``model`` in place: each of its ``layer_modules()``, then the root (FSDP2); returns it."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=run.amp_dtype, reduce_dtype=torch.float32) if run.amp_dtype else None
+    options = {"mp_policy": policy} if policy is not None else {}
+    layers = model.layer_modules()
+    for layer in layers:
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+    logger.info("%s sharded with FSDP2 over %d processes (%d layer units and the root)", type(model).__name__,
+                run.world_size, len(layers))
+    return model
+
+
+@contextmanager
+def pass_context(model, last: bool):
+    """One forward/backward pass of a step: before the last, parameters stay gathered after backward and
+    gradients are not reduced; the last pass reduces the step's gradients once and reshards."""
+    model.set_requires_gradient_sync(last)
+    model.set_reshard_after_backward(last)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+        model.set_reshard_after_backward(True)
+
+
+def gathered(model):
+    """A plain copy of the sharded ``model`` on rank 0 (at its current width), None on the other ranks.
+
+    A collective: every process must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # the class before sharding
+    plain = cls(copy.deepcopy(model.config))
+    plain.load_state_dict(state)
+    plain.sparsify(model.current_sparsity)
+    return plain.train(model.training)
