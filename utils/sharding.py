@@ -5,7 +5,7 @@ family's ``layer_modules()``) and then to the model itself, with a mixed-precisi
 ``--use_bf16``/``--use_fp16`` (parameters gathered in that dtype, gradients reduced in fp32). Inside a
 layer's forward the gathered parameters are ordinary tensors, so the sliced widths of the sandwich
 work unchanged; :func:`pass_context` keeps the parameters gathered and the gradients local until the
-last pass of a step, so a sandwich step gathers and reduces once, not once per width.
+last pass of a step, so a sandwich step gathers and reduces each layer once, not once per width.
 
 Saving goes through :func:`gathered`: every process takes part in assembling the full state dict,
 and rank 0 gets a plain (unsharded, CPU) copy of the model at its current width, which it saves
@@ -49,13 +49,17 @@ def shard(model, run):
 
 @contextmanager
 def pass_context(model, last: bool):
-    """One forward/backward pass of a step: before the last, parameters stay gathered after backward and
-    gradients are not reduced; the last pass reduces the step's gradients once and reshards."""
+    """One forward/backward pass of a step. Every layer stays gathered from its first forward of the step
+    to the step's last backward, which reshards it, and gradients are reduced by the last pass only: a
+    sandwich step gathers and reduces each layer once, however many widths it trains (the price: a
+    step holds the gathered parameters of every layer, as an unsharded model would)."""
+    model.set_reshard_after_forward(False)
     model.set_requires_gradient_sync(last)
     model.set_reshard_after_backward(last)
     try:
         yield
     finally:
+        model.set_reshard_after_forward(True)
         model.set_requires_gradient_sync(True)
         model.set_reshard_after_backward(True)
 
