@@ -173,11 +173,14 @@ def test_fsdp_minidisc_two_processes_equal_one(make_sst2_task, make_teacher, tmp
 
 def test_fsdp_sandwich_gathers_and_reduces_once_per_step():
     """Collectives of one FSDP2 sandwich step (tiny BERT, 4 layer units and the root, 2 processes): the same
-    number with four widths as with one."""
+    number with four widths as with two."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(REPO_ROOT / "tests" / "distributed" / "fsdp_collectives.py")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
-    assert counts["1"] == counts["4"] == {"all_gather": 5, "reduce_scatter": 5}
+    # a sandwich gathers every unit once (4 layers and the root) and reduces once, for 2 widths as for 4
+    assert counts["2"] == counts["4"] == {"all_gather": 5, "reduce_scatter": 5}
+    # a single pass reshards after forward, as FSDP2 does by default, and gathers again in backward
+    assert counts["1"]["reduce_scatter"] == 5 and counts["1"]["all_gather"] > 5

@@ -48,14 +48,16 @@ def shard(model, run):
 
 
 @contextmanager
-def pass_context(model, last: bool):
-    """One forward/backward pass of a step. Every layer stays gathered from its first forward of the step
-    to the step's last backward, which reshards it, and gradients are reduced by the last pass only: a
-    sandwich step gathers and reduces each layer once, however many widths it trains (the price: a
-    step holds the gathered parameters of every layer, as an unsharded model would)."""
-    model.set_reshard_after_forward(False)
+def pass_context(model, last: bool, several: bool = True):
+    """One forward/backward pass of a step; ``last``: the step's last, ``several``: the step has more than
+    one (a sandwich). Gradients are reduced by the last pass only. In a sandwich every layer also stays
+    gathered from its first forward of the step to the step's last backward, which reshards it, so a
+    step gathers and reduces each layer once however many widths it trains (the price: during the
+    step the gathered parameters of every layer are held, as in an unsharded model). A single pass
+    reshards after forward as FSDP2 does by default."""
+    model.set_reshard_after_forward(not several)
     model.set_requires_gradient_sync(last)
-    model.set_reshard_after_backward(last)
+    model.set_reshard_after_backward(last or not several)
     try:
         yield
     finally:

@@ -51,7 +51,7 @@ def backward_batch(objective, model, module, batch: dict, group_size: int = 1, s
     for p in range(objective.num_passes):
         last = sync and p == objective.num_passes - 1
         if sharded:
-            context = pass_context(module, last)
+            context = pass_context(module, last, several=objective.num_passes > 1)
         else:
             context = model.no_sync() if distributed and not last else nullcontext()
         with context:

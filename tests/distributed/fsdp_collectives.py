@@ -1,5 +1,5 @@
-"""Run under torchrun by ``tests/test_distributed.py``: the collectives FSDP2 issues in one sandwich step of
-one width and of four widths, counted with the profiler; rank 0 prints them as JSON."""
+"""Run under torchrun by ``tests/test_distributed.py``: the collectives FSDP2 issues in one step of one
+width, of a sandwich of two and of four widths, counted with the profiler; rank 0 prints them as JSON."""
 
 import json
 
@@ -22,11 +22,11 @@ def main() -> None:
     batch = {k: v[rank::world] for k, v in padded_batch(torch.Generator().manual_seed(2), 4, 10, {1: 6}).items()}
     labels = torch.tensor([0, 2, 1, 1])[rank::world]
     counts = {}
-    for widths in ([0], [90, 60, 30, 0]):
+    for widths in ([0], [60, 0], [90, 60, 30, 0]):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for i, level in enumerate(widths):
                 model.sparsify(level)
-                with pass_context(model, i == len(widths) - 1):
+                with pass_context(model, i == len(widths) - 1, several=len(widths) > 1):
                     model(**batch, labels=labels).loss.backward()
         events = [e.name for e in prof.events()]
         counts[len(widths)] = {"all_gather": events.count("c10d::_allgather_base_"),
