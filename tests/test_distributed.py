@@ -184,3 +184,33 @@ def test_fsdp_sandwich_gathers_and_reduces_once_per_step():
     assert counts["2"] == counts["4"] == {"all_gather": 5, "reduce_scatter": 5}
     # a single pass reshards after forward, as FSDP2 does by default, and gathers again in backward
     assert counts["1"]["reduce_scatter"] == 5 and counts["1"]["all_gather"] > 5
+
+
+def test_fsdp_resume_equals_uninterrupted(make_sst2_task, make_teacher, tmp_path):
+    """A sharded run killed in its second epoch resumes from its sharded state (torch.distributed.checkpoint)
+    and ends as the uninterrupted sharded run does."""
+    data = make_sst2_task(n_train=32, n_dev=11, seed=4)
+    teacher = make_teacher(model_type="sparsedecoder_cls")
+    base = ["--model_name_or_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data), "--max_length",
+            "16", "--learning_rate", "1e-3", "--log_interval", "2", "--num_train_epochs", "2", "--save_steps", "2",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--do_train", "--use_cpu",
+            "--fsdp"]
+    launch("run_finetuning.py", base + ["--output_dir", str(tmp_path / "whole")], 2)
+    interrupted = base + ["--output_dir", str(tmp_path / "resumed")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(REPO_ROOT / "tests" / "distributed" / "crashing_run.py"), "3",
+           *interrupted]
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert crashed.returncode != 0
+    state = tmp_path / "resumed" / "checkpoint"
+    assert [p.name for p in state.glob("sharded-step-*")] == ["sharded-step-6"]
+    launch("run_finetuning.py", interrupted, 2)
+    assert "resumed from step 6" in (tmp_path / "resumed" / "log.txt").read_text()
+    whole, resumed = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in whole] == [r["step"] for r in resumed] == [2, 4, 6, 8]
+    for a, b in zip(whole, resumed, strict=True):
+        assert a["metrics"] == b["metrics"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+    assert same_weights(tmp_path / "whole" / "best", tmp_path / "resumed" / "best", atol=1e-6)
+    assert not state.exists()

@@ -174,3 +174,18 @@ def test_best_saved_after_the_last_checkpoint_is_what_the_results_describe(spars
     assert selection["step"] == 14
     assert (results["best_step"], results["best_score"]) == (14, 0.14)
     assert results["best_dev"] == selection["metrics"]
+
+
+def test_a_sharded_state_is_not_resumed_without_fsdp(sparse_teacher, sst2_task, tmp_path, capsys):
+    from utils.checkpoint import STATE_DIR, STATE_FILE
+    from utils.cli import cli
+
+    extra = ["--save_steps", "3", "--num_train_epochs", "2"]
+    with crashing_epochs(keep=5, when=lambda epoch, call: epoch == 1), pytest.raises(TypeError):
+        run_finetuning.main(finetune_args(sparse_teacher, sst2_task, tmp_path / "cut", *extra))
+    path = tmp_path / "cut" / STATE_DIR / STATE_FILE
+    saved = torch.load(path, weights_only=False)
+    saved["sharded"] = "sharded-step-10"  # as an --fsdp run writes it
+    torch.save(saved, path)
+    assert cli(run_finetuning.main, finetune_args(sparse_teacher, sst2_task, tmp_path / "cut", *extra)) == 2
+    assert "was saved with --fsdp: resume it the same way" in capsys.readouterr().err

@@ -48,8 +48,7 @@ class RunArguments:
     local_rank: int = arg(-1, help="Set by torch.distributed launchers; torchrun's LOCAL_RANK is used when present.")
     model_suffix: str = arg("none", help="Free-form label recorded in args.json (kept for the original scripts).")
     fsdp: bool = arg(False, help="Under torchrun, shard the student and the teacher across the processes with "
-                     "PyTorch's FSDP2 (one unit per transformer layer) instead of replicating them (DDP). Such runs "
-                     "write no resumable state yet.")
+                     "PyTorch's FSDP2 (one unit per transformer layer) instead of replicating them (DDP).")
     dry_run: bool = arg(False, help="Print the plan (sizes, training FLOPs, memory per device at every candidate "
                         "sparsity) from the model's config, built on the meta device, and exit; the model path may "
                         "be a published name such as t5-3b. Writes nothing.")

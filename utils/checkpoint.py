@@ -26,6 +26,7 @@ import torch.distributed as dist
 from utils.run import write_json_atomic
 
 BEST_DIR = "best"
+SHARDED_PREFIX = "sharded-step-"
 STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 SELECTION_FILE = "selection.json"
@@ -134,17 +135,47 @@ def save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopStat
         dist.all_gather_object(gathered, per_rank)
     else:
         gathered = [per_rank]
+    sharded = None
+    if run.fsdp and not state.finished:
+        # Sharded weights and optimizer state: each process writes its shards (torch.distributed.checkpoint)
+        # into a folder named by the step, which the state file below then points to.
+        sharded = f"{SHARDED_PREFIX}{state.step}"
+        save_sharded(path / sharded, module, optimizer)
     if not run.is_main:
         return
     path.mkdir(parents=True, exist_ok=True)
     payload = {"loop": asdict(state), "selector": selector.state_dict(), "ranks": gathered,
-               "settings": settings, "extra": extra}
+               "settings": settings, "extra": extra, "sharded": sharded}
     if not state.finished:
-        payload.update(model=module.state_dict(), optimizer=optimizer.state_dict(),
-                       scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+        payload.update(scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+        if sharded is None:
+            payload.update(model=module.state_dict(), optimizer=optimizer.state_dict())
     tmp = path / (STATE_FILE + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path / STATE_FILE)
+    for old in path.glob(f"{SHARDED_PREFIX}*"):
+        if old.name != sharded:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_sharded(path: Path, module, optimizer) -> None:
+    """Every process writes its shards of ``module`` (FSDP2) and ``optimizer`` into ``path``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(module, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(path))
+
+
+def load_sharded(path: Path, module, optimizer) -> None:
+    """Load what :func:`save_sharded` wrote into the sharded ``module`` and its ``optimizer``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(module, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def load_state(output_dir: Path) -> dict | None:

@@ -31,6 +31,7 @@ from utils.checkpoint import (
     LoopState,
     RunningMean,
     append_jsonl,
+    load_sharded,
     load_state,
     newer_best,
     recover_model_dir,
@@ -134,8 +135,14 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     if saved is not None:
         state = LoopState(**saved["loop"])
         if not state.finished:
-            module.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
+            if bool(saved.get("sharded")) != run.fsdp:
+                raise RunError(f"{output_dir / STATE_DIR} was saved {'with' if saved.get('sharded') else 'without'} "
+                               f"--fsdp: resume it the same way, or pass --overwrite_output_dir to start afresh")
+            if run.fsdp:
+                load_sharded(output_dir / STATE_DIR / saved["sharded"], module, optimizer)
+            else:
+                module.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             scaler.load_state_dict(saved["scaler"])
         selector.load_state_dict(saved["selector"])
@@ -154,8 +161,6 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         logger.info("best/ was saved at step %d after the last checkpoint: keeping it as the best", newer["step"])
 
     def checkpoint():
-        if run.fsdp:
-            return  # sharded runs write no resumable state yet (see utils.sharding)
         save_state(output_dir / STATE_DIR, module, optimizer, scheduler, scaler, state, selector, losses, run,
                    settings, {"best_record": best_record})
 

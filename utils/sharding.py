@@ -9,8 +9,8 @@ last pass of a step, so a sandwich step gathers and reduces each layer once, not
 
 Saving goes through :func:`gathered`: every process takes part in assembling the full state dict,
 and rank 0 gets a plain (unsharded, CPU) copy of the model at its current width, which it saves
-exactly as a single-process run does. Sharded runs do not write a resumable state yet: an
-interrupted ``--fsdp`` run starts again from the beginning.
+exactly as a single-process run does. The resumable state keeps the weights and optimizer state as
+shards (:func:`utils.checkpoint.save_sharded`).
 """
 
 from __future__ import annotations
