@@ -344,7 +344,7 @@ class SparseDecoderPreTrainedModel(PreTrainedModel):
         """As HF's, with the checkpoint's own config class (``LlamaConfig``, ``Qwen3Config``, ...) by default;
         extra keyword arguments that are config fields override them."""
         if config is None:
-            loading = {k: kwargs[k] for k in ("gguf_file", "revision", "cache_dir", "token") if k in kwargs}
+            loading = {k: kwargs.pop(k) for k in ("gguf_file", "revision", "cache_dir", "token") if k in kwargs}
             config, kwargs = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **loading, **kwargs)
             kwargs.update(loading)
         return super().from_pretrained(path, *args, config=config, **kwargs)

@@ -221,3 +221,5 @@ def test_the_real_smollm2_equals_hf_and_its_gguf_file_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(from_file.model(ids)[-1], hf(ids).last_hidden_state, atol=1e-4, rtol=1e-4)
     from_file.save_pretrained(tmp_path)  # dequantised on load: saves like any model
+    direct = SparseDecoderCls.from_pretrained(gguf.parent, gguf_file=gguf.name, num_labels=2)
+    assert direct.config.num_labels == 2 and direct.depth == 30
