@@ -43,6 +43,7 @@ from utils.importance import (
 from utils.model_io import check_model_task, load_model, load_tokenizer
 from utils.planner import dry_run
 from utils.run import end_run, start_run
+from utils.sharding import shard, unsharded
 from utils.students import describe_model
 from utils.task_data import load_split
 
@@ -96,16 +97,14 @@ class Arguments:
     def __post_init__(self):
         self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path",
                                   dry_run=self.run.dry_run)
-        if self.run.fsdp:
-            raise ArgumentError("--fsdp: the importance pass runs unsharded on every process; leave --fsdp out "
-                                "for run_sparsification.py")
         if self.sparsify.head_unit and not hasattr(get_model_class(self.model.model_type), "set_head_unit"):
             raise ArgumentError(f"--head_unit {self.sparsify.head_unit}: {self.model.model_type} has no grouped-query "
                                 "attention (only decoder LLMs do); leave it out")
 
 
 def score_importance(args, run, task, teacher, tokenizer) -> dict:
-    """Importance pass, per-layer normalisation and reorder; returns the scores in the new order."""
+    """Importance pass and per-row normalisation; returns the scores (in the model's order) and the orders
+    that put each row's most important units first."""
     options = args.sparsify
     if options.importance_split == "dev" and run.is_main:
         logger.warning("importance is scored on dev, which also selects checkpoints and assistants: dev-based "
@@ -114,8 +113,7 @@ def score_importance(args, run, task, teacher, tokenizer) -> dict:
     head, neuron = accumulate_importance(teacher, data, options.per_device_eval_batch_size, run)
     head, neuron = normalize_scores(head), normalize_scores(neuron)
     head_order, neuron_order = teacher.unit_orders("head", head), teacher.unit_orders("neuron", neuron)
-    teacher.reorder(head_order, neuron_order)
-    return {"head": head.gather(1, head_order), "neuron": neuron.gather(1, neuron_order),
+    return {"head": head, "neuron": neuron, "head_order": head_order, "neuron_order": neuron_order,
             "split": options.importance_split, "num_examples": len(data.examples)}
 
 
@@ -150,12 +148,22 @@ def main(argv=None) -> dict:
     dev = load_split(args.data, task, tokenizer, "dev", args.data.max_eval_samples)
     if options.head_unit:
         teacher.set_head_unit(options.head_unit)
+    if run.fsdp:
+        shard(teacher, run)
     teacher_dev = evaluate(teacher, dev, options.per_device_eval_batch_size, run, "dev (teacher)")
     started = time.time()
     if options.reuse_importance:
         scores = load_importance(options.teacher_model_path, teacher.mask_shape())
     else:
         scores = score_importance(args, run, task, teacher, tokenizer)
+    if run.fsdp:
+        # Sharded for the importance pass (its backward holds the activations); reordered, sliced for the
+        # pruning curve and saved as a plain model.
+        teacher = unsharded(teacher, run.device)
+    if not options.reuse_importance:
+        teacher.reorder(scores["head_order"], scores["neuron_order"])
+        scores["head"] = scores["head"].gather(1, scores["head_order"])
+        scores["neuron"] = scores["neuron"].gather(1, scores["neuron_order"])
     teacher.config.sparsity = 0
     teacher.config.sparsity_map = build_sparsity_map(
         teacher.unit_scores("head", scores["head"]), teacher.unit_scores("neuron", scores["neuron"]), levels,

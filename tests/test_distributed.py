@@ -216,3 +216,24 @@ def test_fsdp_resume_equals_uninterrupted(make_sst2_task, make_teacher, tmp_path
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
     assert same_weights(tmp_path / "whole" / "best", tmp_path / "resumed" / "best", atol=1e-6)
     assert not state.exists()
+
+
+@pytest.mark.parametrize("model_type", ["sparsebert_cls", "sparsedecoder_cls"])
+def test_fsdp_importance_pass_equals_the_unsharded_one(model_type, make_sst2_task, make_teacher, tmp_path):
+    """run_sparsification with --fsdp (the importance pass on the sharded teacher, 11 dev sentences over 2
+    processes: uneven shards) scores, reorders and maps as without it."""
+    data = make_sst2_task(n_train=16, n_dev=11, seed=4)
+    teacher = make_teacher(model_type=model_type, **({"sparsebert_cls": NO_DROPOUT}.get(model_type, {})))
+    base = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data), "--max_length",
+            "16", "--per_device_eval_batch_size", "4", "--neuron_multiple", "1", "--sparsities", "30,60,90",
+            "--use_cpu"]
+    launch("run_sparsification.py", base + ["--output_dir", str(tmp_path / "ddp")], 2)
+    launch("run_sparsification.py", base + ["--output_dir", str(tmp_path / "fsdp"), "--fsdp"], 2)
+    ddp, fsdp = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("ddp", "fsdp"))
+    assert fsdp["sparsity_map"] == ddp["sparsity_map"] and fsdp["teacher_dev"] == ddp["teacher_dev"]
+    assert [row["dev"] for row in fsdp["pruning_curve"]] == [row["dev"] for row in ddp["pruning_curve"]]
+    scores = [json.loads((tmp_path / name / "model" / "importance.json").read_text()) for name in ("ddp", "fsdp")]
+    for kind in ("head", "neuron"):
+        assert torch.allclose(torch.tensor(scores[0][kind]), torch.tensor(scores[1][kind]), atol=1e-6)
+    assert same_weights(tmp_path / "ddp" / "model", tmp_path / "fsdp" / "model", atol=1e-6)
+    assert "sharded with FSDP2 over 2 processes" in (tmp_path / "fsdp" / "log.txt").read_text()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from models.sparsity_map import SparsityMap
 from utils.errors import StageError
 from utils.run import write_json_atomic
+from utils.sharding import is_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -198,21 +200,32 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     neuron_scores = torch.zeros(shape_i, dtype=torch.float64, device=run.device)
     shard = list(range(run.rank, len(dataset), run.world_size))
     batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    if is_sharded(model) and len(dataset):
+        # A sharded forward is a collective: every rank runs as many batches as rank 0; the extra ones
+        # score one example again, and their gradients are not added.
+        batches += [None] * (math.ceil(len(range(0, len(dataset), run.world_size)) / batch_size) - len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     skipped = 0
     quiet = not (run.is_main and sys.stderr.isatty())
     for indices in tqdm(batches, desc="importance", leave=False, disable=quiet):
+        filler = indices is None
+        indices = [0] if filler else indices
         batch = {k: v.to(run.device) for k, v in dataset.collate_fn([dataset[i] for i in indices]).items()}
         with autocast:
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          token_type_ids=batch["token_type_ids"], labels=batch["labels"],
                          head_mask=head_mask, neuron_mask=neuron_mask).loss
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if not finite and not filler:
             # A token batch with no scored word gives a NaN mean; it carries no signal.
             skipped += 1
+        if not finite and not is_sharded(model):
             continue
-        # Gradients w.r.t. the masks only: the model's parameter .grad stay untouched.
+        # Gradients w.r.t. the masks only: the model's parameter .grad stay untouched. A sharded model
+        # runs every backward (a collective), then drops what carries no signal.
         head_grad, neuron_grad = torch.autograd.grad(loss.float(), (head_mask, neuron_mask))
+        if filler or not finite:
+            continue
         head_scores += head_grad.abs().double()
         neuron_scores += neuron_grad.abs().double()
     if skipped:

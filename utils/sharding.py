@@ -66,6 +66,23 @@ def pass_context(model, last: bool, several: bool = True):
         model.set_reshard_after_backward(True)
 
 
+def _plain_class(model) -> type:
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # the class before sharding
+
+
+def unsharded(model, device):
+    """A plain copy of the sharded ``model`` on every rank, on ``device`` (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    plain = _plain_class(model)(copy.deepcopy(model.config))
+    plain.load_state_dict({key: value.to("cpu") for key, value in state.items()})
+    plain.sparsify(model.current_sparsity)
+    return plain.to(device).train(model.training)
+
+
 def gathered(model):
     """A plain copy of the sharded ``model`` on rank 0 (at its current width), None on the other ranks.
 
@@ -76,10 +93,7 @@ def gathered(model):
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
-    from torch.distributed.fsdp import FSDPModule
-
-    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # the class before sharding
-    plain = cls(copy.deepcopy(model.config))
+    plain = _plain_class(model)(copy.deepcopy(model.config))
     plain.load_state_dict(state)
     plain.sparsify(model.current_sparsity)
     return plain.train(model.training)
