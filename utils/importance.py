@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 from models.sparsity_map import SparsityMap
 from utils.errors import StageError
 from utils.run import write_json_atomic
-from utils.sharding import is_sharded
+from utils.sharding import filler_batches, is_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +199,9 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     neuron_scores = torch.zeros(shape_i, dtype=torch.float64, device=run.device)
     shard = list(range(run.rank, len(dataset), run.world_size))
     batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-    if is_sharded(model) and len(dataset):
-        # A sharded forward is a collective: every rank runs as many batches as rank 0; the extra ones
-        # score one example again, and their gradients are not added.
-        batches += [None] * (math.ceil(len(range(0, len(dataset), run.world_size)) / batch_size) - len(batches))
+    if is_sharded(model):
+        # the extra batches score one example again, and their gradients are not added
+        batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     skipped = 0
     quiet = not (run.is_main and sys.stderr.isatty())

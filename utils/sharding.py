@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from contextlib import contextmanager
 
 import torch
@@ -66,10 +67,16 @@ def pass_context(model, last: bool, several: bool = True):
         model.set_reshard_after_backward(True)
 
 
-def _plain_class(model) -> type:
+def _plain_copy(model, state: dict):
+    """A plain (unsharded, CPU) model of ``model``'s class before sharding, holding the full ``state``, at
+    ``model``'s current width and mode."""
     from torch.distributed.fsdp import FSDPModule
 
-    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # the class before sharding
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # the class before sharding
+    plain = cls(copy.deepcopy(model.config))
+    plain.load_state_dict({key: value.to("cpu") for key, value in state.items()})
+    plain.sparsify(model.current_sparsity)
+    return plain.train(model.training)
 
 
 def unsharded(model, device):
@@ -77,10 +84,7 @@ def unsharded(model, device):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    plain = _plain_class(model)(copy.deepcopy(model.config))
-    plain.load_state_dict({key: value.to("cpu") for key, value in state.items()})
-    plain.sparsify(model.current_sparsity)
-    return plain.to(device).train(model.training)
+    return _plain_copy(model, state).to(device)
 
 
 def gathered(model):
@@ -91,9 +95,12 @@ def gathered(model):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if dist.get_rank() != 0:
-        return None
-    plain = _plain_class(model)(copy.deepcopy(model.config))
-    plain.load_state_dict(state)
-    plain.sparsify(model.current_sparsity)
-    return plain.train(model.training)
+    return _plain_copy(model, state) if dist.get_rank() == 0 else None
+
+
+def filler_batches(num_examples: int, world_size: int, batch_size: int, batches: int) -> int:
+    """How many extra batches a rank with ``batches`` of its own runs so that every rank runs as many as
+    rank 0 (the largest shard of ``num_examples``): a sharded forward is a collective."""
+    if not num_examples:
+        return 0
+    return math.ceil(len(range(0, num_examples, world_size)) / batch_size) - batches
