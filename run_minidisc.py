@@ -64,7 +64,8 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
         model = load_model(model_type, teacher_path)
         sparsities = [s for s in model.available_sparsities()
                       if s >= max(schedule_args.trunc_sparsity, teacher_sparsity)]
-        objective = SandwichObjective(distill, sparsities, rest_sparsity=teacher_sparsity)
+        objective = SandwichObjective(distill, sparsities, rest_sparsity=teacher_sparsity,
+                                      sample=schedule_args.sandwich_sample, seed=run.seed)
         selector = SandwichSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run,
                                     sparsities, rest_sparsity=teacher_sparsity, lam=schedule_args.lam,
                                     low=teacher_sparsity, target=schedule_args.target_sparsity,

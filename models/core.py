@@ -475,6 +475,18 @@ class PrunableModel:
         before the next ``sparsify``, so recomputation sees the width of its own pass."""
         self.checkpoint_layers = enabled
 
+    def compile_layers(self) -> None:
+        """``torch.compile`` every transformer layer, with dynamic shapes: one graph serves every sequence
+        length and token count, and (the widths being ints on the blocks, left unspecialised) every
+        width of a sandwich; a width of 0 or 1 still compiles its own graph. The first steps pay the
+        compilation; on CUDA the fused kernels pay it back, on the CPU see docs/runs.md."""
+        import torch._dynamo
+
+        torch._dynamo.config.allow_unspec_int_on_nn_module = True
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for layer in self.layer_modules():
+            layer.compile(dynamic=True)
+
     def call_layer(self, layer, *args):
         """``layer(*args)``, checkpointed in training when :meth:`set_gradient_checkpointing` is on."""
         if getattr(self, "checkpoint_layers", False) and self.training and torch.is_grad_enabled():
@@ -590,6 +602,10 @@ class PrunableTaskModel:
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer in backward; see :meth:`PrunableModel.set_gradient_checkpointing`."""
         self.base_model.set_gradient_checkpointing(enabled)
+
+    def compile_layers(self) -> None:
+        """Compile every transformer layer; see :meth:`PrunableModel.compile_layers`."""
+        self.base_model.compile_layers()
 
     def layer_modules(self) -> list[nn.Module]:
         """The transformer layers; see :meth:`PrunableModel.layer_modules`."""

@@ -58,7 +58,7 @@ class _ApplyKeepMask(torch.autograd.Function):
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Dropout ``[...] -> [...]`` with the mask of :func:`keep_mask` on the CPU in training; ``F.dropout`` elsewhere."""
-    if not training or not 0 < p < 1 or x.device.type != "cpu":
+    if not training or not 0 < p < 1 or x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     keep, scale = keep_mask(x.shape, p)
     return _ApplyKeepMask.apply(x, keep, scale)
@@ -78,7 +78,7 @@ def attention(q, k, v, attn_mask: torch.Tensor | None, dropout_p: float) -> torc
     falls back to its math path with ``bernoulli_``: there the same math runs here with the mask of
     :func:`keep_mask` on the attention probabilities.
     """
-    if dropout_p == 0.0 or q.device.type != "cpu":
+    if dropout_p == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
     if attn_mask is not None:

@@ -65,8 +65,9 @@ def test_minidisc_final_student_alone(args_for, tmp_path):
     assert results["model"]["sparsity"] == 90
 
 
-def test_minidisc_resumes_within_and_between_iterations(args_for, tmp_path):
-    args = ["--lam", "0", "--max_steps", "6", "--save_steps", "2"]
+@pytest.mark.parametrize("sample", [[], ["--sandwich_sample", "2"]], ids=["all-widths", "sampled"])
+def test_minidisc_resumes_within_and_between_iterations(args_for, tmp_path, sample):
+    args = ["--lam", "0", "--max_steps", "6", "--save_steps", "2", *sample]
     run_minidisc.main(args_for(tmp_path / "full", *args))
 
     # iteration 1 runs epochs 0-1 (3 batches each); die in iteration 2's second epoch
@@ -105,6 +106,41 @@ def test_sandwich_step_is_one_optimizer_step_over_every_width(args_for, tmp_path
     assert calls["steps"] == 1
     # one training step: each of the 7 sparsities once (sparsest first), back to full width; then the evaluation
     assert calls["sparsify"][:8] == [95, 90, 85, 80, 70, 60, 50, 0]
+
+
+def test_sampled_sandwich_trains_both_ends_and_k_others(args_for, tmp_path, monkeypatch):
+    from models import SparseBertCls
+
+    passes, original_sparsify = [], SparseBertCls.sparsify
+
+    def record(self, s):
+        passes.append(s)
+        return original_sparsify(self, s)
+
+    monkeypatch.setattr(SparseBertCls, "sparsify", record)
+    flags = ("--lam", "100", "--max_steps", "6", "--log_interval", "100", "--sandwich_sample", "2")
+    run_minidisc.main(args_for(tmp_path / "sampled", *flags))
+    steps = [passes[i:i + 5] for i in range(0, 30, 5)]
+    middles = [95, 90, 85, 80, 70, 60, 50][1:-1]
+    for step in steps:  # sparsest first, 2 distinct middle widths in order, least sparse last, then full width
+        assert step[0] == 95 and step[3] == 50 and step[4] == 0
+        assert step[1] > step[2] and {step[1], step[2]} <= set(middles)
+    assert len({tuple(step) for step in steps}) > 1  # drawn anew each step
+    first = list(passes)
+    passes.clear()
+    run_minidisc.main(args_for(tmp_path / "again", *flags))
+    assert passes[:30] == first[:30]  # the same seed draws the same widths
+
+
+def test_only_the_widths_a_choice_reads_are_evaluated(args_for, tmp_path):
+    out = tmp_path / "mini"
+    run_minidisc.main(args_for(out, "--lam", "0", "--max_steps", "3", "--target_sparsity", "85"))
+    first = read_jsonl(out / "iter_1" / "metrics.jsonl")[0]["sparsities"]
+    assert set(first) == {"50", "60", "70", "80", "85"}  # 90 and 95 are trained, never chosen
+    schedule = json.loads((out / "schedule.json").read_text())["iterations"]
+    assert schedule[0]["candidates"] == [50, 60, 70, 80, 85, 90, 95]
+    assert schedule[1]["evaluated"] == [85]
+    assert set(read_jsonl(out / "iter_2" / "metrics.jsonl")[0]["sparsities"]) == {"85"}
 
 
 def test_maxidisc_path_and_stage_reuse(args_for, tmp_path):

@@ -127,6 +127,8 @@ class TrainingArguments:
     group_by_length: bool = arg(False, help="Batch examples of similar length together (less padding, faster).")
     gradient_checkpointing: bool = arg(False, help="Recompute each layer's activations in backward instead of "
                                        "keeping them: less memory, about a third more compute.")
+    torch_compile: bool = arg(False, help="torch.compile every transformer layer (dynamic shapes): fused kernels "
+                              "after a compilation of a minute or more; see docs/runs.md for what it gives.")
 
     def __post_init__(self):
         positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "num_grad_accum_steps",
@@ -172,7 +174,10 @@ class ScheduleArguments:
     final_student: str = arg("sandwich", help="sandwich: the last iteration trains every width ≥ the assistant's and "
                              "selects on the target (reference); alone: distil assistant → student alone.",
                              choices=("sandwich", "alone"))
-    export_all: bool = arg(False, help="Also save each width's best as a standalone densified checkpoint.")
+    export_all: bool = arg(False, help="Also save each width's best as a standalone densified checkpoint "
+                           "(every trained width is then evaluated, not only those a choice reads).")
+    sandwich_sample: int | None = arg(None, help="Sampled sandwich: each step trains the sparsest and the least "
+                                      "sparse candidate plus K others drawn at random (default: every candidate).")
 
     def __post_init__(self):
         for name in ("target_sparsity", "trunc_sparsity"):
@@ -185,6 +190,9 @@ class ScheduleArguments:
             raise ArgumentError(f"--target_iteration {self.target_iteration}: expected at least 1")
         if self.lam < 0:
             raise ArgumentError(f"--lam {self.lam}: expected λ ≥ 0")
+        if self.sandwich_sample is not None and self.sandwich_sample < 0:
+            raise ArgumentError(f"--sandwich_sample {self.sandwich_sample}: expected the number of middle widths "
+                                "per step, 0 or more")
 
 
 def _flag_type(annotation):

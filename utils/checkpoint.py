@@ -119,6 +119,7 @@ class LoopState:
     last_eval_step: int = -1
     examples_seen: int = 0
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # evaluations and best/ saves, not counted in train_seconds
     finished: bool = False
     stop_reason: str = ""
 

@@ -29,7 +29,7 @@ from utils.errors import SettingsMismatch
 NOT_SETTINGS = frozenset({
     "output_dir", "overwrite_output_dir", "do_train", "do_test", "do_infer", "eval_model_path",
     "per_device_eval_batch_size", "save_steps", "use_cpu", "local_rank", "model_suffix", "reuse_dir",
-    "dry_run", "dry_run_devices", "gradient_checkpointing", "fsdp",
+    "dry_run", "dry_run_devices", "gradient_checkpointing", "fsdp", "torch_compile",
 })
 # Flags naming a model a run starts from: recorded by the content of its files, not its path.
 MODEL_FLAGS = ("model_name_or_path", "teacher_model_path", "layer_or_sparsity")

@@ -60,6 +60,7 @@ class TrainResult:
     steps: int
     epochs_run: float
     train_seconds: float
+    eval_seconds: float
     examples_per_second: float
     stop_reason: str
     best_dir: Path
@@ -95,6 +96,8 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     if objective.needs_labels and not train_dataset.has_labels:
         raise ValueError("the training split has no gold labels, which this objective needs")
     module.set_gradient_checkpointing(args.gradient_checkpointing)
+    if args.torch_compile:
+        module.compile_layers()
     if run.fsdp:
         for model_to_shard in [module, *objective.frozen_models()]:
             if not is_sharded(model_to_shard):
@@ -150,6 +153,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         restore_rng_state(mine["rng"])
         losses.load_state_dict(mine["loss"])
         best_record = saved["extra"].get("best_record")
+        objective.load_state_dict(saved["extra"].get("objective", {}))
         logger.info("resumed from step %d (epoch %d, batch %d); best %.4f at step %d", state.step, state.epoch,
                     state.batch_in_epoch, state.best_score, state.best_step)
     # A crash between a best/ save and the next checkpoint leaves best/ ahead of the state: take its
@@ -162,10 +166,11 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
 
     def checkpoint():
         save_state(output_dir / STATE_DIR, module, optimizer, scheduler, scaler, state, selector, losses, run,
-                   settings, {"best_record": best_record})
+                   settings, {"best_record": best_record, "objective": objective.state_dict()})
 
     def run_evaluation():
         nonlocal best_record
+        started = time.time()
         record = selector.evaluate(ddp_model, state.step)
         state.last_eval_step = state.step
         entry = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **record,
@@ -187,6 +192,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
                     " *" if improved else "", state.best_score, state.best_step)
         if state.step - state.best_step >= patience_steps:
             state.stop_reason = f"no better dev score for {args.num_patience_epochs} epochs"
+        state.eval_seconds += time.time() - started
 
     logger.info("training: %d examples, %d steps/epoch, %d steps, batch %d × %d processes × %d accumulation",
                 len(train_dataset), steps_per_epoch, total_steps, args.per_device_train_batch_size,
@@ -243,6 +249,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     return TrainResult(
         best_score=state.best_score, best_step=state.best_step, best_record=best_record, steps=state.step,
         epochs_run=round(state.step / steps_per_epoch, 4), train_seconds=round(state.train_seconds, 2),
+        eval_seconds=round(state.eval_seconds, 2),
         examples_per_second=round(state.examples_seen / state.train_seconds, 2) if state.train_seconds else 0.0,
         stop_reason=state.stop_reason, best_dir=output_dir / BEST_DIR,
     )

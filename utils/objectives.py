@@ -159,6 +159,13 @@ class Objective:
         """Models the objective runs but does not train (a teacher), to shard alongside the student."""
         return []
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the objective's own random draws (none here)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
 
 class TaskObjective(Objective):
     """Fine-tuning: the task loss against gold labels."""
@@ -233,26 +240,53 @@ class SandwichObjective(Objective):
     per batch: the earlier passes backpropagate into a detached copy, and the last pass carries the
     sum of those gradients into the embedding weights, which are backpropagated once instead of
     once per pass (each pass still draws its own embedding dropout).
+
+    ``sample`` K (the sampled sandwich rule): each batch trains the sparsest and the least sparse
+    candidate plus K others drawn without replacement, from a generator seeded with ``seed`` (the
+    same draws on every process; its state is saved with a resumable run). The loss is still divided
+    by the number of passes, so every step's gradient is a mean over the widths it trained.
     """
 
-    def __init__(self, base: DistillObjective, sparsities: list[int], rest_sparsity: int):
+    def __init__(self, base: DistillObjective, sparsities: list[int], rest_sparsity: int,
+                 sample: int | None = None, seed: int = 0):
         if not sparsities:
             raise ValueError("the sandwich needs at least one sparsity")
+        if sample is not None and sample < 0:
+            raise ValueError(f"sample {sample}: expected the number of middle widths per step, at least 0")
         self.base = base
         self.sparsities = sorted(sparsities, reverse=True)
         self.rest_sparsity = rest_sparsity
-        self.num_passes = len(self.sparsities)
+        self.sample = None if sample is None or sample + 2 >= len(self.sparsities) else sample
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_passes = len(self.sparsities) if self.sample is None else self.sample + 2
         self.needs_labels = base.needs_labels
+        self._passes = self.sparsities
 
     def prepare(self, batch):
         self.base.prepare(batch)
         self._embedded = self._detached = None
+        self._passes = self.draw()
+
+    def draw(self) -> list[int]:
+        """The sparsities of the next batch's passes, sparsest first: all of them, or the sampled rule's."""
+        if self.sample is None:
+            return self.sparsities
+        middle = self.sparsities[1:-1]
+        chosen = sorted(torch.randperm(len(middle), generator=self.generator)[:self.sample].tolist())
+        return [self.sparsities[0], *(middle[i] for i in chosen), self.sparsities[-1]]
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()} if self.sample is not None else {}
+
+    def load_state_dict(self, state):
+        if self.sample is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def frozen_models(self):
         return self.base.frozen_models()
 
     def loss(self, model, module, batch, pass_index):
-        module.sparsify(self.sparsities[pass_index])
+        module.sparsify(self._passes[pass_index])
         embedding_output = self._shared_embeddings(module, batch, pass_index)
         return self.base.loss(model, module, batch, pass_index, embedding_output) / self.num_passes
 

@@ -29,6 +29,11 @@ class SandwichSelector(Selector):
     a running maximum, a strict rise of τ(s*) means s* itself improved at that evaluation, so the
     saved weights score P(selected) at the saved step. With ``export_dir`` each sparsity's best is also
     written there as a standalone densified checkpoint (``{s}S/``).
+
+    Only the sparsities a decision reads are evaluated (``evaluated``): those between ``low`` and
+    ``target`` when choosing the assistant, the target alone for the final student; every trained
+    sparsity with ``export_dir``. The others are trained (they shape the shared weights) but their dev
+    scores would choose nothing, and evaluating them cost a full dev pass each.
     """
 
     def __init__(self, dataset, metric: str, batch_size: int, run, sparsities, rest_sparsity: int, lam: float, low: int,
@@ -38,6 +43,14 @@ class SandwichSelector(Selector):
         self.rest_sparsity, self.lam, self.low, self.target = rest_sparsity, lam, low, target
         self.choose_assistant = choose_assistant
         self.export_dir, self.tokenizer = export_dir, tokenizer
+        if export_dir is not None:
+            self.evaluated = self.sparsities
+        elif choose_assistant:
+            self.evaluated = [s for s in self.sparsities if low <= s <= target]
+        else:
+            self.evaluated = [target]
+        if target not in self.sparsities:
+            raise ValueError(f"the target sparsity {target} is not among the candidates {self.sparsities}")
         self.performance: dict[int, float] = {}
         self.performance_step: dict[int, int] = {}
         self.selected: int | None = None
@@ -47,7 +60,7 @@ class SandwichSelector(Selector):
     def evaluate(self, model, step):
         module = unwrap(model)
         per_sparsity, improved = {}, []
-        for s in self.sparsities:
+        for s in self.evaluated:
             module.sparsify(s)
             metrics = evaluate(model, self.dataset, self.batch_size, self.run, desc=f"eval {s}S")
             per_sparsity[s] = metrics
@@ -101,6 +114,7 @@ class SandwichSelector(Selector):
         sweep (JSON-able)."""
         return {
             "candidates": self.sparsities,
+            "evaluated": self.evaluated,
             "performance": {str(s): {"score": self.performance[s], "step": self.performance_step[s]}
                             for s in sorted(self.performance)},
             "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
