@@ -14,7 +14,10 @@ training set, and measures in one process, on the same model and batches:
     distillation step per sparsity (a densified student at that sparsity, its own AdamW, teacher
     outputs precomputed); the sandwich must cost no more than their sum (no hidden waste);
 (e) peak memory (VmHWM after the models are loaded, minus VmRSS then) of sandwich training and
-    of distilling the full-width student alone, each in its own subprocess over a few steps.
+    of distilling the full-width student alone, each in its own subprocess over a few steps;
+(f) with ``--bf16``: (b) and (c) under bf16 autocast (``--use_bf16``), the matmuls on the CPU's bf16
+    units; with ``--torch_compile``: (c) with every layer compiled (``--torch_compile``), fp32 and,
+    with ``--bf16``, bf16; the compilation (the first calls) is timed on its own and printed.
 
 Speed is printed as s/step, examples/s, the speedup over the reference's measured step
 (``--anchor_seconds``, 3.78 s on 2 idle threads) and over (a). Calls are interleaved (the order
@@ -38,6 +41,7 @@ import logging
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip_speed", action="store_true")
     parser.add_argument("--skip_parts", action="store_true", help="skip (d)")
     parser.add_argument("--skip_memory", action="store_true", help="skip (e)")
-    parser.add_argument("--profile", action="store_true", help="profile one (b) step and print the top ops")
+    parser.add_argument("--profile", action="store_true", help="profile one (b) step (bf16 with --bf16) and print the top ops")
+    parser.add_argument("--bf16", action="store_true", help="also time (b) and (c) under bf16 autocast")
+    parser.add_argument("--torch_compile", action="store_true", help="also time (c) with compiled layers")
     parser.add_argument("--quick", action="store_true", help="2 batches, no warmup, 1 repeat, 2 memory steps")
     parser.add_argument("--memory_child", choices=("sandwich", "full"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -181,14 +187,15 @@ def sandwich_objective(distill: DistillObjective, args) -> SandwichObjective:
     return SandwichObjective(distill, args.sparsities, 0)
 
 
-def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0):
+def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0, bf16: bool = False):
     """One call = the loop's optimizer step on every batch of ``batches`` (one optimizer step each):
     the same :func:`utils.step.backward_batch` and :func:`utils.step.optimizer_step` the loop calls
-    (one process, no accumulation, fp32, no schedule)."""
+    (one process, no accumulation, no schedule; fp32, or bf16 autocast as ``--use_bf16`` runs it)."""
 
     def step():
         for batch in batches:
-            backward_batch(objective, module, module, batch)
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else None
+            backward_batch(objective, module, module, batch, autocast=autocast)
             optimizer_step(module, optimizer, max_grad_norm)
 
     return step
@@ -214,10 +221,11 @@ class CachedTeacher:
         return self.outputs[id(input_ids)]
 
 
-def matmul_probe(size: int = 1024, calls: int = 4):
-    """A step that multiplies two fixed matrices; its speed says how much CPU the run is getting."""
+def matmul_probe(size: int = 1024, calls: int = 4, dtype: torch.dtype = torch.float32):
+    """A step that multiplies two fixed matrices; its speed says how much CPU the run is getting (in
+    ``dtype``: the bf16 probe measures the CPU's bf16 matrix units)."""
     generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in range(2))
 
     def step():
         for _ in range(calls):
@@ -259,12 +267,42 @@ def spread(values: list[float], per: int = 1) -> str:
 # Parts of the benchmark
 
 
+def speed_configurations(args) -> list[tuple[str, str, bool, bool]]:
+    """The timed sandwich configurations: (label, batches, bf16, compiled)."""
+    configurations = [("(a) padded", "padded", False, False), ("(b) dynamic", "dynamic", False, False),
+                      ("(c) grouped", "grouped", False, False)]
+    if args.bf16:
+        configurations += [("(f) dynamic bf16", "dynamic", True, False), ("(f) grouped bf16", "grouped", True, False)]
+    if args.torch_compile:
+        configurations.append(("(f) grouped compiled", "grouped", False, True))
+        if args.bf16:
+            configurations.append(("(f) grouped compiled bf16", "grouped", True, True))
+    return configurations
+
+
+def compiled_copy(teacher, args, batches: dict, steps: dict, configurations) -> None:
+    """Replace the compiled configurations' steps by ones on a student whose layers are compiled, after
+    running each once (the compilation), timed and printed."""
+    student, optimizer = trainable_copy(teacher, args)
+    student.compile_layers()
+    sandwich = sandwich_objective(DistillObjective(teacher), args)
+    for label, name, bf16, compiled in configurations:
+        if compiled:
+            steps[label] = train_step(sandwich, student, optimizer, batches[name], bf16=bf16)
+            start = time.perf_counter()
+            steps[label]()
+            print(f"{label}: the first call (compiling) took {time.perf_counter() - start:.1f}s", flush=True)
+
+
 def bench_speed(args, teacher, batches) -> None:
     student, optimizer = trainable_copy(teacher, args)
     sandwich = sandwich_objective(DistillObjective(teacher), args)
     n = args.num_batches
-    steps = {f"({key[0]}) {name}": train_step(sandwich, student, optimizer, batches[name])
-             for key, name in (("a", "padded"), ("b", "dynamic"), ("c", "grouped"))}
+    configurations = speed_configurations(args)
+    steps = {label: train_step(sandwich, student, optimizer, batches[name], bf16=bf16)
+             for label, name, bf16, compiled in configurations if not compiled}
+    if args.torch_compile:
+        compiled_copy(teacher, args, batches, steps, configurations)
     singles = {}
     if not args.skip_parts:
         cached = CachedTeacher(teacher, batches["dynamic"])
@@ -275,30 +313,37 @@ def bench_speed(args, teacher, batches) -> None:
             steps[singles[s]] = train_step(DistillObjective(cached), single, single_optimizer, batches["dynamic"])
     probe = matmul_probe()
     steps["matmul probe"] = probe
+    if args.bf16:
+        steps["bf16 matmul probe"] = bf16_probe = matmul_probe(dtype=torch.bfloat16)
     print(f"speed: {n} batches per call, warmup {args.warmup}, {args.repeats} rounds, load {load_average()}",
           flush=True)
     times = interleaved_times(steps, args.warmup, args.repeats, after_round=report_round(args.repeats))
-    median = {name: seconds / (1 if name == "matmul probe" else n) for name, seconds in medians(times).items()}
+    median = {name: seconds / (1 if name.endswith("matmul probe") else n) for name, seconds in medians(times).items()}
     probe_gflops = probe.flops / median["matmul probe"] / 1e9
     print(f"matmul probe {probe_gflops:.1f} GFLOP/s {spread([probe.flops / t / 1e9 for t in times['matmul probe']])}"
           f" (the CPU share this run got; 177 GFLOP/s is this CPU's 2-thread peak when idle)")
+    if args.bf16:
+        print(f"bf16 matmul probe {bf16_probe.flops / median['bf16 matmul probe'] / 1e9:.1f} GFLOP/s: the bf16 rows' "
+              "'of probe' column is still against the fp32 probe")
     widths = [kept_widths(student, s) for s in args.sparsities]
     base = median["(a) padded"]
-    print(f"{'configuration':22s} {'s/step':>7s} {'spread':>15s} {'ex/s':>6s} {'vs anchor':>9s} "
+    print(f"{'configuration':26s} {'s/step':>7s} {'spread':>15s} {'ex/s':>6s} {'vs anchor':>9s} "
           f"{'vs (a)':>6s} {'achieved':>9s} {'of probe':>8s}")
-    for key, name in (("a", "padded"), ("b", "dynamic"), ("c", "grouped")):
-        label = f"({key}) {name}"
+    for label, name, _, _ in configurations:
         seconds = median[label]
         flops = step_flops(widths, student.config, batches[name], teacher=True, backward=True) / n
-        print(f"{label:22s} {seconds:7.3f} {spread(times[label], n):>15s} {args.batch_size / seconds:6.2f} "
+        print(f"{label:26s} {seconds:7.3f} {spread(times[label], n):>15s} {args.batch_size / seconds:6.2f} "
               f"{args.anchor_seconds / seconds:8.2f}x {base / seconds:5.2f}x {flops / seconds / 1e9:6.1f} GF/s "
               f"{flops / seconds / 1e9 / probe_gflops:7.0%}", flush=True)
-    for key, name, target in (("b", "dynamic", 3.0), ("c", "grouped", 4.0)):
-        seconds = median[f"({key}) {name}"]
-        print(f"target ({key}) >= {target:.0f}x the anchor's {args.batch_size / args.anchor_seconds:.2f} ex/s: "
-              f"{args.anchor_seconds / seconds:.2f}x {'MET' if args.anchor_seconds / seconds >= target else 'MISSED'}"
-              f" (scaled to an idle 2-thread probe of 177 GFLOP/s, an optimistic estimate: "
-              f"{args.anchor_seconds / seconds * 177 / probe_gflops:.2f}x)")
+    for precision, target in (("fp32", 3.0), ("bf16", 5.0)):
+        labels = [label for label, _, bf16, _ in configurations if bf16 == (precision == "bf16")]
+        if not labels:
+            continue
+        best = min(labels, key=lambda label: median[label])
+        speedup = args.anchor_seconds / median[best]
+        print(f"target {precision} >= {target:.0f}x the anchor's {args.batch_size / args.anchor_seconds:.2f} ex/s: "
+              f"best {best} {speedup:.2f}x {'MET' if speedup >= target else 'MISSED'} (scaled to an idle 2-thread "
+              f"probe of 177 GFLOP/s, an optimistic estimate: {speedup * 177 / probe_gflops:.2f}x)")
     if singles:
         parts = median["(d) teacher forward"] + sum(median[label] for label in singles.values())
         sandwich_seconds = median["(b) dynamic"]
@@ -324,7 +369,8 @@ def profile_step(args, teacher, batches) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     student, optimizer = trainable_copy(teacher, args)
-    step = train_step(sandwich_objective(DistillObjective(teacher), args), student, optimizer, batches["dynamic"][:1])
+    step = train_step(sandwich_objective(DistillObjective(teacher), args), student, optimizer, batches["dynamic"][:1],
+                      bf16=args.bf16)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
