@@ -447,10 +447,12 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
 
     def _attention_mask(self, attention_mask, length: int, device) -> torch.Tensor | None:
         """``[B, 1, T, T]`` bool: key at or before the query (within the sliding window), and real; a token
-        always sees itself, so padding rows stay finite. None for unpadded inputs without a window."""
+        always sees itself, so padding rows stay finite. None for unpadded inputs without a window (eager
+        only: an exported graph serves every input, so it always masks)."""
         window = getattr(self.config, "sliding_window", None)
         use_window = window is not None and getattr(self.config, "use_sliding_window", True) and length > window
-        if (attention_mask is None or bool(attention_mask.all())) and not use_window:
+        unpadded = attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all()))
+        if unpadded and not use_window:
             return None
         positions = torch.arange(length, device=device)
         allowed = positions[None, :] <= positions[:, None]

@@ -134,8 +134,14 @@ class SparseT5Attention(PrunableBlock):
         query, key, value = heads("q", x, q_len), heads("k", keys, k_len), heads("v", keys, k_len)
         if scores_bias is not None:
             scores_bias = scores_bias.to(query.dtype)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=scores_bias, scale=1.0,
-                                                 dropout_p=self.dropout_p if self.training else 0.0)
+        if torch.compiler.is_exporting():
+            # SDPA's decomposition for ONNX gives an output whose strides it then cannot reshape; the same
+            # attention spelled out exports cleanly (T5 does not scale the scores).
+            scores = query @ key.transpose(-1, -2)
+            context = (scores if scores_bias is None else scores + scores_bias).softmax(-1) @ value
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=scores_bias, scale=1.0,
+                                                     dropout_p=self.dropout_p if self.training else 0.0)
         if head_mask is not None:
             context = context * head_mask[:self.kept].to(context.dtype).view(1, self.kept, 1, 1)
         return self.cols("o", context.transpose(1, 2).reshape(batch, q_len, self.kept_width))
@@ -254,8 +260,9 @@ class SparseT5Stack(nn.Module):
 
 
 def _additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """``[B, 1, 1, T]``: 0 at tokens, the dtype's minimum at padding; None without padding."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """``[B, 1, 1, T]``: 0 at tokens, the dtype's minimum at padding; None without padding (eager only: an
+    exported graph serves every input, so it always masks)."""
+    if attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all())):
         return None
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 

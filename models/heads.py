@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
+from transformers.utils import ModelOutput
 
 from .core import PrunableTaskModel
 from .sparse_bert import SparseBertModel, SparseBertPreTrainedModel
@@ -21,19 +22,20 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TaskOutput:
-    """What every task model returns.
+class TaskOutput(ModelOutput):
+    """What every task model returns; a transformers ``ModelOutput``, so pipelines and code written for
+    HF models read it too (``out["logits"]``, ``out[0]``: the loss when given, else the logits).
 
     Attributes:
+        loss: scalar task loss when ``labels`` were given, else None.
         logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
         hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output
             (zero at padding positions); a :class:`~models.packing.HiddenStates` sequence or a tuple.
-        loss: scalar task loss when ``labels`` were given, else None.
     """
 
-    logits: torch.Tensor
-    hidden_states: Sequence[torch.Tensor]
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: Sequence[torch.Tensor] | None = None
 
 
 def sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

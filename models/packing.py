@@ -54,6 +54,27 @@ class TokenPacking:
         return padded.view(self.batch, self.seq_len, *x.shape[1:])
 
 
+class PaddedBatch:
+    """:class:`TokenPacking`'s interface for a graph exported once for every input (ONNX, ``torch.export``):
+    the tokens stay padded ``[B, T, ...]`` and attention masks the padding, since which tokens are real is
+    data an exported graph cannot branch on. ``pad`` zeroes the padding positions, so hidden states are zero
+    there as in a packed forward."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch, self.seq_len = attention_mask.shape
+        self.attention_mask = attention_mask
+        self.attn_mask = attention_mask[:, None, None, :].to(torch.bool)
+
+    def packs(self, attention_mask: torch.Tensor) -> bool:
+        return False
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention_mask.view(self.batch, self.seq_len, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
 class HiddenStates(Sequence):
     """The L + 1 hidden states of a forward: ``states[i]`` is ``[B, T, hidden]`` (zero at padding).
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from models.standalone import write_standalone
+from utils.model_card import save_card
 from utils.run import write_json_atomic
 
 BEST_DIR = "best"
@@ -33,8 +35,10 @@ SELECTION_FILE = "selection.json"
 METRICS_FILE = "metrics.jsonl"
 
 
-def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = None) -> None:
-    """Save ``model`` (+ tokenizer, + JSON ``files`` {name: payload}) so ``directory`` is never half-written.
+def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = None, run_dir: Path | None = None) -> None:
+    """Save ``model`` (+ tokenizer, + JSON ``files`` {name: payload}) so ``directory`` is never half-written;
+    with the modeling file and ``auto_map`` that let transformers load it alone (:mod:`models.standalone`),
+    and its model card (:mod:`utils.model_card`; how it was made is read from ``run_dir``'s ``args.json``).
 
     The new copy is written beside the target and swapped in by renames; if a crash interrupts
     the swap, :func:`recover_model_dir` restores the previous copy.
@@ -43,10 +47,12 @@ def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = No
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    write_standalone(tmp, model)  # loadable by transformers alone (trust_remote_code=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     for name, payload in (files or {}).items():
         write_json_atomic(tmp / name, payload)
+    save_card(tmp, model, run_dir, (files or {}).get(SELECTION_FILE))
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         os.replace(directory, old)
