@@ -38,6 +38,7 @@ from utils.loop import train
 from utils.model_io import load_teacher, load_tokenizer
 from utils.objectives import DistillObjective
 from utils.planner import dry_run
+from utils.plots import plot_search
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run
 from utils.students import StudentSpec, build_student, chain_name, parse_chain
@@ -185,6 +186,10 @@ def main(argv=None) -> dict:
                    "total_cost": {"steps": sum(r["steps"] for r in table),
                                   "seconds": round(sum(r["seconds"] for r in table), 2)}}
         summary["paths"] = {**best["paths"], "student": str(student_dir)}
+        if run.is_main and len(table) > 1:
+            picture = plot_search(table, run.output_dir / "search.png", training.selection_metric,
+                                  {"best path": best["chain"]})
+            summary["paths"]["search_picture"] = str(picture) if picture else None
     results = finish(args, run, task, run.output_dir, summary, model_dir=student_dir)
     end_run(run)
     return results

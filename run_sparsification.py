@@ -40,8 +40,10 @@ from utils.importance import (
     normalize_scores,
     parse_sparsities,
 )
+from utils.model_card import update_card
 from utils.model_io import check_model_task, load_model, load_tokenizer
 from utils.planner import dry_run
+from utils.plots import plot_pruning_curve
 from utils.run import end_run, start_run
 from utils.sharding import shard, unsharded
 from utils.students import describe_model
@@ -176,7 +178,8 @@ def main(argv=None) -> dict:
     model_dir = run.output_dir / MODEL_DIR
     if run.is_main:
         record = importance_record(scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
-        save_model_atomic(teacher, tokenizer, model_dir, {IMPORTANCE_FILE: record})
+        save_model_atomic(teacher, tokenizer, model_dir, {IMPORTANCE_FILE: record}, run_dir=run.output_dir)
+        update_card(model_dir, dev=teacher_dev)
     results = {
         "task": task.name,
         "teacher_model_path": options.teacher_model_path,
@@ -190,6 +193,9 @@ def main(argv=None) -> dict:
         "pruning_curve": curve,
         "paths": {"model": str(model_dir), "output_dir": str(run.output_dir)},
     }
+    if run.is_main:
+        picture = plot_pruning_curve(curve, run.output_dir / "pruning_curve.png", task.selection_metric)
+        results["paths"]["pruning_curve"] = str(picture) if picture else None
     run.write_json("results.json", results)
     logger.info("sparsified teacher written to %s", model_dir)
     end_run(run)

@@ -1,7 +1,9 @@
 """The summary report: pure helpers, latency timing, and the table of a real (tiny) MiniDisc run."""
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,10 +28,10 @@ def test_format_table_rows_and_missing_values():
     ]
     lines = report.format_table(rows, "acc").splitlines()
     assert lines[0] == ("| model | sparsity | dev acc | prunable params | total params | latency ms/batch | "
-                        "speedup |")
+                        "speedup | ONNX Runtime ms/batch |")
     assert len(lines) == 2 + len(rows)
-    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× |"
-    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – |"
+    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× | – |"
+    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – | – |"
     assert report.format_count(31_234) == "31.2K"
 
 
@@ -92,12 +94,15 @@ def test_read_minidisc_run_takes_scores_from_the_run_files(minidisc_run):
         assert row["dev"] == iteration["best_dev"]["acc"]
 
 
+def report_command(minidisc_run, *extra) -> int:
+    return report.main(["--minidisc_dir", str(minidisc_run["out"]), "--data_dir", str(minidisc_run["data"]),
+                        "--task_name", "sst2", "--batch_size", "4", "--num_batches", "2", "--warmup", "0",
+                        "--repeats", "1", "--threads", "1", *extra])
+
+
 def test_report_command_writes_the_summary(minidisc_run, capsys):
     out = minidisc_run["out"]
-    status = report.main(["--minidisc_dir", str(out), "--data_dir", str(minidisc_run["data"]), "--task_name", "sst2",
-                          "--batch_size", "4", "--num_batches", "2", "--warmup", "0", "--repeats", "1",
-                          "--threads", "1"])
-    assert status == 0
+    assert report_command(minidisc_run, "--no_onnx") == 0
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert rows[0]["speedup"] == 1.0 and all(row["latency_ms"] > 0 for row in rows)
@@ -109,6 +114,23 @@ def test_report_command_writes_the_summary(minidisc_run, capsys):
     text = (out / "summary.md").read_text()
     assert text in capsys.readouterr().out
     assert "| teacher | 0% |" in text and "student 90S" in text and "schedule.png" in text
+    assert all(row["onnx_ms"] is None for row in rows)
+    assert (out / "summary.png").stat().st_size > 10_000 and summary["tradeoff_picture"].endswith("summary.png")
+    # the student's card now has its measured latency
+    card = (Path(rows[-1]["path"]) / "README.md").read_text()
+    assert "## Latency" in card and f"| PyTorch | {rows[-1]['latency_ms']:.1f} |" in card
+
+
+@pytest.mark.slow
+def test_report_exports_and_times_onnx(minidisc_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    teacher = shutil.copytree(minidisc_run["teacher"], tmp_path / "teacher")  # the shared one is read-only
+    assert report_command(minidisc_run, "--teacher_dir", str(teacher)) == 0
+    summary = json.loads((minidisc_run["out"] / "summary.json").read_text())
+    for row in summary["rows"]:
+        assert row["onnx_ms"] > 0 and row["onnx_max_difference"] < 1e-4
+        assert (Path(row["path"]) / "onnx" / "model.onnx").is_file()
+    assert "ONNX Runtime" in (Path(summary["rows"][-1]["path"]) / "README.md").read_text()
 
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -165,6 +165,8 @@ def test_maxidisc_search_over_assistants(args_for, tmp_path):
     assert [row["chain"] for row in results["chains_tried"]] == ["70,90S", "80,90S", "85,90S", "90S"]
     assert results["best_score"] == max(row["score"] for row in results["chains_tried"])
     assert all(row["steps"] == (3 if row["chain"] == "90S" else 6) for row in results["chains_tried"])
+    assert results["paths"]["search_picture"] == str(out / "search.png")
+    assert (out / "search.png").stat().st_size > 10_000
 
 
 def test_layer_path_with_small_students(args_for, tmp_path):
@@ -237,3 +239,29 @@ def test_an_assistant_is_saved_and_reported_at_its_step(args_for, tmp_path, monk
     assert first["performance"]["70"] == {"score": 0.9, "step": 6}
     assert json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 70
     assert json.loads((out / "iter_1" / "best" / "selection.json").read_text())["step"] == 6
+
+
+def test_tensorboard_scalars_per_width(args_for, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    run_minidisc.main(args_for(out, "--lam", "100", "--report_to", "tensorboard"))
+    events = EventAccumulator(str(out / "iter_1" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "eval/score", "eval/train_loss"} <= tags
+    lines = read_jsonl(out / "iter_1" / "metrics.jsonl")
+    for s in (50, 90):
+        logged = [(e.step, e.value) for e in events.Scalars(f"eval/sparsities/{s}/acc")]
+        assert logged == [(line["step"], pytest.approx(line["sparsities"][str(s)]["acc"])) for line in lines]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(args_for, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert cli(run_minidisc.main, args_for(tmp_path / "no_tb", "--report_to", "tensorboard")) == 2
+    assert "--report_to tensorboard needs the tensorboard package" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 pruning curve, re-sparsifying from saved scores, CoNLL, clear errors, and distilling 90S from the result."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,8 @@ def test_pruning_curve(sparsified):
     assert [row["neurons_kept"] for row in curve] == [148 - removal_count(s, 148) for s in (0, 1, 5, 50, 90)]
     prunable = [row["prunable_parameters"] for row in curve]
     assert prunable == sorted(prunable, reverse=True) and len(set(prunable)) == 5
+    picture = Path(results["paths"]["pruning_curve"])
+    assert picture.parent == Path(results["paths"]["output_dir"]) and picture.stat().st_size > 10_000
     assert all(r["total_parameters"] - r["prunable_parameters"] == curve[0]["total_parameters"]
                - curve[0]["prunable_parameters"] for r in curve)
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from tools.export_onnx import hardware
 from utils.errors import USER_ERRORS, UserError
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def format_table(rows: Sequence[Mapping], metric: str) -> str:
     ``total_parameters``, ``latency_ms``, ``speedup``; missing values print as ``–``).
     """
     header = ["model", "sparsity", f"dev {metric}", "prunable params", "total params", "latency ms/batch",
-              "speedup"]
+              "speedup", "ONNX Runtime ms/batch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [
@@ -85,6 +86,7 @@ def format_table(rows: Sequence[Mapping], metric: str) -> str:
             format_count(row.get("total_parameters")),
             "–" if row.get("latency_ms") is None else f"{row['latency_ms']:.1f}",
             "–" if row.get("speedup") is None else f"{row['speedup']:.2f}×",
+            "–" if row.get("onnx_ms") is None else f"{row['onnx_ms']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -135,6 +137,10 @@ def read_minidisc_run(minidisc_dir: Path, teacher_dir: Path | None = None) -> di
                      "path": str(_model_dir(stage["paths"].get("best"), stage_dir / "best")),
                      "sparsity": entry["selected"], "dev": stage["best_dev"][metric],
                      "tradeoff": entry.get("tradeoff", {}).get(str(entry["selected"]))})
+    for export in sorted((minidisc_dir / "iter_1" / "export").glob("*S")):  # with --export_all: every width
+        selection = _read_json(export / "selection.json")
+        rows.append({"role": "width", "name": f"width {selection['sparsity']}S (iteration 1)", "path": str(export),
+                     "sparsity": selection["sparsity"], "dev": selection["metrics"][metric]})
     last = results["schedule"][-1]
     student_fallback = minidisc_dir / f"iter_{last['iteration']}" / "best"
     rows.append({"role": "student", "name": f"student {results['model']['sparsity']}S", "sparsity":
@@ -230,15 +236,95 @@ def build_report(args) -> dict:
         else:
             batches = [random_batch(teacher.config.vocab_size, args.batch_size, args.seq_length)]
             shape = f"random {args.batch_size} × {args.seq_length} tokens"
+        sessions = {} if args.no_onnx else onnx_sessions(run["rows"], models, batches, args.atol)
         logger.info("measuring latency on %s, %d threads, %d repeats", shape, torch.get_num_threads(), args.repeats)
-        ms = measure_latency(models, batches, args.warmup, args.repeats)
+        ms = measure_latency({**models, **sessions}, batches, args.warmup, args.repeats)
         for row in run["rows"]:
             row["latency_ms"] = ms[row["name"]]
             row["speedup"] = speedup(ms["teacher"], ms[row["name"]])
+            row["onnx_ms"] = ms.get(row["name"] + ONNX_SUFFIX)
         latency = {"input": shape, "threads": torch.get_num_threads(), "warmup": args.warmup,
-                   "repeats": args.repeats, "unit": "ms per batch, median",
+                   "repeats": args.repeats, "unit": "ms per batch, median", "hardware": hardware(),
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+        add_to_cards(run["rows"], latency)
     return {**run, "minidisc_dir": str(args.minidisc_dir), "latency": latency}
+
+
+ONNX_SUFFIX = " (ONNX Runtime)"
+
+
+def onnx_sessions(rows, models, batches, atol: float) -> dict:
+    """Export every model to ``PATH/onnx/model.onnx``, check it on ``batches``; ONNX Runtime sessions by row name.
+
+    Raises:
+        ReportError: when a model's ONNX logits differ from PyTorch's by more than ``atol``.
+    """
+    from tools.export_onnx import OnnxModel, export, input_names, max_difference
+
+    sessions = {}
+    for row in rows:
+        model = models[row["name"]]
+        path = export(model, Path(row["path"]) / "onnx" / "model.onnx", batches[0])
+        session = OnnxModel(path, input_names(model), torch.get_num_threads())
+        row["onnx_max_difference"] = max_difference(model, session, batches)
+        if row["onnx_max_difference"] > atol:
+            raise ReportError(f"{path}: ONNX Runtime's logits differ from PyTorch's by "
+                              f"{row['onnx_max_difference']:.2e} (tolerance {atol:.0e})")
+        sessions[row["name"] + ONNX_SUFFIX] = session
+    return sessions
+
+
+def add_to_cards(rows, latency: dict) -> None:
+    """Write each model's measured latency into its model card (folders saved by the scripts have one)."""
+    from utils.model_card import FACTS_FILE, update_card
+
+    for row in rows:
+        if not (Path(row["path"]) / FACTS_FILE).is_file():
+            continue
+        times = {"PyTorch": row["latency_ms"]}
+        if row.get("onnx_ms") is not None:
+            times["ONNX Runtime"] = row["onnx_ms"]
+        update_card(Path(row["path"]), latency={
+            "hardware": latency["hardware"], "ms_per_batch": times,
+            "setting": f"{latency['input']}, median of {latency['repeats']} passes after {latency['warmup']} "
+                       f"warm-up ones (OMP_WAIT_POLICY {latency['omp_wait_policy']})"})
+
+
+def plot_tradeoff(summary: dict, path: Path) -> Path | None:
+    """Dev score against total parameters and against latency, one point per model; a PNG (None without
+    matplotlib)."""
+    from utils.plots import pyplot
+
+    plt = pyplot("trade-off")
+    if plt is None:
+        return None
+    rows = summary["rows"]
+    panels = [("total_parameters", "total parameters (millions)", 1e6)]
+    if all(row.get("latency_ms") is not None for row in rows):
+        panels.append(("latency_ms", "PyTorch latency (ms per batch)", 1.0))
+    if all(row.get("onnx_ms") is not None for row in rows):
+        panels.append(("onnx_ms", "ONNX Runtime latency (ms per batch)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    styles = {"teacher": ("s", "black"), "assistant": ("D", "tab:orange"), "student": ("*", "tab:red"),
+              "width": ("o", "tab:blue")}
+    for ax, (key, label, scale) in zip(axes[0], panels, strict=True):
+        for role, (marker, color) in styles.items():
+            points = [row for row in rows if row["role"] == role]
+            if points:
+                ax.scatter([row[key] / scale for row in points], [row["dev"] for row in points], marker=marker,
+                           color=color, s=90 if role == "student" else 45, label=role, zorder=3)
+            for row in points:
+                ax.annotate(f"{row['sparsity']}S", (row[key] / scale, row["dev"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"dev {summary['metric']}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"MiniDisc on {summary['task']}: score against size and speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def render(summary: dict) -> str:
@@ -250,7 +336,12 @@ def render(summary: dict) -> str:
         lat = summary["latency"]
         lines.append(f"Latency: CPU, {lat['threads']} threads (OMP_WAIT_POLICY {lat['omp_wait_policy']}), "
                      f"{lat['input']}, median of {lat['repeats']} after {lat['warmup']} warm-up passes.")
-    lines.append(f"Schedule picture: {summary['schedule_picture'] or 'none (matplotlib missing?)'}")
+    if summary["latency"] and any(row.get("onnx_ms") is not None for row in summary["rows"]):
+        worst = max(row["onnx_max_difference"] for row in summary["rows"])
+        lines.append(f"ONNX Runtime: each model exported to PATH/onnx/model.onnx (dynamic batch and length); its "
+                     f"logits matched PyTorch's on the timed batches within {worst:.1e}.")
+    lines.append(f"Schedule picture: {summary['schedule_picture'] or 'none (matplotlib missing?)'}; "
+                 f"trade-off picture: {summary.get('tradeoff_picture') or 'none'}")
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +359,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
     parser.add_argument("--repeats", type=int, default=10, help="timed passes; the median is reported")
     parser.add_argument("--no_latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--no_onnx", action="store_true", help="do not export to ONNX and time ONNX Runtime")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="largest |logits difference| accepted between ONNX Runtime and PyTorch")
     args = parser.parse_args(argv)
     if bool(args.data_dir) != bool(args.task_name):
         parser.error("--data_dir and --task_name go together")
@@ -286,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (*USER_ERRORS, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    picture = plot_tradeoff(summary, args.minidisc_dir / "summary.png")
+    summary["tradeoff_picture"] = str(picture) if picture else None
     text = render(summary)
     (args.minidisc_dir / "summary.md").write_text(text)
     (args.minidisc_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

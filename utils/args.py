@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -127,6 +128,9 @@ class TrainingArguments:
     group_by_length: bool = arg(False, help="Batch examples of similar length together (less padding, faster).")
     gradient_checkpointing: bool = arg(False, help="Recompute each layer's activations in backward instead of "
                                        "keeping them: less memory, about a third more compute.")
+    report_to: str = arg("none", choices=("none", "tensorboard"),
+                         help="Also log losses, learning rate and every evaluated metric (per width for MiniDisc) "
+                         "as TensorBoard scalars in each stage's tensorboard/ folder (needs the tensorboard package).")
     torch_compile: bool = arg(False, help="torch.compile every transformer layer (dynamic shapes): fused kernels "
                               "after a compilation of a minute or more; see docs/runs.md for what it gives.")
 
@@ -146,6 +150,9 @@ class TrainingArguments:
             raise ArgumentError(f"--max_steps {self.max_steps}: expected a positive integer")
         if self.num_patience_epochs <= 0:
             raise ArgumentError(f"--num_patience_epochs {self.num_patience_epochs}: expected a positive number")
+        if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise ArgumentError("--report_to tensorboard needs the tensorboard package: "
+                                "pip install -r requirements-extras.txt")
         if not (self.do_train or self.do_test or self.do_infer):
             raise ArgumentError("nothing to do: pass --do_train, --do_test and/or --do_infer")
 

@@ -30,6 +30,7 @@ NOT_SETTINGS = frozenset({
     "output_dir", "overwrite_output_dir", "do_train", "do_test", "do_infer", "eval_model_path",
     "per_device_eval_batch_size", "save_steps", "use_cpu", "local_rank", "model_suffix", "reuse_dir",
     "dry_run", "dry_run_devices", "gradient_checkpointing", "fsdp", "torch_compile",
+    "report_to",
 })
 # Flags naming a model a run starts from: recorded by the content of its files, not its path.
 MODEL_FLAGS = ("model_name_or_path", "teacher_model_path", "layer_or_sparsity")

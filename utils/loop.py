@@ -50,6 +50,49 @@ from utils.step import backward_batch, build_optimizer, optimizer_step, plan_ste
 logger = logging.getLogger(__name__)
 
 
+TENSORBOARD_DIR = "tensorboard"
+
+
+class Scalars:
+    """TensorBoard scalars of a stage (``--report_to tensorboard``), or nothing when ``folder`` is None: the
+    loss and learning rate of every optimizer step, and every number of every evaluation record (for
+    MiniDisc ``sparsities/{s}/{metric}``, ``performance/{s}``, ``tradeoff/{s}``, ``score``, ``choice``)."""
+
+    def __init__(self, folder: Path | None):
+        self.writer = None
+        if folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder))
+
+    def step(self, step: int, loss: float, learning_rate: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/learning_rate", learning_rate, step)
+
+    def evaluation(self, entry: dict) -> None:
+        if self.writer is None:
+            return
+        for tag, value in _numbers(entry, "eval"):
+            if tag not in ("eval/step", "eval/epoch"):
+                self.writer.add_scalar(tag, value, entry["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _numbers(record: dict, prefix: str):
+    """``(tag, value)`` for every number in a nested record, tags joined by ``/``."""
+    for key, value in record.items():
+        tag = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            yield from _numbers(value, tag)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield tag, value
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` hands back to the script."""
@@ -177,6 +220,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
                  "train_loss": losses.mean(run), "elapsed_seconds": round(time.time() - run.started, 2)}
         losses.reset()
         append_jsonl(run, output_dir / METRICS_FILE, entry)
+        scalars.evaluation(entry)
         # Only a strict improvement replaces best/: the selector's choice changes with it, never alone.
         improved = record["score"] > state.best_score
         if improved:
@@ -186,7 +230,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             plain = gathered(module) if run.fsdp else module  # every rank takes part in gathering
             if run.is_main:
                 save_model_atomic(selector.model_to_save(plain), tokenizer, output_dir / BEST_DIR,
-                                  {SELECTION_FILE: entry})
+                                  {SELECTION_FILE: entry}, run_dir=run.output_dir)
             run.barrier()
         logger.info("step %d/%d: score %.4f%s (best %.4f at step %d)", state.step, total_steps, record["score"],
                     " *" if improved else "", state.best_score, state.best_step)
@@ -199,6 +243,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
                 run.world_size, args.num_grad_accum_steps)
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=quiet(run))
+    scalars = Scalars(output_dir / TENSORBOARD_DIR if args.report_to == "tensorboard" and run.is_main else None)
     accum = args.num_grad_accum_steps
     while not state.finished and not state.stop_reason and state.step < total_steps:
         batches = sampler.epoch(state.epoch)
@@ -217,9 +262,11 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             state.batch_in_epoch = position + 1
             if not last_micro:
                 continue
+            learning_rate = scheduler.get_last_lr()[0]
             optimizer_step(module, optimizer, args.max_grad_norm, scheduler, scaler)
             state.step += 1
             losses.add(step_loss)
+            scalars.step(state.step, step_loss, learning_rate)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             step_loss = 0.0
@@ -238,6 +285,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
             if not state.stop_reason and state.step < total_steps:
                 checkpoint()
     progress.close()
+    scalars.close()
     if not state.finished:
         if state.last_eval_step != state.step:
             run_evaluation()

@@ -13,6 +13,7 @@ from utils.checkpoint import BEST_DIR, remove_state
 from utils.errors import StageError
 from utils.evaluation import evaluate, predict
 from utils.fingerprint import check_settings
+from utils.model_card import FACTS_FILE, update_card
 from utils.model_io import check_model_task, load_model, load_tokenizer
 from utils.run import write_json_atomic
 from utils.students import describe_model
@@ -100,10 +101,25 @@ def finish(args, run, task, output_dir: Path, summary: dict, model_dir: Path | N
     results.update(test_and_infer(args, run, task, output_dir, model_dir))
     results["paths"] = {**results.get("paths", {}), "output_dir": str(output_dir)}
     run.write_json("results.json", results)
+    trained = Path(model_dir) if model_dir is not None else Path(output_dir) / BEST_DIR
+    if run.is_main and args.training.do_train and (trained / FACTS_FILE).is_file():
+        update_card(trained, **card_results(results))
     if run.is_main and args.training.do_train:
         remove_state(output_dir)
     logger.info("results written to %s", Path(output_dir) / "results.json")
     return results
+
+
+def card_results(results: dict) -> dict:
+    """The facts of a finished run for its model's card: dev (and test) scores, the assistants on its path."""
+    facts = {"dev": results.get("best_dev")}
+    if results.get("test"):
+        facts["test"] = results["test"]
+    if "assistants" in results:
+        facts["assistants"] = results["assistants"]
+    elif "," in results.get("best_chain", ""):
+        facts["assistants"] = [int(s) for s in results["best_chain"].rstrip("SL").split(",")[:-1]]
+    return facts
 
 
 def stage_settings(run, **stage) -> dict:

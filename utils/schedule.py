@@ -11,6 +11,7 @@ from pathlib import Path
 
 from utils.checkpoint import save_model_atomic
 from utils.evaluation import Selector, evaluate, unwrap
+from utils.plots import pyplot
 from utils.sharding import gathered, is_sharded
 from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
@@ -75,7 +76,8 @@ class SandwichSelector(Selector):
             source = gathered(module) if is_sharded(module) else module  # every rank takes part in gathering
             for s in improved if self.run.is_main else ():
                 save_model_atomic(self._densified(source, s), self.tokenizer, self.export_dir / f"{s}S",
-                                  {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}})
+                                  {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}},
+                                  run_dir=self.run.output_dir)
         module.sparsify(self.rest_sparsity)
         return {
             "sparsities": {str(s): m for s, m in per_sparsity.items()},
@@ -133,13 +135,8 @@ def plot_schedule(iterations: list[dict], path: Path, metric: str) -> Path | Non
     iterations = [it for it in iterations if it.get("performance")]
     if not iterations:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is in requirements.txt; a stripped install still gets its JSON
-        logger.warning("matplotlib is not installed: no schedule picture")
+    plt = pyplot("schedule")
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(iterations), figsize=(5.5 * len(iterations), 4), squeeze=False)
     for ax, it in zip(axes[0], iterations, strict=True):
