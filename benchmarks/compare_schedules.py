@@ -52,6 +52,7 @@ from common import REPO_ROOT, encode_split, load_average
 
 from data.tasks import get_task
 from utils.model_io import load_model, load_tokenizer
+from utils.plots import plot_search
 from utils.run import write_json_atomic
 
 SHARED_GLUE = REPO_ROOT.parent / "shared" / "data" / "glue"
@@ -215,7 +216,10 @@ def time_split(method: str, run_dir: Path, seconds: float) -> dict:
     stages = stage_records(method, run_dir)
     train = sum(s["train"]["seconds"] for s in stages)
     evaluation = sum(s["train"].get("eval_seconds", 0.0) for s in stages)
-    return {"train": round(train, 1), "eval": round(evaluation, 1), "other": round(seconds - train - evaluation, 1)}
+    return {"train": round(train, 1), "eval": round(evaluation, 1), "other": round(seconds - train - evaluation, 1),
+            "stages": {str(s["dir"].relative_to(run_dir)) or ".": [s["train"]["seconds"],
+                                                                  s["train"].get("eval_seconds", 0.0)]
+                       for s in stages}}
 
 
 def outcome(method: str, run_dir: Path, metric: str) -> dict:
@@ -271,6 +275,14 @@ def report(rows: list[dict], args, metric: str) -> str:
             f"{mean_std([100 * r['score'] for r in runs])} | "
             f"{', '.join(assistant_name(r['assistant']) for r in runs)} |")
     lines.append("")
+    for method in ("minidisc", "minidisc_sampled"):
+        runs = by_method.get(method) or []
+        if runs:
+            names = sorted({name for r in runs for name in r["split"]["stages"]})
+            parts = {name: [statistics.mean(r["split"]["stages"][name][i] for r in runs if name in r["split"]["stages"])
+                            for i in (0, 1)] for name in names}
+            lines.append(f"- {method}, seconds per iteration (train + eval), seed mean: "
+                         + "; ".join(f"{name.split('/')[0]} {t:.0f} + {e:.0f}" for name, (t, e) in parts.items()))
     for seed in args.seeds:
         found = {r["method"]: r for r in rows if r["seed"] == seed}
         if "maxidisc" not in found:
@@ -282,6 +294,24 @@ def report(rows: list[dict], args, metric: str) -> str:
                           for m in ("minidisc", "minidisc_sampled") if m in found)
         lines.append(f"- seed {seed}: MaxiDisc's paths {paths}; best {assistant_name(best)}; {picks}")
     return "\n".join(lines)
+
+
+def draw_searches(rows: list[dict], root: Path, args, metric: str) -> None:
+    """``seed{n}/search.png``: MaxiDisc's paths against their cost, its best and MiniDisc's choices circled."""
+    for seed in args.seeds:
+        found = {r["method"]: r for r in rows if r["seed"] == seed}
+        if "maxidisc" not in found:
+            continue
+        chains = json.loads((root / f"seed{seed}" / "maxidisc" / "results.json").read_text())["chains_tried"]
+
+        def chain(assistant):
+            return f"{assistant},{args.target_sparsity}S" if assistant is not None else f"{args.target_sparsity}S"
+
+        marks = {"MaxiDisc's best": chain(found["maxidisc"]["assistant"])}
+        marks.update({f"{m}'s choice": chain(found[m]["assistant"]) for m in ("minidisc", "minidisc_sampled")
+                      if m in found})
+        plot_search([{**row, "score": row["dev"][metric]} for row in chains], root / f"seed{seed}" / "search.png",
+                    metric, marks)
 
 
 def main(argv=None) -> None:
@@ -316,6 +346,7 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"seed {seed} {method:17s} {row['seconds']:7.1f}s  dev {100 * row['score']:.2f}  assistant "
                   f"{row['assistant']}  load {record['load_before']} -> {record['load_after']}", flush=True)
+    draw_searches(rows, root, args, task.selection_metric)
     table = report(rows, args, task.selection_metric)
     print(table, flush=True)
     write_json_atomic(root / "compare.json", {"settings": {k: v for k, v in vars(args).items()},

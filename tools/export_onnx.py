@@ -15,7 +15,7 @@ dynamic), then:
 The numbers go to ``DIR/onnx/report.json`` and into the folder's model card (``README.md``). The
 exported graph keeps padding and masks it (the eager model instead drops padded tokens), so one graph
 serves every input. Needs the ``onnx``, ``onnxscript`` and ``onnxruntime`` packages
-(``requirements-extras.txt``).
+(in ``requirements.txt``).
 
 Example::
 
@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import platform
@@ -66,6 +67,8 @@ class _Logits(torch.nn.Module):
 
 def export(model, path: Path, example: Mapping[str, torch.Tensor]) -> Path:
     """Export ``model`` (eval) to ``path`` with dynamic batch and sequence axes; return ``path``."""
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("onnxscript is not installed (torch's ONNX exporter needs it): pip install -r requirements.txt")
     names = input_names(model)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,7 @@ class OnnxModel:
         try:
             import onnxruntime
         except ImportError:
-            raise ExportError("onnxruntime is not installed: pip install -r requirements-extras.txt") from None
+            raise ExportError("onnxruntime is not installed: pip install -r requirements.txt") from None
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
