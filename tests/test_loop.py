@@ -156,8 +156,8 @@ def test_best_saved_after_the_last_checkpoint_is_what_the_results_describe(spars
     def scripted(self, model, step):
         return {"metrics": {"acc": step / 100}, "score": step / 100}
 
-    def save_then_die(model, tokenizer, directory, files=None):
-        original_save(model, tokenizer, directory, files)
+    def save_then_die(model, tokenizer, directory, files=None, run_dir=None):
+        original_save(model, tokenizer, directory, files, run_dir)
         if files["selection.json"]["step"] == 14:
             raise KeyboardInterrupt
 
