@@ -26,11 +26,13 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
 import platform
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -73,12 +75,31 @@ def export(model, path: Path, example: Mapping[str, torch.Tensor]) -> Path:
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.onnx.export(_Logits(model.eval()), tuple(example[n] for n in names), str(tmp), dynamo=True,
-                      input_names=names, output_names=["logits"],
-                      dynamic_shapes={n: {0: batch, 1: sequence} for n in names}, external_data=False,
-                      verbose=False)
+    with quiet_exporter():
+        torch.onnx.export(_Logits(model.eval()), tuple(example[n] for n in names), str(tmp), dynamo=True,
+                          input_names=names, output_names=["logits"],
+                          dynamic_shapes={n: {0: batch, 1: sequence} for n in names}, external_data=False,
+                          verbose=False)
     tmp.replace(path)
     return path
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence the exporter's chatter (a log line per deduplicated initializer, missing torchvision ops,
+    deprecation notes); its errors still surface."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript", "torch.export",
+                                                   "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class OnnxModel:

@@ -136,7 +136,8 @@ def render(facts: dict, name: str) -> str:
         meta += ["metrics:", *(f"- {m}" for m in metrics)]
     meta += [f"pipeline_tag: {'token-classification' if token else 'text-classification'}", "---", ""]
 
-    lines = [f"# {name}: a {model['sparsity']}% sparse {model['model_type']} model for {task or 'its task'}", "",
+    role = "teacher" if model["sparsity"] == 0 else "student"
+    lines = [f"# A {model['sparsity']}% sparse {model['model_type']} {role} for {task or 'its task'} ({name})", "",
              f"Made by the MiniDisc re-implementation's `{made.get('script', 'save')}.py`: "
              f"{model['layers']} layers, {sum(model['heads_per_layer'])} attention heads and "
              f"{sum(model['neurons_per_layer'])} FFN neurons kept, {_millions(model['prunable_parameters'])} prunable "
@@ -144,12 +145,14 @@ def render(facts: dict, name: str) -> str:
              "each layer keeps its own widths, which the stock architecture cannot hold, so the folder carries "
              "its modeling code.", "", "## Use", "", "```python",
              f"from transformers import {model['auto_class']}, AutoTokenizer, pipeline", "",
-             f'model = {model["auto_class"]}.from_pretrained("{name}", trust_remote_code=True)',
-             f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-             f'classify = pipeline("{"token-classification" if token else "text-classification"}", model="{name}", '
+             'folder = "path/to/this/folder"  # or its Hub id once pushed',
+             f"model = {model['auto_class']}.from_pretrained(folder, trust_remote_code=True)",
+             "tokenizer = AutoTokenizer.from_pretrained(folder)",
+             f'classify = pipeline("{"token-classification" if token else "text-classification"}", model=folder, '
              'trust_remote_code=True)', "```", "",
              "`trust_remote_code=True` is required: without it transformers builds its stock class, which cannot "
-             "hold the pruned widths.", "", "## How it was made", ""]
+             "hold the pruned widths. (The pipeline logs that this class is \"not supported\" for the task: it "
+             "checks the name against its built-in classes only, and works.)", "", "## How it was made", ""]
     teacher = facts.get("teacher")
     if teacher:
         t = teacher["model"]
