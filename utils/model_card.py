@@ -136,7 +136,8 @@ def render(facts: dict, name: str) -> str:
         meta += ["metrics:", *(f"- {m}" for m in metrics)]
     meta += [f"pipeline_tag: {'token-classification' if token else 'text-classification'}", "---", ""]
 
-    role = "teacher" if model["sparsity"] == 0 else "student"
+    role = {"run_finetuning": "fine-tuned teacher", "run_sparsification": "sparsified teacher"}.get(
+        made.get("script"), "distilled model")
     lines = [f"# A {model['sparsity']}% sparse {model['model_type']} {role} for {task or 'its task'} ({name})", "",
              f"Made by the MiniDisc re-implementation's `{made.get('script', 'save')}.py`: "
              f"{model['layers']} layers, {sum(model['heads_per_layer'])} attention heads and "
