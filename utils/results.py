@@ -113,8 +113,8 @@ def finish(args, run, task, output_dir: Path, summary: dict, model_dir: Path | N
 def card_results(results: dict) -> dict:
     """The facts of a finished run for its model's card: dev (and test) scores, the assistants on its path."""
     facts = {"dev": results.get("best_dev")}
-    if results.get("test"):
-        facts["test"] = results["test"]
+    if results.get("test_metrics"):
+        facts["test"] = results["test_metrics"]
     if "assistants" in results:
         facts["assistants"] = results["assistants"]
     elif "," in results.get("best_chain", ""):
