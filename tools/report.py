@@ -42,6 +42,7 @@ import torch
 
 from tools.export_onnx import hardware
 from utils.errors import USER_ERRORS, UserError
+from utils.model_card import format_count
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +62,6 @@ def speedup(reference_ms: float | None, ms: float | None) -> float | None:
     if reference_ms is None or ms is None or ms <= 0:
         return None
     return reference_ms / ms
-
-
-def format_count(n: int | None) -> str:
-    """A parameter count: ``10637568`` → ``"10.64M"``, ``31234`` → ``"31.2K"``."""
-    if n is None:
-        return "–"
-    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
 
 
 def format_table(rows: Sequence[Mapping], metric: str) -> str:

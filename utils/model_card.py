@@ -110,8 +110,11 @@ def _hub_id(name: str | None) -> str | None:
     return name
 
 
-def _millions(n: int | None) -> str:
-    return "—" if n is None else f"{n / 1e6:.2f}M"
+def format_count(n: int | None) -> str:
+    """A parameter count: ``10637568`` → ``"10.64M"``, ``31234`` → ``"31.2K"``; None → ``"–"``."""
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
 
 
 def _scores(scores: dict | None) -> str:
@@ -141,8 +144,8 @@ def render(facts: dict, name: str) -> str:
     lines = [f"# A {model['sparsity']}% sparse {model['model_type']} {role} for {task or 'its task'} ({name})", "",
              f"Made by the MiniDisc re-implementation's `{made.get('script', 'save')}.py`: "
              f"{model['layers']} layers, {sum(model['heads_per_layer'])} attention heads and "
-             f"{sum(model['neurons_per_layer'])} FFN neurons kept, {_millions(model['prunable_parameters'])} prunable "
-             f"and {_millions(model['total_parameters'])} parameters in all. The weights are physically pruned; "
+             f"{sum(model['neurons_per_layer'])} FFN neurons kept, {format_count(model['prunable_parameters'])} prunable "
+             f"and {format_count(model['total_parameters'])} parameters in all. The weights are physically pruned; "
              "each layer keeps its own widths, which the stock architecture cannot hold, so the folder carries "
              "its modeling code.", "", "## Use", "", "```python",
              f"from transformers import {model['auto_class']}, AutoTokenizer, pipeline", "",
@@ -157,7 +160,7 @@ def render(facts: dict, name: str) -> str:
     teacher = facts.get("teacher")
     if teacher:
         t = teacher["model"]
-        lines.append(f"- Teacher: `{teacher['path']}` ({t['sparsity']}% sparse, {_millions(t['total_parameters'])} "
+        lines.append(f"- Teacher: `{teacher['path']}` ({t['sparsity']}% sparse, {format_count(t['total_parameters'])} "
                      f"parameters; dev {_scores(teacher.get('dev'))}).")
     if facts.get("base_model"):
         lines.append(f"- Pretrained model at the root: `{facts['base_model']}`.")
@@ -179,7 +182,7 @@ def render(facts: dict, name: str) -> str:
     lines += ["", "## Size", "", "| | this model | teacher |", "|---|---:|---:|"]
     t = (teacher or {}).get("model", {})
     for key, label in (("prunable_parameters", "prunable parameters"), ("total_parameters", "parameters")):
-        lines.append(f"| {label} | {_millions(model[key])} | {_millions(t.get(key))} |")
+        lines.append(f"| {label} | {format_count(model[key])} | {format_count(t.get(key))} |")
     for key, label in (("heads_per_layer", "attention heads"), ("neurons_per_layer", "FFN neurons")):
         lines.append(f"| {label} | {sum(model[key])} | {sum(t[key]) if key in t else '—'} |")
     lines += ["", "Kept per layer:", "", "| layer | " + " | ".join(map(str, range(model["layers"]))) + " |",
