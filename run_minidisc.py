@@ -126,7 +126,9 @@ def main(argv=None) -> dict:
         if run.is_main:
             write_json_atomic(run.output_dir / "schedule.json", {"metric": metric, "lam": schedule_args.lam,
                                                                  "iterations": schedule})
-            plot_schedule(schedule, run.output_dir / "schedule.png", metric)
+            plot_schedule(schedule, run.output_dir / "schedule.png", metric,
+                          student_score=(iterations[-1].get("best_dev") or {}).get(metric),
+                          teacher_score=teacher_dev.get(metric))
         student_dir = Path(teacher_path)
         assistants = [s["selected"] for s in schedule if s["role"] == "assistant"]
         last = {key: value for key, value in iterations[-1].items() if key != "settings"}

@@ -10,6 +10,8 @@ import run_maxidisc
 import run_minidisc
 from tests.helpers import crashing_epochs, read_jsonl, same_weights, schedule_args
 from utils.cli import cli
+from utils.plots import pyplot
+from utils.schedule import draw_schedule, plot_schedule, schedule_panels
 
 
 @pytest.fixture
@@ -56,13 +58,24 @@ def test_minidisc_large_lambda_picks_the_target_and_stops(args_for, tmp_path):
     assert json.loads((out / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 90
 
 
-def test_minidisc_final_student_alone(args_for, tmp_path):
+def test_minidisc_final_student_alone(args_for, tmp_path, monkeypatch):
+    drawn = []
+
+    def record(*args, **kwargs):
+        drawn.append(kwargs)
+        return plot_schedule(*args, **kwargs)
+
+    monkeypatch.setattr(run_minidisc, "plot_schedule", record)
     out = tmp_path / "alone"
     results = run_minidisc.main(args_for(out, "--lam", "0", "--final_student", "alone", "--max_steps", "3"))
     assert results["schedule"][0]["role"] == "assistant"
     assert results["schedule"][-1]["mode"] == "alone"
     assert "sparsities" not in read_jsonl(out / "iter_2" / "metrics.jsonl")[0]
     assert results["model"]["sparsity"] == 90
+    # a student trained alone has no P(target) in the schedule: the picture gets its dev score, and the
+    # teacher's, from the run
+    assert drawn == [{"student_score": results["best_dev"]["acc"], "teacher_score": results["teacher_dev"]["acc"]}]
+    assert (out / "schedule.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("sample", [[], ["--sandwich_sample", "2"]], ids=["all-widths", "sampled"])
@@ -265,3 +278,52 @@ def test_tensorboard_without_the_package_is_a_one_line_error(args_for, tmp_path,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     assert cli(run_minidisc.main, args_for(tmp_path / "no_tb", "--report_to", "tensorboard")) == 2
     assert "--report_to tensorboard needs the tensorboard package" in capsys.readouterr().err
+
+
+# A two-iteration schedule as run_minidisc writes it: iteration 1 chose 70S among 50-90S, iteration 2
+# evaluated the 90S student alone.
+FIRST = {"iteration": 1, "role": "assistant", "selected": 70, "lam": 0.2, "teacher_sparsity": 0,
+         "performance": {"50": {"score": 0.80, "step": 3}, "70": {"score": 0.78, "step": 3},
+                         "90": {"score": 0.70, "step": 6}},
+         "tradeoff": {"50": 0.90, "70": 0.92, "90": 0.88}}
+SECOND = {"iteration": 2, "role": "student", "selected": 90, "lam": 0.2, "teacher_sparsity": 70,
+          "performance": {"90": {"score": 0.73, "step": 6}}, "tradeoff": {}}
+
+
+def test_the_final_iteration_is_the_student_beside_the_first_curve():
+    panels, student = schedule_panels([FIRST, SECOND])
+    assert [it["iteration"] for it in panels] == [1]  # the one-point last iteration is no panel
+    assert student == (90, 0.73)  # its P(target) when no score is passed
+    assert schedule_panels([FIRST, SECOND], student_score=0.74)[1] == (90, 0.74)
+    alone = {"iteration": 2, "role": "student", "selected": 90, "mode": "alone"}
+    assert schedule_panels([FIRST, alone]) == ([FIRST], None)
+    assert schedule_panels([FIRST, alone], student_score=0.7)[1] == (90, 0.7)
+    chose_the_target = {**FIRST, "role": "student", "selected": 90}
+    assert schedule_panels([chose_the_target]) == ([chose_the_target], (90, 0.70))
+    # with --export_all the last iteration scores every width: a curve, so a panel of its own
+    exported = {**SECOND, "performance": {**FIRST["performance"], "90": {"score": 0.73, "step": 6}}}
+    assert [it["iteration"] for it in schedule_panels([FIRST, exported])[0]] == [1, 2]
+    assert schedule_panels([]) == ([], None)
+
+
+def test_the_schedule_figure_draws_student_teacher_and_direct_where_p_is_read(tmp_path):
+    plt = pyplot("test")
+    fig = draw_schedule(plt, [FIRST, SECOND], "acc", student_score=0.74, teacher_score=0.85, direct_score=0.72)
+    score_axis, tau_axis = fig.axes  # one panel, τ on a twin axis
+    lines = {line.get_label(): line for line in score_axis.get_lines()}
+    assert list(lines["student 90S: 0.7400"].get_xdata()) == [pytest.approx(0.1)]
+    assert list(lines["student 90S: 0.7400"].get_ydata()) == [0.74]
+    assert set(lines["teacher: 0.8500"].get_ydata()) == {0.85}
+    assert set(lines["direct student: 0.7200"].get_ydata()) == {0.72}
+    low, high = score_axis.get_ylim()
+    assert low <= 0.70 and high >= 0.85  # P, the student and the teacher share one readable axis
+    assert [t.get_text() for t in score_axis.get_legend().get_texts()][-1].startswith("τ(s)")
+    assert list(tau_axis.get_lines()[0].get_ydata()) == [0.90, 0.92, 0.88]
+    plt.close(fig)
+    # nothing known beyond the schedule: no lines, and the picture is still written
+    fig = draw_schedule(plt, [FIRST, {**SECOND, "performance": {}}], "acc")
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert [label for label in labels if not label.startswith("_")] == ["P(s): dev acc of each width"]
+    plt.close(fig)
+    assert plot_schedule([FIRST, SECOND], tmp_path / "s.png", "acc", teacher_score=0.85).stat().st_size > 1000
+    assert plot_schedule([{"iteration": 1, "role": "student", "selected": 90}], tmp_path / "n.png", "acc") is None

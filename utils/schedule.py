@@ -130,34 +130,84 @@ class SandwichSelector(Selector):
         }
 
 
-def plot_schedule(iterations: list[dict], path: Path, metric: str) -> Path | None:
-    """Draw P(s) and τ(s) against scale (1 - s/100) for each sandwich iteration, the choice marked; a PNG."""
-    iterations = [it for it in iterations if it.get("performance")]
-    if not iterations:
+def schedule_panels(iterations: list[dict], student_score: float | None = None
+                    ) -> tuple[list[dict], tuple[int, float] | None]:
+    """What :func:`plot_schedule` draws: the iterations that get a panel, and the student (sparsity, score).
+
+    A panel is an iteration that scored two sparsities or more (a choice among candidates); the final
+    iteration of a sandwich evaluates only the target, so it is no panel of its own (when none scored two,
+    every iteration that scored one is drawn). The student is the last iteration whose choice is the
+    target (``role`` ``student``), scored ``student_score`` when given, else its P(target); None when
+    neither is known (``--final_student alone`` records no P: pass the student's dev score).
+    """
+    scored = [it for it in iterations if it.get("performance")]
+    panels = [it for it in scored if len(it["performance"]) >= 2] or scored
+    students = [it for it in iterations if it.get("role") == "student"]
+    if not students:
+        return panels, None
+    sparsity = students[-1]["selected"]
+    if student_score is None:
+        student_score = (students[-1].get("performance") or {}).get(str(sparsity), {}).get("score")
+    return panels, None if student_score is None else (sparsity, student_score)
+
+
+def draw_schedule(plt, iterations: list[dict], metric: str, student_score: float | None = None,
+                  teacher_score: float | None = None, direct_score: float | None = None):
+    """The figure of :func:`plot_schedule` (returned open, so that a test can read its artists), or None
+    when no iteration scored a sparsity."""
+    panels, student = schedule_panels(iterations, student_score)
+    if not panels:
         return None
-    plt = pyplot("schedule")
-    if plt is None:
-        return None
-    fig, axes = plt.subplots(1, len(iterations), figsize=(5.5 * len(iterations), 4), squeeze=False)
-    for ax, it in zip(axes[0], iterations, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    for ax, it in zip(axes[0], panels, strict=True):
         perf = {int(s): v["score"] for s, v in it["performance"].items()}
-        scales = [1 - s / 100 for s in sorted(perf)]
-        ax.plot(scales, [perf[s] for s in sorted(perf)], "o-", label=f"dev {metric} P(s)")
-        if it.get("tradeoff"):
-            tau = {int(s): v for s, v in it["tradeoff"].items()}
-            ax.plot([1 - s / 100 for s in sorted(tau)], [tau[s] for s in sorted(tau)], "s--",
-                    label=f"τ(s) = P + {it['lam']}·s/100")
+        ax.plot([1 - s / 100 for s in sorted(perf)], [perf[s] for s in sorted(perf)], "o-", color="tab:blue",
+                label=f"P(s): dev {metric} of each width")
         chosen = it.get("selected")
         if chosen is not None and chosen in perf:
             ax.axvline(1 - chosen / 100, color="red", alpha=0.4)
             ax.annotate(f"{it['role']} {chosen}S", (1 - chosen / 100, perf[chosen]), textcoords="offset points",
                         xytext=(5, 8), color="red")
+        # the student, the teacher and the direct student on P's axis: the scores a reader compares
+        if student is not None:
+            ax.plot([1 - student[0] / 100], [student[1]], "*", color="black", markersize=14, zorder=5,
+                    label=f"student {student[0]}S: {student[1]:.4f}")
+        if teacher_score is not None:
+            ax.axhline(teacher_score, color="tab:green", linestyle="-", alpha=0.7,
+                       label=f"teacher: {teacher_score:.4f}")
+        if direct_score is not None:
+            ax.axhline(direct_score, color="tab:gray", linestyle=":", label=f"direct student: {direct_score:.4f}")
+        ax.set_ylabel(f"dev {metric}")
         ax.set_xlabel("scale (fraction of prunable encoder weights kept)")
-        ax.set_title(f"iteration {it['iteration']}")
+        ax.set_title(f"iteration {it['iteration']} (teacher {it.get('teacher_sparsity', 0)}S)")
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if it.get("tradeoff"):  # τ on its own axis: it is P plus up to λ, and would squeeze P's spread
+            tau = {int(s): v for s, v in it["tradeoff"].items()}
+            twin = ax.twinx()
+            twin.plot([1 - s / 100 for s in sorted(tau)], [tau[s] for s in sorted(tau)], "s--", color="tab:orange",
+                      label=f"τ(s) = P + {it['lam']}·s/100 (right axis)")
+            twin.set_ylabel("τ(s)", color="tab:orange")
+            extra_handles, extra_labels = twin.get_legend_handles_labels()
+            handles, labels = handles + extra_handles, labels + extra_labels
+        # below the panel: inside it would hide whichever of the two curves it does not know about
+        ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
+    return fig
+
+
+def plot_schedule(iterations: list[dict], path: Path, metric: str, student_score: float | None = None,
+                  teacher_score: float | None = None, direct_score: float | None = None) -> Path | None:
+    """Draw P(s) and τ(s) against scale (1 - s/100) for each iteration that chose among candidates, the
+    choice marked, the student a star at its scale, the teacher's and the direct student's dev scores as
+    horizontal lines when known; a PNG (see :func:`schedule_panels` for what is drawn)."""
+    if not schedule_panels(iterations)[0]:
+        return None
+    plt = pyplot("schedule")
+    if plt is None:
+        return None
+    fig = draw_schedule(plt, iterations, metric, student_score, teacher_score, direct_score)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
