@@ -6,6 +6,7 @@ builds its own folder under its ``tmp_path`` with the builders in ``helpers.py``
 """
 
 import logging
+import os
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.helpers import (
     write_conll_task,
     write_sst2_task,
 )
+from utils.state_signature import KEY_ENV
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
 # threads make each small matmul orders of magnitude slower.
@@ -42,6 +44,12 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _resume_key(tmp_path_factory):
+    """Sign sharded states with a key of the session's own (the scripts' processes inherit it), not the user's."""
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("resume_key") / "resume.key")
 
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(sparse_teacher, sst2_task,
     assert resumed["best_step"] == json.loads((tmp_path / "full" / "results.json").read_text())["best_step"]
 
 
-@pytest.mark.parametrize("student,objective", [("2L", "hidden_kd"), ("90S", "hidden_kd"), ("50S", "kd")])
+@pytest.mark.parametrize("student,objective", [("2L", "hidden_kd"), ("90S", "hidden_kd"), ("50S", "kd"),
+                                               ("90S", "hidden_cos"), ("2L", "logit_kd")])
 def test_distillation_students(sparse_teacher, sst2_task, tmp_path, student, objective):
     out = tmp_path / f"distil_{student}"
     args = distill_args(sparse_teacher, sst2_task, out, student, "--objective", objective)
@@ -106,6 +107,25 @@ def test_distillation_students(sparse_teacher, sst2_task, tmp_path, student, obj
             assert results["model"]["heads_kept"] == 16 - round(0.9 * 16)
             assert results["model"]["neurons_kept"] == 148 - round(0.9 * 148)
     assert len(read_jsonl(out / "metrics.jsonl")) == 2
+
+
+@pytest.mark.parametrize("student,objective", [("90S", "hidden_kd"), ("2L", "hidden_cos"), ("50S", "logit_kd")])
+def test_a_cached_teacher_trains_as_a_recomputed_one(sparse_teacher, sst2_task, tmp_path, student, objective):
+    """Three epochs: from the second on the teacher cache serves every batch, and the run ends as the one
+    that runs the teacher on every batch (within float rounding: an example's teacher outputs come from
+    the batch it was first seen in)."""
+    runs = {}
+    for name, budget in (("cached", "2048"), ("recomputed", "0")):
+        runs[name] = run_distillation.main(distill_args(
+            sparse_teacher, sst2_task, tmp_path / name, student, "--objective", objective, "--max_steps", "30",
+            "--log_interval", "10", "--teacher_cache_mb", budget))
+    served = runs["cached"]["train"]["teacher_cache"]
+    assert served["batches_computed"] == 10 and served["batches_served"] == 20  # 10 batches an epoch
+    assert "teacher_cache" not in runs["recomputed"]["train"]
+    cached, recomputed = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("cached", "recomputed"))
+    assert [r["train_loss"] for r in cached] == pytest.approx([r["train_loss"] for r in recomputed], rel=1e-4)
+    assert [r["metrics"] for r in cached] == [r["metrics"] for r in recomputed]
+    assert same_weights(tmp_path / "cached" / "best", tmp_path / "recomputed" / "best", atol=1e-4)
 
 
 def test_training_does_not_depend_on_random_numbers_drawn_before_it(sparse_teacher, sst2_task, tmp_path,
@@ -184,7 +204,7 @@ def test_a_sharded_state_is_not_resumed_without_fsdp(sparse_teacher, sst2_task, 
     with crashing_epochs(keep=5, when=lambda epoch, call: epoch == 1), pytest.raises(TypeError):
         run_finetuning.main(finetune_args(sparse_teacher, sst2_task, tmp_path / "cut", *extra))
     path = tmp_path / "cut" / STATE_DIR / STATE_FILE
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     saved["sharded"] = "sharded-step-10"  # as an --fsdp run writes it
     torch.save(saved, path)
     assert cli(run_finetuning.main, finetune_args(sparse_teacher, sst2_task, tmp_path / "cut", *extra)) == 2

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +26,10 @@ import torch
 import torch.distributed as dist
 
 from models.standalone import write_standalone
+from utils.errors import RunError
 from utils.model_card import save_card
 from utils.run import write_json_atomic
+from utils.state_signature import sign_folder, verify_folder
 
 BEST_DIR = "best"
 SHARDED_PREFIX = "sharded-step-"
@@ -70,15 +74,24 @@ def recover_model_dir(directory: Path) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random state as tensors and plain types, so the state file loads with ``weights_only=True``."""
+    name, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(),  # (version, a tuple of 625 ints, a float or None)
+             "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["key"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -166,19 +179,39 @@ def save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopStat
 
 
 def save_sharded(path: Path, module, optimizer) -> None:
-    """Every process writes its shards of ``module`` (FSDP2) and ``optimizer`` into ``path``."""
+    """Every process writes its shards of ``module`` (FSDP2) and ``optimizer`` into ``path``; rank 0 then
+    signs the folder (:mod:`utils.state_signature`), as its metadata is a pickle."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optimizer_state = get_state_dict(module, optimizer)
+    # dcp.save returns on every rank once the coordinator has written the metadata after all shards
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(path))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        sign_folder(path)
 
 
 def load_sharded(path: Path, module, optimizer) -> None:
-    """Load what :func:`save_sharded` wrote into the sharded ``module`` and its ``optimizer``."""
+    """Load what :func:`save_sharded` wrote into the sharded ``module`` and its ``optimizer``.
+
+    Rank 0 first checks the folder's signature under its key (every rank reads the same folder; the
+    key lives where rank 0's account keeps it) and every rank stops with its message if it fails.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    refusal = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            verify_folder(path)
+        except RunError as error:
+            refusal = str(error)
+    if dist.is_initialized():
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal is not None:
+        raise RunError(refusal)
     model_state, optimizer_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(path))
@@ -186,11 +219,21 @@ def load_sharded(path: Path, module, optimizer) -> None:
 
 
 def load_state(output_dir: Path) -> dict | None:
-    """The resumable state saved in ``output_dir/checkpoint``, or None."""
+    """The resumable state saved in ``output_dir/checkpoint``, or None.
+
+    It is read with ``weights_only=True`` (tensors and plain values only): a file that holds anything
+    else (a pickled callable, or a state written by an older version of this code) is refused unread.
+    """
     path = Path(output_dir) / STATE_DIR / STATE_FILE
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        named = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(error))
+        raise RunError(f"{path} holds more than tensors and plain values{f' ({named[1]})' if named else ''}, so it was "
+                       "not written by this version of the code, and loading it could run code: refusing to load "
+                       "it; pass --overwrite_output_dir to start afresh, or choose another --output_dir") from None
 
 
 def remove_state(output_dir: Path) -> None:
