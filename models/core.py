@@ -47,6 +47,17 @@ def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Lin
         return nn.Linear(in_features, out_features, bias=bias)
 
 
+class Normalization(nn.Module):
+    """Base of every family's own normalisation layer (T5's, the decoders' RMSNorm): like torch's norms,
+    its parameters are scales and shifts, not weights, and take no weight decay (:func:`is_normalization`)."""
+
+
+def is_normalization(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer: torch's LayerNorm, RMSNorm and GroupNorm, or a family's
+    :class:`Normalization`."""
+    return isinstance(module, (Normalization, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm))
+
+
 def as_permutation(order, size: int, what: str) -> torch.Tensor:
     """Validate ``order`` as a permutation of ``range(size)`` and return it as a LongTensor ``[size]``."""
     index = torch.as_tensor(order, dtype=torch.long).flatten().cpu()

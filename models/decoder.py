@@ -42,7 +42,7 @@ from torch import nn
 from transformers import AutoConfig, LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .core import PrunableBlock, PrunableModel, PrunableTaskModel, init_standard, new_linear
+from .core import Normalization, PrunableBlock, PrunableModel, PrunableTaskModel, init_standard, new_linear
 from .heads import TaskOutput, sequence_loss, token_loss
 from .sparsity_map import ModelConfigError
 
@@ -64,7 +64,7 @@ def head_unit(config) -> str:
     return unit
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(Normalization):
     """Scale by the root mean square over the last dimension (computed in fp32), then by ``weight``."""
 
     def __init__(self, size: int, eps: float):

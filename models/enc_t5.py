@@ -47,11 +47,11 @@ from torch import nn
 from transformers import PreTrainedModel, T5Config
 from transformers.activations import ACT2FN
 
-from .core import PrunableBlock, PrunableModel, new_linear
+from .core import Normalization, PrunableBlock, PrunableModel, new_linear
 from .heads import TaskOutput, sequence_loss, token_loss
 
 
-class T5Norm(nn.Module):
+class T5Norm(Normalization):
     """T5's LayerNorm: scale by the root mean square (in fp32), no mean subtraction, no bias."""
 
     def __init__(self, size: int, eps: float):

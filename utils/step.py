@@ -8,16 +8,23 @@ from contextlib import nullcontext
 
 import torch
 
+from models.core import is_normalization
 from utils.sharding import pass_context
 
 
 def build_optimizer(module, args) -> torch.optim.Optimizer:
-    """AdamW with weight decay on every trainable weight except biases and LayerNorm weights."""
+    """AdamW with weight decay on every trainable weight except biases and normalisation layers' parameters.
+
+    What is exempt is chosen by module type, so that it holds for every family whatever its parameter
+    names: every parameter of a norm (:func:`models.core.is_normalization`: BERT's LayerNorm, T5's norm,
+    the decoders' RMSNorm with Qwen3's q_norm/k_norm) and every module's ``bias``, as HF Trainer does.
+    """
+    exempt = {id(param) for sub in module.modules() for name, param in sub.named_parameters(recurse=False)
+              if name == "bias" or is_normalization(sub)}
     decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith("bias") or "LayerNorm.weight" in name else decay).append(param)
+    for param in module.parameters():
+        if param.requires_grad:
+            (no_decay if id(param) in exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel makes one pass over each tensor instead of a dozen (≈5x faster on the CPU, where a
     # MiniLM's optimizer step costs as much as a narrow student's forward and backward).
