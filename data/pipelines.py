@@ -5,7 +5,8 @@ The checkpoint's own tokenizer frames the text, so one pipeline serves every fam
 0/1, T5's ``a </s> (b </s>)``, a decoder's own template (Llama's ``<s> a …``); pairs truncated
 longest-first to ``max_length``. Token tasks
 (``bert_ner``, ``enct5_ner``, ``decoder_ner``): the tokenizer's own frame (``[CLS] words [SEP]``, ``words
-</s>``, ``<s> words``); every word is tokenised on its own; its
+</s>``, ``<s> words``); every word is tokenised as it appears in the sentence's running text (after a
+space, but the first), so tokenizers that mark spaces see the pieces they were trained on; its
 first piece carries the word's label and is the only scored position (``label_mask``). A sentence
 whose pieces do not fit in ``max_length`` is cut into consecutive, non-overlapping word windows,
 one feature each, so every word is predicted exactly once (the reference code silently dropped the
@@ -196,15 +197,33 @@ def _encode_sequences(task: TaskSpec, examples: list[ClsExample], tokenizer, max
     return features
 
 
-def _word_pieces(tokenizer, examples: list[TokenExample]) -> dict[str, list[int]]:
-    """Piece ids of every distinct word, tokenised in one batched call. A word that yields no pieces
-    (e.g. a lone control character) becomes [UNK] so that it still gets a prediction."""
-    vocab = sorted({w for ex in examples for w in ex.words})
-    if not vocab:
+def _word_pieces(tokenizer, examples: list[TokenExample]) -> dict[tuple[str, bool], list[int]]:
+    """Piece ids of every distinct word as it appears in running text, tokenised in batched calls:
+    ``(word, False)`` for a sentence's first word, ``(word, True)`` for a word after a space.
+
+    Tokenizers that mark spaces (byte-level BPE: Llama-3, Qwen2/3, SmolLM2; ``Ġblackburn``, not
+    ``b|lac|kburn``) give another piece for a word after a space than for the same word alone: a word
+    after a space is read off ``"x word"`` with the pieces of ``"x"`` removed, so that a sentence's pieces are
+    those of its running text. WordPiece and sentencepiece give the same pieces either way. A word that
+    yields no pieces (e.g. a lone control character) becomes [UNK] so that it still gets a prediction.
+    """
+    firsts = sorted({ex.words[0] for ex in examples if ex.words})
+    laters = sorted({w for ex in examples for w in ex.words[1:]})
+    if not firsts:
         return {}
-    ids = tokenizer(vocab, add_special_tokens=False, return_attention_mask=False,
-                    return_token_type_ids=False)["input_ids"]
-    return {w: (p or [tokenizer.unk_token_id]) for w, p in zip(vocab, ids, strict=True)}
+
+    def encode(texts):
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"] if texts else []
+
+    probe = encode(["x"])[0]
+    pieces = {(w, False): ids for w, ids in zip(firsts, encode(firsts), strict=True)}
+    for w, ids in zip(laters, encode([f"x {w}" for w in laters]), strict=True):
+        if ids[:len(probe)] != probe:
+            raise ValueError(f"{type(tokenizer).__name__} encodes {'x ' + w!r} as {ids}, which does not start with the "
+                             f"pieces of 'x' {probe}: cannot tell the pieces of {w!r} in running text")
+        pieces[(w, True)] = ids[len(probe):]
+    return {key: (ids or [tokenizer.unk_token_id]) for key, ids in pieces.items()}
 
 
 def _frame(tokenizer) -> tuple[list[int], list[int]]:
@@ -228,14 +247,16 @@ def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_
     features: list[dict] = []
     split_sentences = truncated_words = 0
     for example_index, ex in enumerate(examples):
+        # every word but the sentence's first follows a space, in every window
+        word_pieces_of = [pieces[(w, i > 0)] for i, w in enumerate(ex.words)]
         windows = []
         start = 0
         while start < len(ex.words):
             used, end = 0, start
             # Greedily take whole words; a single word longer than the budget is cut to its first pieces
             # (its first piece, the scored one, always survives).
-            while end < len(ex.words) and (end == start or used + len(pieces[ex.words[end]]) <= budget):
-                used += min(len(pieces[ex.words[end]]), budget)
+            while end < len(ex.words) and (end == start or used + len(word_pieces_of[end]) <= budget):
+                used += min(len(word_pieces_of[end]), budget)
                 end += 1
             windows.append((start, end))
             start = end
@@ -244,7 +265,7 @@ def _encode_tokens(task: TaskSpec, examples: list[TokenExample], tokenizer, max_
         for start, end in windows:
             input_ids, label_mask, labels = list(before), [0] * len(before), [IGNORE_INDEX] * len(before)
             for w in range(start, end):
-                word_pieces = pieces[ex.words[w]]
+                word_pieces = word_pieces_of[w]
                 if len(word_pieces) > budget:
                     truncated_words += 1
                     word_pieces = word_pieces[:budget]

@@ -175,3 +175,40 @@ def test_real_conll_dev_every_word_predicted_once(tokenizer):
     assert sum(sum(f["label_mask"]) for f in ds.features) == sum(len(e.words) for e in examples) == 51362
     predictions = ds.decode(_perfect_token_outputs(ds))
     assert compute_metrics("conll", predictions, ds.references())["f1"] == 1.0
+
+
+def _byte_level_bpe_tokenizer():
+    """A byte-level BPE tokenizer (as Llama-3's, Qwen's, SmolLM2's) trained here on a few sentences, so that
+    ``Ġblackburn`` (the word after a space) is one piece while ``blackburn`` alone is not."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = ["peter blackburn said the eu rejects german lambs , peter said ."] * 20
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def test_words_are_tokenised_as_in_running_text_by_a_byte_level_bpe_tokenizer():
+    tokenizer = _byte_level_bpe_tokenizer()
+    words = ["peter", "blackburn", "said", "blackburn", "rejects", ",", "peter", "lambs", "."]
+    running = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(running)[1] == "Ġblackburn"
+    assert len(tokenizer("blackburn", add_special_tokens=False)["input_ids"]) > 1  # alone, it is split
+    tags = _tag_ids("B-PER", "I-PER", "O", "B-PER", "O", "O", "B-PER", "B-MISC", "O")
+    ds = encode_dataset("conll", [TokenExample("0", words, tags, [])], tokenizer, max_length=64)
+    (feature,) = ds.features
+    assert feature["input_ids"] == running
+    # each word's first piece is scored: the pieces of "a b" split where the words do
+    starts = [i for i, m in enumerate(feature["label_mask"]) if m]
+    assert [tokenizer.decode(running[a:b]) for a, b in zip(starts, [*starts[1:], len(running)], strict=True)] == (
+        [words[0]] + [" " + w for w in words[1:]])
+    # a window cut mid-sentence keeps the pieces of running text; together the windows hold every piece once
+    windows = encode_dataset("conll", [TokenExample("0", words, tags, [])], tokenizer, max_length=5).features
+    assert len(windows) > 1
+    assert [i for f in windows for i in f["input_ids"]] == running
