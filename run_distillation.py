@@ -22,7 +22,7 @@ from utils.cli import cli
 from utils.evaluation import MetricSelector
 from utils.loop import train
 from utils.model_io import load_teacher, load_tokenizer
-from utils.objectives import DistillObjective
+from utils.objectives import build_distill_objective
 from utils.planner import dry_run
 from utils.results import finish, train_summary
 from utils.run import end_run, start_run
@@ -48,8 +48,7 @@ def main(argv=None) -> dict:
         teacher = load_teacher(model_type, teacher_path, task).to(run.device)
         student = build_student(model_type, teacher_path, args.student.student, task)
         data = load_train_and_dev(args.data, task, tokenizer)
-        objective = DistillObjective(teacher, args.distill.objective, args.distill.kd_temperature,
-                                     task.kind == "regression")
+        objective = build_distill_objective(teacher, args.distill, task.kind == "regression")
         selector = MetricSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run)
         result = train(training, run, student, data["train"], objective, selector, tokenizer, run.output_dir,
                        resume=run.resume)

@@ -36,7 +36,7 @@ from utils.evaluation import MetricSelector
 from utils.fingerprint import settings_key
 from utils.loop import train
 from utils.model_io import load_teacher, load_tokenizer
-from utils.objectives import DistillObjective
+from utils.objectives import build_distill_objective
 from utils.planner import dry_run
 from utils.plots import plot_search
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
@@ -135,8 +135,7 @@ def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: P
             logger.info("stage %d/%d of %s: %s → %s", k, len(chain), name, teacher_path, spec)
             teacher = load_teacher(model_type, teacher_path, task)
             student = build_student(model_type, teacher_path, spec, task)
-            objective = DistillObjective(teacher.to(run.device), args.distill.objective, args.distill.kd_temperature,
-                                         task.kind == "regression")
+            objective = build_distill_objective(teacher.to(run.device), args.distill, task.kind == "regression")
             selector = MetricSelector(data["dev"], args.training.selection_metric,
                                       args.training.per_device_eval_batch_size, run)
             result = train(args.training, run, student, data["train"], objective, selector, tokenizer, stage_dir,

@@ -33,7 +33,7 @@ from utils.errors import StageError
 from utils.evaluation import MetricSelector, evaluate
 from utils.loop import train
 from utils.model_io import load_model, load_teacher, load_tokenizer
-from utils.objectives import DistillObjective, SandwichObjective
+from utils.objectives import SandwichObjective, build_distill_objective
 from utils.planner import dry_run
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run, write_json_atomic
@@ -55,7 +55,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
     final = iteration == schedule_args.target_iteration
     teacher = load_teacher(model_type, teacher_path, task).to(run.device)
     teacher_sparsity = teacher.config.sparsity
-    distill = DistillObjective(teacher, args.distill.objective, args.distill.kd_temperature, task.kind == "regression")
+    distill = build_distill_objective(teacher, args.distill, task.kind == "regression")
     if final and schedule_args.final_student == "alone":
         model = build_student(model_type, teacher_path, StudentSpec(sparsity=schedule_args.target_sparsity), task)
         objective, selector = distill, MetricSelector(data["dev"], training.selection_metric,

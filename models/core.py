@@ -533,6 +533,11 @@ class PrunableTaskModel:
     ``base_model_class``): the verbs are the base model's, so the training code never reaches inside."""
 
     base_model_class: type[PrunableModel]
+    # The family's distillation defaults (utils.objectives): what ``--objective auto`` means, chosen by the
+    # measured table in docs/results.md; whether the first position is an attention sink whose "massive
+    # activations" a hidden-state term leaves out (decoders).
+    distill_objective: str = "hidden_kd"
+    sink_first_token: bool = False
 
     @classmethod
     def unit_row_counts(cls, config) -> dict[str, int]:

@@ -507,6 +507,8 @@ class _SparseDecoderTaskModel(PrunableTaskModel, SparseDecoderPreTrainedModel):
     """Shared part of the decoder task models: the ``model`` decoder (whose verbs they expose) and one forward."""
 
     base_model_class = SparseDecoderModel
+    distill_objective = "hidden_cos"  # pre-norm: raw residual states (docs/results.md, the objectives table)
+    sink_first_token = True
 
     def __init__(self, config):
         super().__init__(config)

@@ -278,6 +278,7 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
     depth_config = "num_layers"
     rows_are_layers = False  # the decoder's rows follow the encoder's
     has_decoder = True
+    distill_objective = "hidden_cos"  # pre-norm: raw residual states (see PrunableTaskModel)
     # T5 checkpoints hold decoder blocks beyond the first, an LM head and tied embedding copies: unused here.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.block\.[1-9]", r"^lm_head\.", r"embed_tokens\.",
                                           r"EncDecAttention\.relative_attention_bias"]

@@ -160,16 +160,26 @@ class TrainingArguments:
 @dataclass
 class DistillationArguments:
     teacher_model_path: str = arg(help="Fine-tuned (and, for sS students, sparsified) teacher directory.")
-    objective: str = arg("hidden_kd", help="hidden_kd: hidden-state MSE + logit KD, no gold labels (MiniDisc); "
-                         "kd: logit KD + task loss.", choices=("hidden_kd", "kd"))
-    kd_temperature: float = arg(1.0, help="Softmax temperature of logit distillation (--objective kd only).")
+    objective: str = arg("auto", help="auto: the model family's default (BERT: hidden_kd; T5 and decoders: see "
+                         "docs/scripts.md); hidden_kd: hidden-state MSE + logit KD, no gold labels (MiniDisc's); "
+                         "logit_kd: logit KD alone; hidden_cos: logit KD + a scale-free hidden-state term "
+                         "(1 - cosine per token, weighted as the logit term); kd: logit KD + task loss.",
+                         choices=("auto", "hidden_kd", "logit_kd", "hidden_cos", "kd"))
+    kd_temperature: float = arg(1.0, help="Softmax temperature of logit distillation (--objective kd and logit_kd).")
+    teacher_cache_mb: float = arg(2048.0, help="Memory (MiB, on the training device) for the frozen teacher's "
+                                  "logits and selected states per training example, reused from the second epoch "
+                                  "on instead of a teacher forward; 0 turns the cache off (it is always off "
+                                  "under --fsdp).")
 
     def __post_init__(self):
         if self.kd_temperature <= 0:
             raise ArgumentError(f"--kd_temperature {self.kd_temperature}: expected a positive number")
-        if self.objective == "hidden_kd" and self.kd_temperature != 1.0:
-            raise ArgumentError(f"--kd_temperature {self.kd_temperature} is not used by --objective hidden_kd, which "
-                                "matches logits at temperature 1 (as the reference); use --objective kd, or drop it")
+        if self.objective in ("hidden_kd", "hidden_cos") and self.kd_temperature != 1.0:
+            raise ArgumentError(f"--kd_temperature {self.kd_temperature} is not used by --objective {self.objective}, "
+                                "which matches logits at temperature 1 (as the reference); use --objective kd or "
+                                "logit_kd, or drop it")
+        if self.teacher_cache_mb < 0:
+            raise ArgumentError(f"--teacher_cache_mb {self.teacher_cache_mb}: expected 0 (off) or a positive size")
 
 
 @dataclass

@@ -107,6 +107,7 @@ class TrainResult:
     examples_per_second: float
     stop_reason: str
     best_dir: Path
+    objective_stats: dict
 
 
 def train(args, run, model, train_dataset, objective, selector: Selector, tokenizer, output_dir: Path,
@@ -249,7 +250,9 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         batches = sampler.epoch(state.epoch)
         tick, step_loss = time.time(), 0.0
         for position in range(state.batch_in_epoch, len(batches)):
-            batch = to_device(train_dataset.collate_fn([train_dataset[i] for i in batches[position]]), run.device)
+            batch = train_dataset.collate_fn([train_dataset[i] for i in batches[position]])
+            batch["example_index"] = torch.tensor(batches[position])  # the key of the objective's teacher cache
+            batch = to_device(batch, run.device)
             # Micro-batches are grouped by ``accum`` from the start of the epoch; the epoch's last group
             # may be shorter, and its losses are averaged over the batches it really has.
             group_start = position - position % accum
@@ -299,5 +302,5 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         epochs_run=round(state.step / steps_per_epoch, 4), train_seconds=round(state.train_seconds, 2),
         eval_seconds=round(state.eval_seconds, 2),
         examples_per_second=round(state.examples_seen / state.train_seconds, 2) if state.train_seconds else 0.0,
-        stop_reason=state.stop_reason, best_dir=output_dir / BEST_DIR,
+        stop_reason=state.stop_reason, best_dir=output_dir / BEST_DIR, objective_stats=objective.stats(),
     )

@@ -10,7 +10,22 @@ Losses (T is the temperature; ``SCE(a, b) = -mean Σ_c softmax(b)_c log softmax(
 * ``ft``        task loss: cross-entropy, MSE for regression, token cross-entropy for NER;
 * ``kd``        ½ [T² SCE(z_s/T, z_t/T) + task loss]      (regression: ½ [MSE(z_s, z_t) + MSE(z_s, y)]);
 * ``hidden_kd`` ½ [MSE(H_s, H_t) + SCE(z_s, z_t)], no gold labels (regression: ½ [MSE(H) + MSE(z_s, z_t)]);
-  ``H`` stacks the hidden states selected by :func:`layer_pairs` at non-padding tokens.
+  ``H`` stacks the hidden states selected by :func:`layer_pairs` at non-padding tokens. The
+  reference's objective: well scaled on post-LayerNorm BERT, whose states are of order one.
+* ``logit_kd``  T² SCE(z_s/T, z_t/T), no gold labels (regression: MSE(z_s, z_t)): the teacher's
+  logits alone (Minitron's choice for width pruning).
+* ``hidden_cos`` logit_kd + α · mean (1 − cos(h_s, h_t)) over the same states, per token, α = L_logit /
+  L_hidden detached, so the state term weighs as much as the logit term whatever its scale. Scale-free
+  for pre-norm models (T5, decoders), whose states are the raw residual stream with a few channels
+  thousands of times the median; decoders also leave out each sequence's first token, where those
+  "massive activations" sit.
+
+``auto`` (the default of ``--objective``) is the model family's ``distill_objective``
+(:func:`resolve_objective`), chosen by the measured table in docs/results.md.
+
+The teacher is frozen and sees the same examples every epoch, so its outputs can be served from a
+:class:`TeacherCache` (logits and selected states per example, within a memory budget) instead of
+a forward pass per batch.
 
 Each loss is a mean over its terms (real tokens for ``MSE(H)``, scored words for token tasks,
 examples otherwise). Under several processes each process's mean is weighted by its share of all
@@ -26,7 +41,19 @@ import torch.nn.functional as F
 
 from utils.sharding import is_sharded
 
-OBJECTIVES = ("ft", "kd", "hidden_kd")
+OBJECTIVES = ("ft", "kd", "hidden_kd", "logit_kd", "hidden_cos")
+DISTILL_OBJECTIVES = ("hidden_kd", "logit_kd", "hidden_cos", "kd")
+
+
+def resolve_objective(name: str, teacher) -> str:
+    """``name``, or for ``auto`` the teacher family's ``distill_objective`` (``hidden_kd`` if it declares none).
+
+    >>> resolve_objective("kd", None)
+    'kd'
+    """
+    if name != "auto":
+        return name
+    return getattr(teacher, "distill_objective", "hidden_kd")
 
 
 def select_hidden_layers(num_layers: int) -> list[int]:
@@ -97,6 +124,35 @@ def hidden_mse(student_hidden, teacher_hidden, pairs, attention_mask: torch.Tens
     return F.mse_loss(s, t)
 
 
+def hidden_cosine(student_states: torch.Tensor, teacher_states: torch.Tensor) -> torch.Tensor:
+    """Mean over layers and tokens of 1 − cos(h_s, h_t); states are [layers, N, H] (scale-free per token).
+
+    >>> round(hidden_cosine(torch.ones(1, 2, 3), -2 * torch.ones(1, 2, 3)).item(), 6)
+    2.0
+    """
+    return (1 - F.cosine_similarity(student_states.float(), teacher_states.float(), dim=-1, eps=1e-8)).mean()
+
+
+def first_token_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: each row's first real token (left or right padding).
+
+    >>> first_token_mask(torch.tensor([[0, 1, 1], [1, 1, 0]])).long().tolist()
+    [[0, 1, 0], [1, 0, 0]]
+    """
+    real = attention_mask.bool()
+    return real & (attention_mask.long().cumsum(-1) == 1)
+
+
+def global_mean(local_mean: torch.Tensor, count: int) -> torch.Tensor:
+    """The mean over every process's terms of a per-process mean of ``count`` terms (itself in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local_mean
+    total = torch.stack([local_mean.detach().double() * count, torch.tensor(float(count), dtype=torch.float64,
+                                                                           device=local_mean.device)])
+    dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).to(local_mean.dtype)
+
+
 def process_shares(counts: dict[str, int], device) -> dict[str, float]:
     """``{name: world_size · count / Σ_processes count}`` for each count of loss terms on this process.
 
@@ -124,6 +180,13 @@ def loss_terms(batch) -> dict[str, int]:
         "scored": int(batch["label_mask"].sum()) if "label_mask" in batch else size,
         "labels": int((labels != -100).sum()) if labels is not None and labels.dim() == 2 else size,
     }
+
+
+def _scored_counts(batch) -> list[int]:
+    """How many scored logits each example of ``batch`` has: its words for token tasks, else one."""
+    if "label_mask" in batch:
+        return batch["label_mask"].sum(-1).tolist()
+    return [1] * batch["input_ids"].shape[0]
 
 
 def _scored(logits: torch.Tensor, batch) -> torch.Tensor:
@@ -166,6 +229,10 @@ class Objective:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
 
+    def stats(self) -> dict:
+        """JSON-able facts for the stage's results (e.g. how often the teacher cache served a batch)."""
+        return {}
+
 
 class TaskObjective(Objective):
     """Fine-tuning: the task loss against gold labels."""
@@ -179,52 +246,178 @@ class TaskObjective(Objective):
         return _forward(model, batch).loss * self._shares["labels"]
 
 
-class DistillObjective(Objective):
-    """Distillation from a frozen teacher: ``kd`` (logits + task loss) or ``hidden_kd`` (MiniDisc)."""
+class TeacherCache:
+    """The frozen teacher's outputs per training example, so that later epochs skip its forward pass.
 
-    def __init__(self, teacher, kind: str = "hidden_kd", temperature: float = 1.0, regression: bool = False):
-        if kind not in ("kd", "hidden_kd"):
-            raise ValueError(f"unknown distillation objective {kind!r}; expected 'kd' or 'hidden_kd'")
+    Each example keeps its scored logits and, per selection of hidden states, those states at its
+    real tokens, on the device they were computed on. Entries are stored while they fit in
+    ``budget_bytes`` (the logits are small; the states are ``layers × tokens × hidden`` floats);
+    past it, batches with an uncached example run the teacher as before. A batch is served only when
+    every one of its examples is cached.
+
+    The cached values come from the batch an example was first seen in. Batching can change a
+    float's last bits (padding, matmul blocking), so a cached run equals a recomputing one within
+    float rounding, not bit for bit.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.used = 0
+        self.logits: dict[int, torch.Tensor] = {}
+        self.states: dict[tuple, dict[int, torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    def _fits(self, tensors) -> bool:
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.used + size > self.budget:
+            return False
+        self.used += size
+        return True
+
+    def lookup(self, indices: list[int], key: tuple | None):
+        """``(logits, states)`` of a batch (rows in batch order; states None when ``key`` is None), or
+        None when an example is missing."""
+        found = key is None or key in self.states
+        if not found or any(i not in self.logits or (key is not None and i not in self.states[key])
+                            for i in indices):
+            self.misses += 1
+            return None
+        self.hits += 1
+        logits = torch.cat([self.logits[i] for i in indices])
+        states = None if key is None else torch.cat([self.states[key][i] for i in indices], dim=1)
+        return logits, states
+
+    def store_logits(self, indices: list[int], logits: torch.Tensor, counts: list[int]) -> None:
+        for i, rows in zip(indices, logits.detach().split(counts), strict=True):
+            if i not in self.logits and self._fits([rows]):
+                self.logits[i] = rows.clone()
+
+    def store_states(self, indices: list[int], key: tuple, states: torch.Tensor, tokens: list[int]) -> None:
+        table = self.states.setdefault(key, {})
+        for i, rows in zip(indices, states.detach().split(tokens, dim=1), strict=True):
+            if i not in table and self._fits([rows]):
+                table[i] = rows.clone()
+
+
+class DistillObjective(Objective):
+    """Distillation from a frozen teacher: ``hidden_kd`` (MiniDisc's), ``logit_kd``, ``hidden_cos`` or ``kd``.
+
+    ``skip_first_token`` leaves each sequence's first real token out of the ``hidden_cos`` term (decoders:
+    their attention-sink position). ``cache``: serve the teacher's outputs from a :class:`TeacherCache`
+    when the batch carries ``example_index`` (the loop adds it) and the teacher is not sharded.
+    """
+
+    def __init__(self, teacher, kind: str = "hidden_kd", temperature: float = 1.0, regression: bool = False,
+                 skip_first_token: bool = False, cache: TeacherCache | None = None):
+        if kind not in DISTILL_OBJECTIVES:
+            raise ValueError(f"unknown distillation objective {kind!r}; expected one of {DISTILL_OBJECTIVES}")
         self.teacher = teacher.eval()
         self.kind = kind
         self.temperature = temperature
         self.regression = regression
+        self.skip_first_token = skip_first_token and kind == "hidden_cos"
+        self.cache = cache
         self.needs_labels = kind == "kd"
         self._teacher_out = None
+        self._teacher_logits = None
         self._teacher_states = {}
+        self._key = None  # the teacher states the student reads (known after the first loss)
 
     def frozen_models(self):
         return [self.teacher]
 
+    def stats(self):
+        if self.cache is None:
+            return {}
+        return {"teacher_cache": {"batches_served": self.cache.hits, "batches_computed": self.cache.misses,
+                                  "mib": round(self.cache.used / 2**20, 1)}}
+
+    @property
+    def uses_states(self) -> bool:
+        return self.kind in ("hidden_kd", "hidden_cos")
+
     @torch.no_grad()
     def prepare(self, batch):
-        self._shares = process_shares(loss_terms(batch), batch["input_ids"].device)
+        counts = loss_terms(batch)
+        if self.skip_first_token:
+            counts["tokens"] -= int(first_token_mask(batch["attention_mask"]).sum())
+        self._shares = process_shares(counts, batch["input_ids"].device)
+        self._teacher_out, self._teacher_states = None, {}
+        self._indices = self._cacheable(batch)
+        cached = None if self._indices is None else self.cache.lookup(
+            self._indices, self._key if self.uses_states else None)
+        if cached is not None:
+            self._teacher_logits = cached[0]
+            if cached[1] is not None:
+                self._teacher_states[self._key] = cached[1]
+            return
         self._teacher_out = _forward(self.teacher, {k: v for k, v in batch.items() if k != "labels"})
-        # The teacher's gathered hidden states per layer selection, shared by every pass of a sandwich.
-        self._teacher_states = {}
+        self._teacher_logits = _scored(self._teacher_out.logits, batch)
+        if self._indices is not None:
+            self.cache.store_logits(self._indices, self._teacher_logits, _scored_counts(batch))
+
+    def _cacheable(self, batch) -> list[int] | None:
+        if self.cache is None or "example_index" not in batch or is_sharded(self.teacher):
+            return None
+        return batch["example_index"].tolist()
+
+    def _teacher_hidden(self, key: tuple, batch) -> torch.Tensor:
+        """The teacher's states ``key`` at the batch's real tokens: [len(key), N, H]."""
+        if key not in self._teacher_states:
+            if self._teacher_out is None:  # served from the cache, but for another selection of states
+                with torch.no_grad():
+                    self._teacher_out = _forward(self.teacher, {k: v for k, v in batch.items() if k != "labels"})
+            with torch.no_grad():
+                self._teacher_states[key] = gather_states(self._teacher_out.hidden_states, key,
+                                                          batch["attention_mask"])
+            if self._indices is not None:
+                self.cache.store_states(self._indices, key, self._teacher_states[key],
+                                        batch["attention_mask"].sum(-1).tolist())
+        self._key = key
+        return self._teacher_states[key]
+
+    def _logit_loss(self, zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            loss = F.mse_loss(zs.float().squeeze(-1), zt.float().squeeze(-1))
+        else:
+            loss = soft_cross_entropy(zs, zt, self.temperature if self.kind in ("kd", "logit_kd") else 1.0)
+        return loss * self._shares["scored"]
 
     def loss(self, model, module, batch, pass_index, embedding_output=None):
         """``embedding_output``: the student's :meth:`embed` output to reuse (see :class:`SandwichObjective`)."""
-        teacher = self._teacher_out
         student = _forward(model, batch if self.kind == "kd" else {k: v for k, v in batch.items() if k != "labels"},
                            embedding_output)
-        zs, zt = _scored(student.logits, batch), _scored(teacher.logits, batch)
-        if self.regression:
-            logit_loss = F.mse_loss(zs.float().squeeze(-1), zt.float().squeeze(-1))
-        else:
-            logit_loss = soft_cross_entropy(zs, zt, self.temperature if self.kind == "kd" else 1.0)
-        logit_loss = logit_loss * self._shares["scored"]
+        logit_loss = self._logit_loss(_scored(student.logits, batch), self._teacher_logits)
         if self.kind == "kd":
             if student.loss is None:
                 raise ValueError("the kd objective needs gold labels, and the training data has none")
             return 0.5 * (logit_loss + student.loss * self._shares["labels"])
-        pairs = layer_pairs(len(student.hidden_states) - 1, len(teacher.hidden_states) - 1)
-        key = tuple(j for _, j in pairs)
-        if key not in self._teacher_states:
-            self._teacher_states[key] = gather_states(teacher.hidden_states, key, batch["attention_mask"])
-        hidden_loss = hidden_mse(student.hidden_states, teacher.hidden_states, pairs, batch["attention_mask"],
-                                 self._teacher_states[key])
-        return 0.5 * (hidden_loss * self._shares["tokens"] + logit_loss)
+        if self.kind == "logit_kd":
+            return logit_loss
+        pairs = layer_pairs(len(student.hidden_states) - 1, self.teacher.depth)
+        teacher_states = self._teacher_hidden(tuple(j for _, j in pairs), batch)
+        if self.kind == "hidden_kd":
+            hidden_loss = hidden_mse(student.hidden_states, None, pairs, batch["attention_mask"], teacher_states)
+            return 0.5 * (hidden_loss * self._shares["tokens"] + logit_loss)
+        student_states = gather_states(student.hidden_states, [i for i, _ in pairs], batch["attention_mask"])
+        if self.skip_first_token:
+            rows = ~first_token_mask(batch["attention_mask"])[batch["attention_mask"].bool()]
+            student_states, teacher_states = student_states[:, rows], teacher_states[:, rows]
+        hidden_loss = hidden_cosine(student_states, teacher_states)
+        # α = L_logit / L_hidden over the global batch, detached: the state term weighs as the logit term.
+        logit_mean = global_mean(logit_loss.detach() / self._shares["scored"], loss_terms(batch)["scored"])
+        hidden_mean = global_mean(hidden_loss.detach(), int(student_states.shape[1]))
+        alpha = logit_mean / hidden_mean if float(hidden_mean) > 0 else torch.zeros_like(logit_mean)
+        return logit_loss + alpha * hidden_loss * self._shares["tokens"]
+
+
+def build_distill_objective(teacher, distill_args, regression: bool) -> DistillObjective:
+    """The objective ``--objective`` names (``auto``: the teacher family's), with a teacher cache of
+    ``--teacher_cache_mb`` (0: none); decoder families leave their first token out of ``hidden_cos``."""
+    budget = int(distill_args.teacher_cache_mb * 2**20)
+    return DistillObjective(teacher, resolve_objective(distill_args.objective, teacher), distill_args.kd_temperature,
+                            regression, skip_first_token=getattr(teacher, "sink_first_token", False),
+                            cache=TeacherCache(budget) if budget > 0 else None)
 
 
 class SandwichObjective(Objective):
@@ -284,6 +477,9 @@ class SandwichObjective(Objective):
 
     def frozen_models(self):
         return self.base.frozen_models()
+
+    def stats(self):
+        return self.base.stats()
 
     def loss(self, model, module, batch, pass_index):
         module.sparsify(self._passes[pass_index])

@@ -82,7 +82,8 @@ def train_summary(result, model_type: str) -> dict:
         "model": describe_model(best) if best is not None else None,
         "train": {"steps": result.steps, "epochs": result.epochs_run, "seconds": result.train_seconds,
                   "eval_seconds": result.eval_seconds,
-                  "examples_per_second": result.examples_per_second, "stop_reason": result.stop_reason},
+                  "examples_per_second": result.examples_per_second, "stop_reason": result.stop_reason,
+                  **result.objective_stats},
         "paths": {"best": str(result.best_dir)},
     }
 
