@@ -228,7 +228,7 @@ def start_run(args, script: str, resumable: bool = True, training: bool = True) 
     output_dir = Path(options.output_dir)
     resume, settings = False, None
     if rank == 0:
-        settings = run_settings(flags, world_size)
+        settings = run_settings(flags, world_size, device.type)
         resume = _prepare_output_dir(output_dir, options.overwrite_output_dir, resumable, training, settings)
         output_dir.mkdir(parents=True, exist_ok=True)
     if world_size > 1:
