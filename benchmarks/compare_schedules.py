@@ -1,4 +1,5 @@
-"""Direct distillation vs MiniDisc vs MaxiDisc to one target: wall-clock, training FLOPs, student scores.
+"""Direct distillation vs MiniDisc vs MaxiDisc to one target, and the paper's experiment: does τ(s) of an
+assistant, read off MiniDisc's first iteration, predict the student distilled through it?
 
 From one fine-tuned and sparsified teacher (built here once, and reused), each seed runs, each as
 its own process with the same per-stage budget and settings:
@@ -17,47 +18,95 @@ The candidate assistants are the same for MiniDisc and MaxiDisc: the map's level
 above the target (95), as the reference does. The methods' order rotates with the seed, and the
 load average is printed with each run, so load from other processes does not favour one method.
 
-Printed (and written to ``OUTPUT_DIR/compare.json`` and ``compare.md``): per method, the
-wall-clock of the whole command, its split into training / evaluation / the rest (loading,
-encoding, saving), its training FLOPs (per step: a teacher forward and 3x each trained width's
-forward, at the mean training length; evaluation excluded), the student's dev score (mean ± std
-over seeds, in points), each method's cost relative to MaxiDisc, and whether MiniDisc's assistant
-is the one MaxiDisc found best. Re-running the command skips every finished run (delete a
-method's folder to redo it).
+Printed (and written to ``OUTPUT_DIR/compare.json`` and ``compare.md``):
 
-Profiles (``--profile``): ``cpu`` fits a 2-core machine in about an hour (MRPC, 60 steps of batch
-32 per stage, two evaluations each); ``gpu`` uses the budgets of the reference's MRPC scripts
-(batch 16, lr 3e-5, 10 epochs, patience 5, evaluation every 10 steps on MiniLM or BERT-base).
+* first, the **floor**: the dev score of always predicting the majority label, in the task's metric, on
+  the dev examples every run evaluates (MRPC: acc_and_f1 of always "paraphrase"; regression: 0, no
+  correlation);
+* per method: the wall-clock of the whole command, its split into training / evaluation / the rest
+  (loading, encoding, saving), its training FLOPs (per step: a teacher forward and 3x each trained
+  width's forward, at the mean training length; evaluation excluded), the student's dev score (mean ±
+  std over seeds, in points), each method's cost relative to MaxiDisc, and in how many seeds the
+  student ends within 2 points of the floor (flagged ⚠: a comparison made at the floor measures
+  nothing);
+* per candidate assistant s: P(s) and τ(s) from MiniDisc's first iteration (``schedule.json``) and the
+  dev score of the 90S student that MaxiDisc distilled through s (its ``chains_tried``), seed means;
+  every seed's values are in compare.json;
+* per seed, Spearman's rank correlation between τ(s) and that student score over the candidate
+  assistants (nan, with the reason, when there are fewer than 3 pairs or either side is constant), for
+  each MiniDisc variant that ran;
+* over seeds, paired differences of the student's score with a 95% t interval: MiniDisc − direct and
+  MiniDisc − MaxiDisc's best, the same for minidisc_sampled (the paper asks for ≥ 5 seeds);
+* whether MiniDisc's assistant is the one MaxiDisc found best, per seed;
+* the values of the paper's figure for the task, where we have them (:data:`PAPER_FIGURE`).
 
-Example::
+Drawn: ``OUTPUT_DIR/paper_figure.png``, the reference README's figure for this run (the student through
+each assistant against the assistant's scale 1 - s/100, every seed a point and the mean a line, the
+direct student and the floor as lines, τ(s) on a second axis), and ``seed{n}/search.png`` (MaxiDisc's
+paths against their cost). Re-running the command skips every finished run (delete a method's folder
+to redo it) and redraws the report.
+
+Profiles (``--profile``): ``cpu`` fits a 2-core machine (MRPC, 60 steps of batch 32 per stage, two
+evaluations each; about 17 minutes per seed as measured in docs/results.md, so 1.5 hours for the
+default 5 seeds); ``gpu`` uses the budgets of the reference's MRPC scripts (batch 16, lr 3e-5, 10
+epochs, patience 5, evaluation every 10 steps on MiniLM or BERT-base), the budgets behind the
+paper's figure: run it on BERT-base to set its results beside :data:`PAPER_FIGURE`.
+
+Data: ``--data_dir`` defaults to ``../shared/data/glue`` when it holds the task (MRPC unless
+``--task_name`` says otherwise), else ``datasets/`` with polarity. ``--max_train_samples`` and
+``--max_eval_samples`` pass through to every run (the scripts' own flags: the first N examples), and
+the floor is computed on the same dev examples.
+
+Examples (MRPC, then SST-2, from ../shared/data/glue, on 2 CPU cores)::
 
     python benchmarks/compare_schedules.py --model_dir outputs/assets/all-MiniLM-L6-v2 \\
-        --output_dir outputs/compare_schedules --seeds 1,2,3
+        --output_dir outputs/compare_schedules/mrpc
+    # SST-2's 67,349 training sentences would make the teacher's 3 epochs about 6,300 steps; its first
+    # 8,000 make 750 (a stage's 60 steps of 32 read fewer than that anyway). Its 872 dev examples are
+    # single short sentences: all of them are used.
+    python benchmarks/compare_schedules.py --model_dir outputs/assets/all-MiniLM-L6-v2 --task_name sst2 \\
+        --max_train_samples 8000 --max_length 64 --output_dir outputs/compare_schedules/sst2
     python benchmarks/compare_schedules.py --model_dir bert-base-uncased --profile gpu \\
         --output_dir outputs/compare_schedules_gpu --data_dir glue_data
 """
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 from common import REPO_ROOT, encode_split, load_average
+from scipy import stats
 
+from data.readers import read_examples
 from data.tasks import get_task
+from utils.metrics import compute_metrics
 from utils.model_io import load_model, load_tokenizer
-from utils.plots import plot_search
+from utils.plots import plot_search, plot_students_through_assistants
 from utils.run import write_json_atomic
 
 SHARED_GLUE = REPO_ROOT.parent / "shared" / "data" / "glue"
 TRAINING = ("--do_train", "--group_by_length")  # flags of every training run
 METHODS = ("direct", "minidisc", "minidisc_sampled", "maxidisc")
+MINIDISC_VARIANTS = ("minidisc", "minidisc_sampled")
+FLOOR_MARGIN = 0.02  # a student within 2 points of the majority-class score is flagged
+MIN_SEEDS = 5  # the paper's comparison asks for at least 5 seeds
+# The reference README's figure (BERT-base teachers, 90S students, the reference's per-task budgets, which
+# the gpu profile's stage flags follow for MRPC), read off the figure: the direct student and the best
+# student through an assistant, at that assistant's scale 1 - s/100. Printed beside every run of the task
+# and drawn on paper_figure.png with the gpu profile. The figure gives no other task.
+PAPER_FIGURE = {
+    "mrpc": {"model": "BERT-base", "direct": 0.867, "best": 0.874, "best_scale": 0.3},
+    "qqp": {"model": "BERT-base", "direct": 0.844, "best": 0.847, "best_scale": 0.2},
+}
 PROFILES = {
     "cpu": {"finetune": ["--num_train_epochs", "3", "--learning_rate", "5e-5", "--per_device_train_batch_size", "32",
                          "--log_interval", "115"],
@@ -75,11 +124,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_dir", required=True, help="pretrained encoder to fine-tune into the teacher")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--data_dir", default=None,
-                        help="GLUE folder (default: ../shared/data/glue with MRPC when present, else datasets/ "
-                             "with polarity)")
-    parser.add_argument("--task_name", default=None, help="default: mrpc from --data_dir, polarity otherwise")
+                        help="GLUE folder (default: ../shared/data/glue when it holds the task, else datasets/)")
+    parser.add_argument("--task_name", default=None,
+                        help="a classification or regression task, e.g. mrpc or sst2 (default: mrpc when "
+                             "../shared/data/glue holds it, polarity otherwise)")
     parser.add_argument("--profile", choices=tuple(PROFILES), default="cpu")
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help=f"comma-separated; the intervals need at least 2, "
+                        f"the paper's comparison {MIN_SEEDS}")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--target_sparsity", type=int, default=90)
     parser.add_argument("--trunc_sparsity", type=int, default=50)
@@ -90,13 +141,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "they win), e.g. '--use_bf16' or '--max_steps 4'")
     parser.add_argument("--finetune_extra", default="", help="more flags for the teacher's fine-tuning")
     parser.add_argument("--max_train_samples", type=int, default=None,
-                        help="train on the first N examples only (a quick try of the benchmark itself)")
+                        help="every run (the teacher's too) trains on the first N training examples only")
+    parser.add_argument("--max_eval_samples", type=int, default=None,
+                        help="every run evaluates on the first N dev examples only, and the floor is computed "
+                             "on them (a large dev set on a small machine)")
     args = parser.parse_args(argv)
     if args.data_dir is None:
-        shared = (SHARED_GLUE / "MRPC" / "train.tsv").exists()
+        task = get_task(args.task_name or "mrpc")
+        shared = any((SHARED_GLUE / folder / "train.tsv").exists() for folder in task.folders)
         args.data_dir = str(SHARED_GLUE if shared else REPO_ROOT / "datasets")
         args.task_name = args.task_name or ("mrpc" if shared else "polarity")
     args.task_name = args.task_name or "mrpc"
+    if get_task(args.task_name).kind not in ("classification", "regression"):
+        parser.error(f"--task_name {args.task_name}: the comparison runs sentence(-pair) tasks, not "
+                     f"{get_task(args.task_name).kind}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.methods = args.methods.split(",")
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -223,23 +281,130 @@ def time_split(method: str, run_dir: Path, seconds: float) -> dict:
 
 
 def outcome(method: str, run_dir: Path, metric: str) -> dict:
-    """The student's dev ``metric`` (MiniDisc's best_score may be a λ-tradeoff τ, not a dev score) and
-    the assistant on its path (None: direct)."""
+    """The student's dev ``metric`` (MiniDisc's best_score may be a λ-tradeoff τ, not a dev score), the
+    assistant on its path (None: direct), MaxiDisc's ``paths`` ({chain: student score}) and MiniDisc's
+    ``iteration_1`` (P(s) and τ(s) as its schedule.json has them, keyed by sparsity strings)."""
     results = json.loads((run_dir / "results.json").read_text())
     score = results["best_dev"][metric]
     if method == "maxidisc":
-        best = results["best_chain"]
-        assistant = int(best.split(",")[0]) if "," in best else None
-        return {"score": score, "assistant": assistant,
+        return {"score": score, "assistant": chain_assistant(results["best_chain"]),
                 "paths": {row["chain"]: row["dev"][metric] for row in results["chains_tried"]}}
     if method == "direct":
         return {"score": score, "assistant": None}
     assistants = results["assistants"]
-    return {"score": score, "assistant": assistants[0] if assistants else None}
+    first = json.loads((run_dir / "schedule.json").read_text())["iterations"][0]
+    return {"score": score, "assistant": assistants[0] if assistants else None,
+            "iteration_1": {"performance": {s: v["score"] for s, v in first["performance"].items()},
+                            "tradeoff": first["tradeoff"], "selected": first["selected"]}}
 
 
 # --------------------------------------------------------------------------------------------
-# Report
+# Analysis: pure functions of the rows (one per method and seed), tested in tests/test_compare_schedules.py
+
+
+def chain_assistant(chain: str) -> int | None:
+    """The first assistant of a MaxiDisc chain (``"70,90S"`` → 70); None for the direct path (``"90S"``)."""
+    parts = chain.rstrip("SL").split(",")
+    return int(parts[0]) if len(parts) > 1 else None
+
+
+def candidate_rows(first_iteration: dict | None, paths: dict[str, float] | None, low: int, target: int
+                   ) -> list[dict]:
+    """One row per candidate assistant s (``low`` ≤ s < ``target``): P(s) and τ(s) of MiniDisc's first
+    iteration (``first_iteration``: ``{"performance": {"s": P}, "tradeoff": {"s": τ}}``) and the dev score of
+    the student MaxiDisc distilled through s (``paths``: ``{chain: score}``); None where a run is missing."""
+    first_iteration = first_iteration or {}
+    performance = {int(s): p for s, p in first_iteration.get("performance", {}).items()}
+    tau = {int(s): t for s, t in first_iteration.get("tradeoff", {}).items()}
+    students = {chain_assistant(chain): score for chain, score in (paths or {}).items()}
+    found = set(performance) | set(tau) | {s for s in students if s is not None}
+    return [{"assistant": s, "P": performance.get(s), "tau": tau.get(s), "student": students.get(s)}
+            for s in sorted(found) if low <= s < target]
+
+
+def rank_correlation(x: list, y: list, names: tuple[str, str] = ("x", "y")) -> tuple[float, str]:
+    """Spearman's ρ over the pairs where both values are known, and '' or why it is nan: fewer than 3
+    pairs, or one side constant (a rank correlation is undefined there; ties short of that are ranked
+    by their mean rank, as scipy does)."""
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None
+             and not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return math.nan, f"{len(pairs)} pairs, need 3"
+    xs, ys = zip(*pairs, strict=True)
+    for values, name in ((xs, names[0]), (ys, names[1])):
+        if len(set(values)) == 1:
+            return math.nan, f"{name} is the same for every assistant"
+    return float(stats.spearmanr(xs, ys)[0]), ""
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> dict:
+    """Mean of ``values`` and its two-sided ``confidence`` t interval (``n - 1`` degrees of freedom):
+    ``{"n", "mean", "low", "high"}``, the bounds nan below 2 values."""
+    n = len(values)
+    mean = statistics.mean(values) if n else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "low": math.nan, "high": math.nan}
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def paired_differences(rows: list[dict], minuend: str, subtrahend: str) -> dict[int, float]:
+    """Per seed in which both methods ran: the student score of ``minuend`` minus that of ``subtrahend``."""
+    scores = {(r["method"], r["seed"]): r["score"] for r in rows}
+    return {seed: scores[minuend, seed] - scores[subtrahend, seed]
+            for seed in sorted({r["seed"] for r in rows}) if (minuend, seed) in scores and (subtrahend, seed) in scores}
+
+
+def majority_floor(task, labels: list, metric: str) -> float:
+    """The dev ``metric`` of a model that always predicts the most frequent of ``labels`` (of several as
+    frequent, the one that scores best), for classification; 0 (no correlation) for regression."""
+    if task.kind == "regression":
+        return 0.0
+    if task.kind != "classification":
+        raise ValueError(f"task {task.name}: no majority-class floor for {task.kind}")
+    counts = Counter(labels)
+    most = max(counts.values())
+    return max(compute_metrics(task, [label] * len(labels), labels)[metric]
+               for label in sorted(counts) if counts[label] == most)
+
+
+def at_floor(score: float, floor: float, margin: float = FLOOR_MARGIN) -> bool:
+    """Whether ``score`` ends within ``margin`` of the floor (or below it): a student there tells nothing."""
+    return score <= floor + margin + 1e-9  # 1e-9: 0.768 is within 0.02 of 0.748 despite rounding
+
+
+def analyse(rows: list[dict], low: int, target: int) -> dict:
+    """The paper's experiment from the rows: per seed the candidate table (:func:`candidate_rows`) and
+    Spearman's ρ(τ, student) for each MiniDisc variant; the paired differences with their intervals."""
+    seeds = sorted({r["seed"] for r in rows})
+    found = {(r["method"], r["seed"]): r for r in rows}
+
+    def tables(method: str) -> dict[int, list[dict]]:
+        return {seed: candidate_rows(found[method, seed].get("iteration_1"),
+                                     found.get(("maxidisc", seed), {}).get("paths"), low, target)
+                for seed in seeds if (method, seed) in found}
+
+    by_variant = {variant: tables(variant) for variant in MINIDISC_VARIANTS}
+    # the table shows full MiniDisc's P and τ, else the sampled variant's, else MaxiDisc's students alone
+    candidates = by_variant["minidisc"] or by_variant["minidisc_sampled"] or tables("maxidisc")
+    correlations = {}
+    for variant, per_seed in by_variant.items():
+        for seed, table in per_seed.items():
+            rho, note = rank_correlation([c["tau"] for c in table], [c["student"] for c in table],
+                                         ("τ(s)", "the student's score"))
+            correlations.setdefault(variant, {})[seed] = {"rho": rho, "note": note}
+    differences = {}
+    for variant in MINIDISC_VARIANTS:
+        for baseline, name in (("direct", "direct"), ("maxidisc", "MaxiDisc's best")):
+            per_seed = paired_differences(rows, variant, baseline)
+            if per_seed:
+                differences[f"{variant} − {name}"] = {"per_seed": per_seed,
+                                                       **t_interval(list(per_seed.values()))}
+    return {"candidates": candidates, "correlations": correlations, "differences": differences}
+
+
+# --------------------------------------------------------------------------------------------
+# Report: lines of Markdown from the rows and the analysis (scores in points, ×100)
 
 
 def assistant_name(sparsity: int | None) -> str:
@@ -251,13 +416,27 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 
-def report(rows: list[dict], args, metric: str) -> str:
-    lines = [f"{args.task_name}, target {args.target_sparsity}S, candidates from {args.trunc_sparsity}S, "
-             f"λ {args.lam}, profile {args.profile}, seeds {args.seeds}; dev {metric} in points (×100)", "",
-             "| method | seeds | wall clock (s) | train / eval / other (s) | training TFLOPs | wall vs MaxiDisc "
-             "| FLOPs vs MaxiDisc | student dev | assistant(s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    by_method = {m: [r for r in rows if r["method"] == m] for m in args.methods}
+def points(value: float | None, digits: int = 2) -> str:
+    """A score in points (×100), '—' when unknown, 'nan' when undefined."""
+    if value is None:
+        return "—"
+    return "nan" if math.isnan(value) else f"{100 * value:.{digits}f}"
+
+
+def floor_mark(scores: list[float], floor: float | None) -> str:
+    """'⚠ k/n' when k of the ``scores`` end within 2 points of the floor, else 'no'."""
+    if floor is None or not scores:
+        return "—"
+    k = sum(at_floor(score, floor) for score in scores)
+    return f"⚠ {k}/{len(scores)}" if k else "no"
+
+
+def method_table(rows: list[dict], methods: list[str], floor: float | None) -> list[str]:
+    """The cost and outcome of every method, seed means, relative to MaxiDisc, floor-flagged."""
+    lines = ["| method | seeds | wall clock (s) | train / eval / other (s) | training TFLOPs | wall vs MaxiDisc "
+             "| FLOPs vs MaxiDisc | student dev | at the floor (+2) | assistant(s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     maxi = by_method.get("maxidisc") or []
     maxi_seconds = statistics.mean(r["seconds"] for r in maxi) if maxi else None
     maxi_flops = statistics.mean(r["flops"] for r in maxi) if maxi else None
@@ -272,18 +451,29 @@ def report(rows: list[dict], args, metric: str) -> str:
             f"{split['other']:.0f} | {flops / 1e12:.1f} | "
             f"{f'{seconds / maxi_seconds:.2f}' if maxi_seconds else '—'} | "
             f"{f'{flops / maxi_flops:.2f}' if maxi_flops else '—'} | "
-            f"{mean_std([100 * r['score'] for r in runs])} | "
+            f"{mean_std([100 * r['score'] for r in runs])} | {floor_mark([r['score'] for r in runs], floor)} | "
             f"{', '.join(assistant_name(r['assistant']) for r in runs)} |")
-    lines.append("")
-    for method in ("minidisc", "minidisc_sampled"):
-        runs = by_method.get(method) or []
+    return lines
+
+
+def iteration_lines(rows: list[dict]) -> list[str]:
+    """MiniDisc's seconds per iteration (train + eval), seed means."""
+    lines = []
+    for method in MINIDISC_VARIANTS:
+        runs = [r for r in rows if r["method"] == method]
         if runs:
             names = sorted({name for r in runs for name in r["split"]["stages"]})
             parts = {name: [statistics.mean(r["split"]["stages"][name][i] for r in runs if name in r["split"]["stages"])
                             for i in (0, 1)] for name in names}
             lines.append(f"- {method}, seconds per iteration (train + eval), seed mean: "
                          + "; ".join(f"{name.split('/')[0]} {t:.0f} + {e:.0f}" for name, (t, e) in parts.items()))
-    for seed in args.seeds:
+    return lines
+
+
+def seed_lines(rows: list[dict], seeds: list[int]) -> list[str]:
+    """Per seed: MaxiDisc's paths, its best, and whether each MiniDisc variant chose the same assistant."""
+    lines = []
+    for seed in seeds:
         found = {r["method"]: r for r in rows if r["seed"] == seed}
         if "maxidisc" not in found:
             continue
@@ -291,8 +481,88 @@ def report(rows: list[dict], args, metric: str) -> str:
         paths = ", ".join(f"{chain} {100 * score:.2f}" for chain, score in found["maxidisc"]["paths"].items())
         picks = "; ".join(f"{m} chose {assistant_name(found[m]['assistant'])}: "
                           f"{'the same' if found[m]['assistant'] == best else 'another'}"
-                          for m in ("minidisc", "minidisc_sampled") if m in found)
+                          for m in MINIDISC_VARIANTS if m in found)
         lines.append(f"- seed {seed}: MaxiDisc's paths {paths}; best {assistant_name(best)}; {picks}")
+    return lines
+
+
+def candidate_table(candidates: dict[int, list[dict]], floor: float | None) -> list[str]:
+    """Per candidate assistant (scale 1 - s/100): P(s), τ(s) and the student through it, over seeds."""
+    assistants = sorted({c["assistant"] for table in candidates.values() for c in table})
+    if not assistants:
+        return []
+    lines = ["| assistant | scale | P(s) | τ(s) | student through s (MaxiDisc) | at the floor (+2) |",
+             "|---|---|---|---|---|---|"]
+    for s in assistants:
+        found = [c for table in candidates.values() for c in table if c["assistant"] == s]
+        cells = {}
+        for key in ("P", "tau", "student"):
+            values = [c[key] for c in found if c[key] is not None]
+            cells[key] = mean_std([100 * v for v in values]) if values else "—"
+        students = [c["student"] for c in found if c["student"] is not None]
+        lines.append(f"| {s}S | {1 - s / 100:.2f} | {cells['P']} | {cells['tau']} | {cells['student']} | "
+                     f"{floor_mark(students, floor)} |")
+    return lines
+
+
+def correlation_lines(correlations: dict[str, dict[int, dict]]) -> list[str]:
+    """Spearman's ρ(τ(s), student through s) per seed, and its mean over the seeds where it is defined."""
+    lines = []
+    for variant, per_seed in correlations.items():
+        cells = [f"seed {seed} " + (f"nan ({c['note']})" if c["note"] else f"{c['rho']:+.2f}")
+                 for seed, c in per_seed.items()]
+        defined = [c["rho"] for c in per_seed.values() if not math.isnan(c["rho"])]
+        mean = f"mean {statistics.mean(defined):+.2f} over {len(defined)} seeds" if defined else "undefined in every seed"
+        lines.append(f"- Spearman ρ(τ(s) of {variant}, student through s): {'; '.join(cells)}; {mean}")
+    return lines
+
+
+def difference_table(differences: dict[str, dict]) -> list[str]:
+    """Paired differences of the student's score per seed, their mean and 95% t interval, in points."""
+    if not differences:
+        return []
+    lines = ["| difference (points) | seeds | mean | 95% interval | per seed |", "|---|---|---|---|---|"]
+    for name, d in differences.items():
+        per_seed = ", ".join(f"{seed}: {100 * v:+.2f}" for seed, v in d["per_seed"].items())
+        interval = "—" if math.isnan(d["low"]) else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        lines.append(f"| {name} | {d['n']} | {100 * d['mean']:+.2f} | {interval} | {per_seed} |")
+    return lines
+
+
+def paper_lines(task_name: str, profile: str) -> list[str]:
+    """The paper's figure values for the task, where we have them, with what budget they compare to."""
+    paper = PAPER_FIGURE.get(task_name)
+    if paper is None:
+        return []
+    best = round(100 - 100 * paper["best_scale"])
+    note = ("this profile uses the reference's budgets" if profile == "gpu"
+            else "the gpu profile's budgets are the reference's; this profile's are smaller")
+    return [f"- paper ({paper['model']}, the reference README's figure; {note}): direct student "
+            f"{points(paper['direct'])}, best through an assistant {points(paper['best'])} at scale "
+            f"{paper['best_scale']} ({best}S)"]
+
+
+def report(rows: list[dict], analysis: dict, args, metric: str, floor: float | None) -> str:
+    """The whole Markdown report of a run."""
+    floor_text = "unknown" if floor is None else points(floor)
+    lines = [f"{args.task_name}, target {args.target_sparsity}S, candidates from {args.trunc_sparsity}S, "
+             f"λ {args.lam}, profile {args.profile}, seeds {args.seeds}; dev {metric} in points (×100); "
+             f"floor (majority class, or chance) {floor_text}", ""]
+    lines += method_table(rows, args.methods, floor) + [""]
+    lines += iteration_lines(rows) + seed_lines(rows, args.seeds)
+    candidates = candidate_table(analysis["candidates"], floor)
+    if candidates:
+        lines += ["", "MiniDisc's first iteration and MaxiDisc's student through each assistant (seed mean ± std):",
+                  "", *candidates, ""]
+    lines += correlation_lines(analysis["correlations"])
+    differences = difference_table(analysis["differences"])
+    if differences:
+        lines += ["", *differences]
+        if len(args.seeds) < MIN_SEEDS:
+            lines.append(f"\n(fewer than {MIN_SEEDS} seeds: the paper's comparison asks for at least {MIN_SEEDS})")
+    paper = paper_lines(args.task_name, args.profile)
+    if paper:
+        lines += ["", *paper]
     return "\n".join(lines)
 
 
@@ -308,10 +578,40 @@ def draw_searches(rows: list[dict], root: Path, args, metric: str) -> None:
             return f"{assistant},{args.target_sparsity}S" if assistant is not None else f"{args.target_sparsity}S"
 
         marks = {"MaxiDisc's best": chain(found["maxidisc"]["assistant"])}
-        marks.update({f"{m}'s choice": chain(found[m]["assistant"]) for m in ("minidisc", "minidisc_sampled")
-                      if m in found})
+        marks.update({f"{m}'s choice": chain(found[m]["assistant"]) for m in MINIDISC_VARIANTS if m in found})
         plot_search([{**row, "score": row["dev"][metric]} for row in chains], root / f"seed{seed}" / "search.png",
                     metric, marks)
+
+
+def draw_paper_figure(rows: list[dict], analysis: dict, root: Path, args, metric: str, floor: float | None) -> None:
+    """``paper_figure.png``: the student through each assistant, the direct student, the floor and τ(s)."""
+    points_by_seed = [{"seed": seed, **c} for seed, table in analysis["candidates"].items() for c in table]
+    direct = [r["score"] for r in rows if r["method"] == "direct"]
+    if not direct:  # MaxiDisc's own direct path is the same distillation
+        direct = [r["paths"][f"{args.target_sparsity}S"] for r in rows
+                  if r["method"] == "maxidisc" and f"{args.target_sparsity}S" in r["paths"]]
+    plot_students_through_assistants(
+        points_by_seed, root / "paper_figure.png", metric, direct=direct, floor=floor,
+        paper=PAPER_FIGURE.get(args.task_name) if args.profile == "gpu" else None,
+        title=f"{args.task_name}: the {args.target_sparsity}S student through each assistant "
+              f"({args.profile} profile, {len(args.seeds)} seeds)")
+
+
+def json_ready(value):
+    """``value`` with every nan replaced by None: compare.json stays strict JSON (nan is what the report
+    prints, with its reason)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def dev_labels(task, data_dir: str, limit: int | None) -> list:
+    """The gold labels of the dev examples every run evaluates (the first ``limit`` when given)."""
+    return [example.label for example in read_examples(task, data_dir, "dev")[:limit]]
 
 
 def main(argv=None) -> None:
@@ -319,11 +619,15 @@ def main(argv=None) -> None:
     root = Path(args.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     task = get_task(args.task_name)
+    metric = task.selection_metric
     common = ["--task_name", args.task_name, "--data_dir", args.data_dir, "--max_length", str(args.max_length)]
-    if args.max_train_samples:
-        common += ["--max_train_samples", str(args.max_train_samples)]
+    for flag in ("max_train_samples", "max_eval_samples"):
+        if getattr(args, flag):
+            common += [f"--{flag}", str(getattr(args, flag))]
+    floor = majority_floor(task, dev_labels(task, args.data_dir, args.max_eval_samples), metric)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {load_average()}; task {args.task_name} from "
-          f"{args.data_dir}; profile {args.profile}", flush=True)
+          f"{args.data_dir}; profile {args.profile}; floor (majority class): dev {metric} {100 * floor:.2f}",
+          flush=True)
     teacher = build_teacher(args, root, common)
     stage = PROFILES[args.profile]["stage"]
     batch_size = int(stage[stage.index("--per_device_train_batch_size") + 1])
@@ -341,17 +645,20 @@ def main(argv=None) -> None:
             record = run_script(script, flags, run_dir, root / f"seed{seed}_{method}.log")
             row = {"method": method, "seed": seed, "seconds": record["seconds"],
                    "split": time_split(method, run_dir, record["seconds"]),
-                   "flops": training_flops(method, run_dir, counter, args), **outcome(method, run_dir, task.selection_metric),
+                   "flops": training_flops(method, run_dir, counter, args), **outcome(method, run_dir, metric),
                    "load": [record["load_before"], record["load_after"]]}
             rows.append(row)
             print(f"seed {seed} {method:17s} {row['seconds']:7.1f}s  dev {100 * row['score']:.2f}  assistant "
                   f"{row['assistant']}  load {record['load_before']} -> {record['load_after']}", flush=True)
-    draw_searches(rows, root, args, task.selection_metric)
-    table = report(rows, args, task.selection_metric)
+    analysis = analyse(rows, args.trunc_sparsity, args.target_sparsity)
+    draw_searches(rows, root, args, metric)
+    draw_paper_figure(rows, analysis, root, args, metric, floor)
+    table = report(rows, analysis, args, metric, floor)
     print(table, flush=True)
     write_json_atomic(root / "compare.json", {"settings": {k: v for k, v in vars(args).items()},
                                               "stage_flags": stage, "mean_train_length": counter.length,
-                                              "rows": rows})
+                                              "floor": floor, "paper_figure": PAPER_FIGURE.get(args.task_name),
+                                              "rows": rows, "analysis": json_ready(analysis)})
     (root / "compare.md").write_text(table + "\n")
 
 

@@ -1,6 +1,7 @@
-"""Pictures written next to the JSON of a run: the pruning curve of run_sparsification and MaxiDisc's
-search (MiniDisc's schedule is drawn by :func:`utils.schedule.plot_schedule`, the main job's trade-off
-by :mod:`tools.report`). Plain matplotlib on the Agg backend, so they render without a display."""
+"""Pictures written next to the JSON of a run: the pruning curve of run_sparsification, MaxiDisc's
+search, and benchmarks/compare_schedules.py's version of the paper's figure (MiniDisc's schedule is drawn
+by :func:`utils.schedule.plot_schedule`, the main job's trade-off by :mod:`tools.report`). Plain
+matplotlib on the Agg backend, so they render without a display."""
 
 from __future__ import annotations
 
@@ -77,6 +78,69 @@ def plot_search(paths: Sequence[Mapping], path: Path, metric: str, marks: Mappin
     if marks:
         axes[0].legend(fontsize=8)
     fig.suptitle("MaxiDisc: every distillation path to the target")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_students_through_assistants(rows: Sequence[Mapping], path: Path, metric: str, direct: Sequence[float] = (),
+                                     floor: float | None = None, paper: Mapping | None = None, title: str = ""
+                                     ) -> Path | None:
+    """The reference README's figure for one task: the dev ``metric`` of the student distilled through each
+    assistant s against the assistant's scale (1 - s/100), every seed a faint point and the seed mean a
+    line; the direct student (mean of ``direct``, one score per seed) and the ``floor`` (majority class) as
+    horizontal lines; the seed mean of τ(s) on a second axis; with ``paper`` ({"direct", "best",
+    "best_scale"}) the paper's direct student as a line and its best student as a star. ``rows``: {"seed",
+    "assistant", "student", "tau"}, None where a run did not give the value; a PNG, or None when no row
+    has a student or a τ."""
+    known = [row for row in rows if row.get("student") is not None or row.get("tau") is not None]
+    if not known:
+        return None
+    plt = pyplot("students through assistants")
+    if plt is None:
+        return None
+
+    def means(key: str) -> tuple[list[float], list[float]]:
+        by_scale: dict[float, list[float]] = {}
+        for row in known:
+            if row.get(key) is not None:
+                by_scale.setdefault(1 - row["assistant"] / 100, []).append(row[key])
+        scales = sorted(by_scale)
+        return scales, [sum(by_scale[x]) / len(by_scale[x]) for x in scales]
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    students = [row for row in known if row.get("student") is not None]
+    ax.scatter([1 - row["assistant"] / 100 for row in students], [row["student"] for row in students],
+               color="tab:blue", alpha=0.35, s=18, label="student through s, each seed")
+    scales, values = means("student")
+    seeds = len({row["seed"] for row in students})
+    ax.plot(scales, values, "o-", color="tab:blue", label=f"student through s, mean of {seeds} seeds")
+    if direct:
+        mean = sum(direct) / len(direct)
+        ax.axhline(mean, color="tab:gray", linestyle="--", label=f"direct student, mean: {mean:.4f}")
+    if floor is not None:
+        ax.axhline(floor, color="black", linestyle=":", label=f"majority class: {floor:.4f}")
+    if paper:
+        ax.axhline(paper["direct"], color="tab:purple", linestyle="-.", alpha=0.6,
+                   label=f"paper's direct student: {paper['direct']}")
+        ax.plot([paper["best_scale"]], [paper["best"]], "*", color="tab:purple", markersize=13,
+                label=f"paper's best student: {paper['best']}")
+    ax.set_xlabel("assistant's scale (fraction of prunable encoder weights kept)")
+    ax.set_ylabel(f"student dev {metric}")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    scales, values = means("tau")
+    if values:
+        twin = ax.twinx()
+        twin.plot(scales, values, "s--", color="tab:orange",
+                  label="τ(s) of MiniDisc's iteration 1, mean (right axis)")
+        twin.set_ylabel("τ(s)", color="tab:orange")
+        extra_handles, extra_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + extra_handles, labels + extra_labels
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
