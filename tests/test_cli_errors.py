@@ -4,7 +4,7 @@ import pytest
 
 import run_distillation
 import run_finetuning
-from tests.helpers import distill_args, finetune_args
+from tests.helpers import distill_args, finetune_args, save_tiny_teacher
 from utils.cli import cli
 
 
@@ -64,3 +64,12 @@ def test_a_bug_keeps_its_traceback(sparse_teacher, sst2_task, tmp_path, monkeypa
     monkeypatch.setattr(utils.objectives, "hidden_mse", broken)
     with pytest.raises(ValueError, match="cannot be multiplied"):
         cli(run_distillation.main, distill_args(sparse_teacher, sst2_task, tmp_path / "bug", "90S"))
+
+
+def test_a_sparsification_run_folder_as_the_teacher_names_its_model_folder(sst2_task, tmp_path, capsys):
+    run_folder = tmp_path / "sparsify"
+    save_tiny_teacher(run_folder / "model", levels=(0, 90))
+    assert cli(run_distillation.main, distill_args(run_folder, sst2_task, tmp_path / "x", "90S")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: --teacher_model_path {run_folder} has no config.json, but {run_folder / 'model' / 'config.json'} "
+        f"exists: it is a run folder; pass --teacher_model_path {run_folder / 'model'}")

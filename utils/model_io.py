@@ -15,6 +15,8 @@ from utils.errors import StageError
 logger = logging.getLogger(__name__)
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Where a run folder keeps the model it saved: run_sparsification's model/, the training scripts' best/.
+SAVED_MODEL_DIRS = ("model", "best")
 
 
 def supported_model_types() -> list[str]:
@@ -63,6 +65,11 @@ def check_model_path(path: str, flag: str) -> str:
     if not folder.is_dir():
         raise StageError(f"{flag} {path} is a file; expected a directory holding a saved model")
     if not (folder / "config.json").is_file():
+        # A run folder given for the model it saved (sparsification's model/, a training run's best/)
+        inner = [folder / name for name in SAVED_MODEL_DIRS if (folder / name / "config.json").is_file()]
+        if inner:
+            raise StageError(f"{flag} {path} has no config.json, but {inner[0] / 'config.json'} exists: "
+                             f"it is a run folder; pass {flag} {inner[0]}")
         raise StageError(f"{flag} {path} has no config.json: not a saved model directory")
     return check_architecture(path, flag)
 
