@@ -220,6 +220,7 @@ def test_token_tasks_are_refused(compare, capsys):
     assert "sentence(-pair) tasks" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 40-50 s of subprocesses; the analysis it feeds is tested above on synthetic rows
 def test_the_benchmark_end_to_end_on_a_tiny_model(compare, plain_teacher, short_sst2_task, tmp_path, capsys):
     # one seed, MiniDisc and MaxiDisc over the assistants 80 and 85S, 2 steps a stage: the wiring, not the numbers
     out = tmp_path / "compare"
