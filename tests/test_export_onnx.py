@@ -70,3 +70,68 @@ def test_padding_is_masked_not_dropped_when_exporting():
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(graph[real], eager[real], atol=1e-5, rtol=1e-5)
     assert "nonzero" not in str(exported.graph)  # the packed path would select the real tokens
+
+
+class _Logits:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def test_agreement_is_relative_to_the_logits_scale_and_checks_predictions():
+    batch = {"attention_mask": torch.ones(3, 4, dtype=torch.long)}
+    big = torch.tensor([[40.0, -12.0], [3.0, 25.0], [-30.0, 8.0]])
+
+    def judge(ours, theirs):
+        return export_onnx.agreement(lambda **b: _Logits(ours), lambda **b: theirs, [batch], rtol=1e-3)
+
+    # a deep model's logits of size 40 differing by 4.9e-4 in absolute terms: round-off, not an error
+    deep = judge(big, big + 4.94e-4)
+    assert deep.ok and deep.max_abs_difference == pytest.approx(4.94e-4, rel=1e-3)
+    assert deep.relative_difference == pytest.approx(4.94e-4 / 40, rel=1e-3)
+    assert "the export is faithful" in deep.meaning() and (deep.predictions, deep.same_predictions) == (3, 3)
+    # the same absolute difference on logits of size 0.1 is 0.5%: more than round-off
+    small = judge(big / 400, big / 400 + 4.94e-4)
+    assert not small.ok and "computes something else" in small.meaning()
+    # within the tolerance, but a prediction changes
+    flipped = big.clone()
+    flipped[1] = torch.tensor([3.0, 2.99])
+    near = judge(flipped, flipped + torch.tensor([0.0, 0.02]))
+    assert near.relative_difference < 1e-3 and near.same_predictions == 2 and not near.ok
+    # token logits: padding positions are compared in neither
+    tokens = torch.zeros(1, 3, 2)
+    padded = {"attention_mask": torch.tensor([[1, 1, 0]])}
+    garbage_at_padding = tokens.clone()
+    garbage_at_padding[0, 2] = 100.0
+    masked = export_onnx.agreement(lambda **b: _Logits(tokens), lambda **b: garbage_at_padding, [padded])
+    assert masked.max_abs_difference == 0.0 and masked.predictions == 2
+
+
+def _identity_graph(path):
+    """An ONNX graph with one input and the output "logits" (what OnnxModel runs)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["logits"])], "identity",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, [None, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("policy,spinning", [("PASSIVE", "0"), ("ACTIVE", "1"), (None, "1")])
+def test_onnx_runtime_gets_torchs_threads_and_spin_policy(tmp_path, monkeypatch, policy, spinning):
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    session = export_onnx.OnnxModel(_identity_graph(tmp_path / "m.onnx"), ["input_ids"], threads=3)
+    options = session.session.get_session_options()
+    assert options.intra_op_num_threads == 3
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+    setup = export_onnx.timing_setup(3)
+    assert setup == {"threads": {"pytorch": 3, "onnxruntime": 3}, "omp_wait_policy": policy or "unset",
+                     "allow_spinning": spinning == "1"}
+    assert export_onnx.describe_setup(setup) == (
+        f"PyTorch 3 and ONNX Runtime 3 intra-op threads, OMP_WAIT_POLICY {policy or 'unset'} and ONNX Runtime "
+        f"spinning {'on' if spinning == '1' else 'off'}")
+    assert torch.equal(session(input_ids=torch.ones(1, 2)), torch.ones(1, 2))

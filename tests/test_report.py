@@ -28,10 +28,14 @@ def test_format_table_rows_and_missing_values():
     ]
     lines = report.format_table(rows, "acc").splitlines()
     assert lines[0] == ("| model | sparsity | dev acc | prunable params | total params | latency ms/batch | "
-                        "speedup | ONNX Runtime ms/batch |")
+                        "speedup | ONNX Runtime ms/batch | ONNX vs PyTorch |")
     assert len(lines) == 2 + len(rows)
-    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× | – |"
-    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – | – |"
+    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× | – | – |"
+    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – | – | – |"
+    rows[0]["onnx_agreement"] = {"relative_difference": 2.3e-6, "same_predictions": 8, "predictions": 8, "ok": True}
+    rows[1]["onnx_agreement"] = {"relative_difference": 0.12, "same_predictions": 7, "predictions": 8, "ok": False}
+    lines = report.format_table(rows, "acc").splitlines()
+    assert lines[2].endswith("| 2.3e-06, 8/8 same |") and lines[3].endswith("| 1.2e-01, 7/8 same (differs) |")
     assert report.format_count(31_234) == "31.2K"
 
 
@@ -136,3 +140,46 @@ def test_report_exports_and_times_onnx(minidisc_run, tmp_path):
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert report.main(["--minidisc_dir", str(tmp_path), "--no_latency"]) == 1
     assert "results.json is missing" in capsys.readouterr().err
+
+
+def test_an_onnx_export_that_disagrees_is_reported_not_fatal(minidisc_run, monkeypatch, capsys):
+    """The report summarises a finished run: an export whose logits differ shows in the table and is
+    explained; it never fails the job. Both runtimes are timed with the same threads and spin policy."""
+    from tools import export_onnx
+
+    exported = {}
+
+    def fake_export(model, path, example):
+        exported[str(path)] = model
+        return path
+
+    class FakeSession:
+        """PyTorch's logits, 10% off for the student (an export that computes something else)."""
+
+        def __init__(self, path, names, threads=None):
+            self.model, self.threads = exported[str(path)], threads
+            self.wrong = "minidisc" in str(path) and "iter_2" in str(path)
+
+        def eval(self):
+            return self
+
+        def __call__(self, **batch):
+            logits = self.model(**batch).logits
+            return logits * torch.tensor([1.0, 1.25]) if self.wrong else logits.clone()
+
+    monkeypatch.setattr(export_onnx, "export", fake_export)
+    monkeypatch.setattr(export_onnx, "OnnxModel", FakeSession)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert report_command(minidisc_run) == 0
+    summary = json.loads((minidisc_run["out"] / "summary.json").read_text())
+    student = summary["rows"][-1]
+    assert student["onnx_agreement"]["ok"] is False and student["onnx_agreement"]["relative_difference"] > 0.01
+    assert all(row["onnx_agreement"]["ok"] for row in summary["rows"][:-1])
+    assert all(row["onnx_agreement"]["predictions"] == 8 for row in summary["rows"])  # 2 dev batches of 4
+    text = (minidisc_run["out"] / "summary.md").read_text()
+    assert "same (differs) |" in text and f"The export of {student['name']} differs from PyTorch" in text
+    assert "fp32 round-off between two correct runtimes" in text
+    setting = "PyTorch 1 and ONNX Runtime 1 intra-op threads, OMP_WAIT_POLICY PASSIVE and ONNX Runtime spinning off"
+    assert summary["latency"]["timing_setup"] == {"threads": {"pytorch": 1, "onnxruntime": 1},
+                                                  "omp_wait_policy": "PASSIVE", "allow_spinning": False}
+    assert setting in text and setting in (Path(student["path"]) / "README.md").read_text()
