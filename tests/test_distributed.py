@@ -242,3 +242,49 @@ def test_fsdp_importance_pass_equals_the_unsharded_one(model_type, make_sst2_tas
         assert torch.allclose(torch.tensor(scores[0][kind]), torch.tensor(scores[1][kind]), atol=1e-6)
     assert same_weights(tmp_path / "ddp" / "model", tmp_path / "fsdp" / "model", atol=1e-6)
     assert "sharded with FSDP2 over 2 processes" in (tmp_path / "fsdp" / "log.txt").read_text()
+
+
+def launch_without_agent(script: str, args: list[str], nproc: int, timeout: float) -> list[subprocess.CompletedProcess]:
+    """Start ``nproc`` ranks of ``script`` directly (env:// rendezvous, no torchrun agent to end the others
+    when one fails); each rank's exit status and output, or a failure if any is still running after ``timeout``."""
+    port = free_port()
+    ranks = [subprocess.Popen([sys.executable, str(REPO_ROOT / script), *args], cwd=REPO_ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+                                   "RANK": str(rank), "LOCAL_RANK": str(rank)})
+             for rank in range(nproc)]
+    done = []
+    try:
+        for process in ranks:
+            out, err = process.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"rank {len(done)} was still running {timeout} s after the start: it waits for a rank that "
+                    "exited")
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return done
+
+
+@pytest.mark.parametrize("failing_rank", [-1, 1])
+def test_an_input_error_on_any_rank_ends_every_rank_with_the_same_line(make_sst2_task, make_teacher, tmp_path,
+                                                                        failing_rank):
+    """Rank 0 alone checks the output folder (-1: it is a file) or rank 1 alone meets an input error: every
+    rank stops at once, with exit status 2 and the same one-line message."""
+    data = make_sst2_task(n_train=16, n_dev=8)
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    out = taken if failing_rank < 0 else tmp_path / "out"
+    args = [str(failing_rank), "--model_name_or_path", str(make_teacher()), "--task_name", "sst2", "--data_dir",
+            str(data), "--output_dir", str(out), "--max_steps", "2", "--do_train", "--use_cpu"]
+    ranks = launch_without_agent("tests/distributed/input_error.py", args, 2, timeout=120)
+    assert [rank.returncode for rank in ranks] == [2, 2], [rank.stderr[-2000:] for rank in ranks]
+    lines = [rank.stderr.strip().splitlines()[-1] for rank in ranks]
+    expected = (f"error: --output_dir {taken} is a file, not a directory: choose another --output_dir"
+                if failing_rank < 0 else "error: rank 1 cannot use this machine's set-up")
+    assert lines == [expected, expected]
+    assert not any("Traceback" in rank.stderr for rank in ranks)

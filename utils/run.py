@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from utils.args import flag_values
-from utils.errors import RunError
+from utils.errors import USER_ERRORS, RunError
 from utils.fingerprint import check_settings, run_settings
 
 logger = logging.getLogger(__name__)
@@ -224,17 +224,31 @@ def start_run(args, script: str, resumable: bool = True, training: bool = True) 
     options, flags = args.run, flag_values(args)
     rank, world_size, local_rank = _init_distributed(options)
     device = _pick_device(options, local_rank)
-    amp_dtype = _amp_dtype(options, device)
     output_dir = Path(options.output_dir)
-    resume, settings = False, None
-    if rank == 0:
-        settings = run_settings(flags, world_size, device.type)
-        resume = _prepare_output_dir(output_dir, options.overwrite_output_dir, resumable, training, settings)
-        output_dir.mkdir(parents=True, exist_ok=True)
+    resume, settings, amp_dtype, error = False, None, None, None
+    try:
+        amp_dtype = _amp_dtype(options, device)
+        if rank == 0:
+            settings = run_settings(flags, world_size, device.type)
+            resume = _prepare_output_dir(output_dir, options.overwrite_output_dir, resumable, training, settings)
+            output_dir.mkdir(parents=True, exist_ok=True)
+    except USER_ERRORS as err:
+        if world_size == 1:
+            raise
+        error = err
     if world_size > 1:
-        shared = [resume, settings]
-        dist.broadcast_object_list(shared, src=0)
-        resume, settings = shared
+        # Every rank reports how its checks went (rank 0's include the output folder's), so an input error
+        # on any rank stops every rank at once with the same line: a rank that raised alone would leave the
+        # others waiting in their next collective until the process group's timeout.
+        reports = [None] * world_size
+        dist.all_gather_object(reports, (resume, settings, None if error is None else str(error)))
+        resume, settings = reports[0][:2]
+        first = next((message for _, _, message in reports if message is not None), None)
+        if first is not None:
+            dist.destroy_process_group()  # no rank runs another collective
+            if error is not None and str(error) == first:
+                raise error
+            raise RunError(first)
     setup_logging(output_dir, rank == 0)
     run = Run(output_dir=output_dir, device=device, rank=rank, world_size=world_size, local_rank=local_rank,
               amp_dtype=amp_dtype, resume=resume, seed=options.seed, settings=settings,
