@@ -183,3 +183,17 @@ def test_an_onnx_export_that_disagrees_is_reported_not_fatal(minidisc_run, monke
     assert summary["latency"]["timing_setup"] == {"threads": {"pytorch": 1, "onnxruntime": 1},
                                                   "omp_wait_policy": "PASSIVE", "allow_spinning": False}
     assert setting in text and setting in (Path(student["path"]) / "README.md").read_text()
+
+
+def test_a_model_that_cannot_be_exported_is_listed_not_fatal(minidisc_run, monkeypatch):
+    from tools import export_onnx
+
+    def no_exporter(model, path, example):
+        raise export_onnx.ExportError("onnxscript is not installed (torch's ONNX exporter needs it)")
+
+    monkeypatch.setattr(export_onnx, "export", no_exporter)
+    assert report_command(minidisc_run) == 0
+    summary = json.loads((minidisc_run["out"] / "summary.json").read_text())
+    assert all(row["onnx_ms"] is None and "onnxscript is not installed" in row["onnx_error"] for row in summary["rows"])
+    text = (minidisc_run["out"] / "summary.md").read_text()
+    assert f"{summary['rows'][-1]['name']} was not timed in ONNX Runtime: onnxscript is not installed" in text
