@@ -51,6 +51,9 @@ def test_kd_temperature_is_refused_with_hidden_kd(sparse_teacher, sst2_task, tmp
     args = distill_args(sparse_teacher, sst2_task, tmp_path / "t", "90S", "--kd_temperature", "2")
     assert cli(run_distillation.main, args) == 2
     assert "--kd_temperature 2.0 is not used by --objective hidden_kd" in capsys.readouterr().err
+    assert cli(run_distillation.main, args + ["--objective", "hidden_cos"]) == 2  # refused before any work
+    assert "--objective hidden_cos" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
     assert cli(run_distillation.main, args + ["--objective", "kd", "--max_steps", "1"]) == 0
 
 

@@ -24,6 +24,7 @@ from data.tasks import TaskSpec, get_task, validate_selection_metric
 from models import MODEL_REGISTRY, get_model_class
 from utils.errors import USER_ERRORS, ArgumentError
 from utils.model_io import check_model_path, model_type_for
+from utils.objectives import check_temperature, resolve_objective
 from utils.planner import load_plan_config
 from utils.students import StudentSpec
 
@@ -114,7 +115,7 @@ class TrainingArguments:
     per_device_train_batch_size: int = arg(32, help="Training batch size per process.")
     per_device_eval_batch_size: int = arg(32, help="Evaluation batch size per process.")
     learning_rate: float = arg(1e-5, help="Peak learning rate of AdamW.")
-    weight_decay: float = arg(1e-2, help="Weight decay (not applied to biases and LayerNorm weights).")
+    weight_decay: float = arg(1e-2, help="Weight decay (not applied to biases and to any normalisation layer's weights).")
     num_train_epochs: float = arg(25, help="Training epochs.")
     max_steps: int | None = arg(None, help="Stop after this many optimizer steps (overrides epochs for the schedule).")
     num_patience_epochs: float = arg(3, help="Stop after this many epochs without a better dev score.")
@@ -174,10 +175,7 @@ class DistillationArguments:
     def __post_init__(self):
         if self.kd_temperature <= 0:
             raise ArgumentError(f"--kd_temperature {self.kd_temperature}: expected a positive number")
-        if self.objective in ("hidden_kd", "hidden_cos") and self.kd_temperature != 1.0:
-            raise ArgumentError(f"--kd_temperature {self.kd_temperature} is not used by --objective {self.objective}, "
-                                "which matches logits at temperature 1 (as the reference); use --objective kd or "
-                                "logit_kd, or drop it")
+        check_temperature(self.objective, self.kd_temperature)
         if self.teacher_cache_mb < 0:
             raise ArgumentError(f"--teacher_cache_mb {self.teacher_cache_mb}: expected 0 (off) or a positive size")
 
@@ -237,6 +235,9 @@ class DistillScriptArguments:
     def __post_init__(self):
         self.task = complete_task(self.model, self.data, self.distill.teacher_model_path, "--teacher_model_path",
                                   self.training, dry_run=self.run.dry_run)
+        # ``auto`` becomes the family's objective here, so the run records (and is fingerprinted by) the real one
+        self.distill.objective = resolve_objective(self.distill.objective, get_model_class(self.model.model_type))
+        check_temperature(self.distill.objective, self.distill.kd_temperature)
 
 
 def _init_fields(cls) -> list[dataclasses.Field]:

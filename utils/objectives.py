@@ -39,10 +39,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from utils.errors import ArgumentError
 from utils.sharding import is_sharded
 
 OBJECTIVES = ("ft", "kd", "hidden_kd", "logit_kd", "hidden_cos")
 DISTILL_OBJECTIVES = ("hidden_kd", "logit_kd", "hidden_cos", "kd")
+
+
+def check_temperature(objective: str, temperature: float) -> None:
+    """Refuse a ``--kd_temperature`` that ``objective`` would ignore (those matching logits at T = 1)."""
+    if objective in ("hidden_kd", "hidden_cos") and temperature != 1.0:
+        raise ArgumentError(f"--kd_temperature {temperature} is not used by --objective {objective}, which matches "
+                            "logits at temperature 1 (as the reference); use --objective kd or logit_kd, or drop it")
 
 
 def resolve_objective(name: str, teacher) -> str:
@@ -415,7 +423,9 @@ def build_distill_objective(teacher, distill_args, regression: bool) -> DistillO
     """The objective ``--objective`` names (``auto``: the teacher family's), with a teacher cache of
     ``--teacher_cache_mb`` (0: none); decoder families leave their first token out of ``hidden_cos``."""
     budget = int(distill_args.teacher_cache_mb * 2**20)
-    return DistillObjective(teacher, resolve_objective(distill_args.objective, teacher), distill_args.kd_temperature,
+    kind = resolve_objective(distill_args.objective, teacher)
+    check_temperature(kind, distill_args.kd_temperature)  # ``auto`` is known only now
+    return DistillObjective(teacher, kind, distill_args.kd_temperature,
                             regression, skip_first_token=getattr(teacher, "sink_first_token", False),
                             cache=TeacherCache(budget) if budget > 0 else None)
 
