@@ -35,12 +35,16 @@ case "$LLM$PROFILE" in
     SANDWICH=(--trunc_sparsity 80) REPORT=(--repeats 2 --warmup 1 --num_batches 1) ;;
   smollm2full)
     DATA=(--use_bf16) SPARSIFY=() FINETUNE=() MINIDISC=() REPORT=(--repeats 20) ;;
-  quick)  # 1 epoch of fine-tuning, 80 sandwich steps per MiniDisc iteration, 2 evaluations each;
-    # batches of similar lengths (polarity sentences run from 5 to 60+ word pieces: half the
-    # compute of random batches is padding) and a higher learning rate for the short schedule
+  quick)  # 1 epoch of fine-tuning; MiniDisc: 3 epochs (300 steps of batch 32) per iteration, the
+    # teacher's outputs cached from the second epoch on, a sandwich over every candidate in iteration 1
+    # and the student distilled alone from the chosen assistant in iteration 2; batches of similar
+    # lengths (polarity sentences run from 5 to 60+ word pieces: half the compute of random batches is
+    # padding) and a higher learning rate for the short schedule
     DATA=(--max_length 64) SPARSIFY=()
     FINETUNE=(--num_train_epochs 1 --log_interval 100 --learning_rate 5e-5 --group_by_length)
-    MINIDISC=(--max_steps 80 --log_interval 40 --group_by_length)
+    MINIDISC=(--max_steps 300 --log_interval 50 --learning_rate 1e-4 --per_device_train_batch_size 32
+              --num_patience_epochs 3 --group_by_length)
+    SANDWICH=(--final_student alone)
     REPORT=(--repeats 10) ;;
   full)
     DATA=() SPARSIFY=() FINETUNE=() MINIDISC=() REPORT=(--repeats 20) ;;

@@ -177,6 +177,7 @@ def draw_schedule(plt, iterations: list[dict], metric: str, student_score: float
                        label=f"teacher: {teacher_score:.4f}")
         if direct_score is not None:
             ax.axhline(direct_score, color="tab:gray", linestyle=":", label=f"direct student: {direct_score:.4f}")
+        ax.margins(y=0.08)  # a teacher line at the top of the range stays inside the frame
         ax.set_ylabel(f"dev {metric}")
         ax.set_xlabel("scale (fraction of prunable encoder weights kept)")
         ax.set_title(f"iteration {it['iteration']} (teacher {it.get('teacher_sparsity', 0)}S)")
