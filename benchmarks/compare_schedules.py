@@ -7,8 +7,10 @@ its own process with the same per-stage budget and settings:
 * ``direct``: ``run_distillation.py --layer_or_sparsity 90S`` (teacher → student);
 * ``minidisc``: ``run_minidisc.py --target_sparsity 90`` as the reference runs it (every candidate
   width each step, iteration 2 a sandwich again);
-* ``minidisc_sampled``: the same with ``--sandwich_sample K`` (both ends + K others per step) and
-  ``--final_student alone`` (iteration 2 distils the assistant into the student alone);
+* ``minidisc_alone``: the same iteration 1, then ``--final_student alone`` (iteration 2 distils the
+  assistant into the student alone, not a sandwich of every width from the assistant's);
+* ``minidisc_sampled``: ``--sandwich_sample K`` (both ends + K others per step) and
+  ``--final_student alone``;
 * ``maxidisc``: ``run_maxidisc.py --layer_or_sparsity_path 90S --search_assistants`` (every
   assistant of the map between --trunc_sparsity and the target, plus the direct path), each
   method in its own folder, so no stage of another method is reused.
@@ -46,9 +48,9 @@ direct student and the floor as lines, τ(s) on a second axis), and ``seed{n}/se
 paths against their cost). Re-running the command skips every finished run (delete a method's folder
 to redo it) and redraws the report.
 
-Profiles (``--profile``): ``cpu`` fits a 2-core machine (MRPC, 60 steps of batch 32 per stage, two
-evaluations each; about 17 minutes per seed as measured in docs/results.md, so 1.5 hours for the
-default 5 seeds); ``gpu`` uses the budgets of the reference's MRPC scripts (batch 16, lr 3e-5, 10
+Profiles (``--profile``): ``cpu`` fits a 2-core machine (200 steps of batch 32 per stage, lr 1e-4,
+four evaluations each: with the teacher cache, 60 steps left every 90S student at the majority class
+on MRPC, see docs/results.md); ``gpu`` uses the budgets of the reference's MRPC scripts (batch 16, lr 3e-5, 10
 epochs, patience 5, evaluation every 10 steps on MiniLM or BERT-base), the budgets behind the
 paper's figure: run it on BERT-base to set its results beside :data:`PAPER_FIGURE`.
 
@@ -62,10 +64,10 @@ Examples (MRPC, then SST-2, from ../shared/data/glue, on 2 CPU cores)::
     python benchmarks/compare_schedules.py --model_dir outputs/assets/all-MiniLM-L6-v2 \\
         --output_dir outputs/compare_schedules/mrpc
     # SST-2's 67,349 training sentences would make the teacher's 3 epochs about 6,300 steps; its first
-    # 8,000 make 750 (a stage's 60 steps of 32 read fewer than that anyway). Its 872 dev examples are
-    # single short sentences: all of them are used.
+    # 3,200 make 300, and a stage's 200 steps are 2 epochs of them (the second served by the teacher
+    # cache). Its 872 dev examples are single short sentences: all of them are used.
     python benchmarks/compare_schedules.py --model_dir outputs/assets/all-MiniLM-L6-v2 --task_name sst2 \\
-        --max_train_samples 8000 --max_length 64 --output_dir outputs/compare_schedules/sst2
+        --max_train_samples 3200 --max_length 64 --output_dir outputs/compare_schedules/sst2
     python benchmarks/compare_schedules.py --model_dir bert-base-uncased --profile gpu \\
         --output_dir outputs/compare_schedules_gpu --data_dir glue_data
 """
@@ -95,8 +97,8 @@ from utils.run import write_json_atomic
 
 SHARED_GLUE = REPO_ROOT.parent / "shared" / "data" / "glue"
 TRAINING = ("--do_train", "--group_by_length")  # flags of every training run
-METHODS = ("direct", "minidisc", "minidisc_sampled", "maxidisc")
-MINIDISC_VARIANTS = ("minidisc", "minidisc_sampled")
+METHODS = ("direct", "minidisc", "minidisc_alone", "minidisc_sampled", "maxidisc")
+MINIDISC_VARIANTS = ("minidisc", "minidisc_alone", "minidisc_sampled")
 FLOOR_MARGIN = 0.02  # a student within 2 points of the majority-class score is flagged
 MIN_SEEDS = 5  # the paper's comparison asks for at least 5 seeds
 # The reference README's figure (BERT-base teachers, 90S students, the reference's per-task budgets, which
@@ -110,7 +112,7 @@ PAPER_FIGURE = {
 PROFILES = {
     "cpu": {"finetune": ["--num_train_epochs", "3", "--learning_rate", "5e-5", "--per_device_train_batch_size", "32",
                          "--log_interval", "115"],
-            "stage": ["--max_steps", "60", "--log_interval", "30", "--learning_rate", "1e-4",
+            "stage": ["--max_steps", "200", "--log_interval", "50", "--learning_rate", "1e-4",
                       "--per_device_train_batch_size", "32"]},
     "gpu": {"finetune": ["--num_train_epochs", "5", "--learning_rate", "3e-5", "--per_device_train_batch_size", "16",
                          "--log_interval", "100"],
@@ -206,7 +208,9 @@ def method_flags(method: str, args) -> tuple[str, list[str]]:
                                    "--trunc_sparsity", str(args.trunc_sparsity)]
     flags = ["--target_sparsity", target, "--trunc_sparsity", str(args.trunc_sparsity), "--lam", str(args.lam)]
     if method == "minidisc_sampled":
-        flags += ["--sandwich_sample", str(args.sandwich_sample), "--final_student", "alone"]
+        flags += ["--sandwich_sample", str(args.sandwich_sample)]
+    if method in ("minidisc_alone", "minidisc_sampled"):
+        flags += ["--final_student", "alone"]
     return "run_minidisc.py", flags
 
 
@@ -386,7 +390,8 @@ def analyse(rows: list[dict], low: int, target: int) -> dict:
 
     by_variant = {variant: tables(variant) for variant in MINIDISC_VARIANTS}
     # the table shows full MiniDisc's P and τ, else the sampled variant's, else MaxiDisc's students alone
-    candidates = by_variant["minidisc"] or by_variant["minidisc_sampled"] or tables("maxidisc")
+    candidates = (by_variant["minidisc"] or by_variant["minidisc_alone"] or by_variant["minidisc_sampled"]
+                  or tables("maxidisc"))
     correlations = {}
     for variant, per_seed in by_variant.items():
         for seed, table in per_seed.items():
@@ -400,6 +405,10 @@ def analyse(rows: list[dict], low: int, target: int) -> dict:
             if per_seed:
                 differences[f"{variant} − {name}"] = {"per_seed": per_seed,
                                                        **t_interval(list(per_seed.values()))}
+    # the final iteration alone or as a sandwich, from the same first iteration: what --final_student decides
+    per_seed = paired_differences(rows, "minidisc_alone", "minidisc")
+    if per_seed:
+        differences["minidisc_alone − minidisc"] = {"per_seed": per_seed, **t_interval(list(per_seed.values()))}
     return {"candidates": candidates, "correlations": correlations, "differences": differences}
 
 

@@ -243,3 +243,20 @@ def test_the_benchmark_end_to_end_on_a_tiny_model(compare, plain_teacher, short_
     assert written["analysis"]["correlations"]["minidisc"]["1"] == {"rho": None, "note": "2 pairs, need 3"}
     assert (out / "compare.md").read_text().strip() in printed
     assert (out / "paper_figure.png").stat().st_size > 10_000 and (out / "seed1" / "search.png").exists()
+
+
+def test_minidisc_alone_differs_from_minidisc_only_in_its_final_iteration(compare):
+    args = argparse.Namespace(target_sparsity=90, trunc_sparsity=50, lam=0.2, sandwich_sample=1)
+    script, reference = compare.method_flags("minidisc", args)
+    assert script == "run_minidisc.py" and "--final_student" not in reference
+    assert compare.method_flags("minidisc_alone", args)[1] == reference + ["--final_student", "alone"]
+    sampled = compare.method_flags("minidisc_sampled", args)[1]
+    assert sampled == reference + ["--sandwich_sample", "1", "--final_student", "alone"]
+    # with both variants run, their paired difference is what --final_student decides
+    rows = synthetic_rows()
+    rows += [{**r, "method": "minidisc_alone", "score": r["score"] + 0.005 * r["seed"]}
+             for r in rows if r["method"] == "minidisc"]
+    analysis = compare.analyse(rows, low=50, target=90)
+    final = analysis["differences"]["minidisc_alone − minidisc"]
+    assert final["per_seed"] == {1: pytest.approx(0.005), 2: pytest.approx(0.01), 3: pytest.approx(0.015)}
+    assert "minidisc_alone" in analysis["correlations"]
