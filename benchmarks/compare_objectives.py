@@ -23,20 +23,12 @@ import time
 from pathlib import Path
 
 from common import REPO_ROOT
+from compare_schedules import dev_labels, majority_floor
 
-from data.readers import read_examples
 from data.tasks import get_task
-from utils.metrics import compute_metrics
 from utils.run import write_json_atomic
 
 FLOOR_MARGIN = 2.0  # points
-
-
-def majority_score(task, data_dir: str) -> float:
-    """The selection metric of always predicting the dev set's most frequent label (classification only)."""
-    labels = [example.label for example in read_examples(task, data_dir, "dev")]
-    majority = max(set(labels), key=labels.count)
-    return compute_metrics(task, [majority] * len(labels), labels)[task.selection_metric]
 
 
 def run(objective: str, seed: int, args, out: Path) -> dict:
@@ -58,7 +50,9 @@ def run(objective: str, seed: int, args, out: Path) -> dict:
             "step": results["best_step"], "seconds": json.loads((out / "wall.json").read_text())["seconds"]}
 
 
-def table(rows: list[dict], objectives: list[str], floor: float | None) -> str:
+def table(rows: list[dict], objectives: list[str], floor: float) -> str:
+    """The Markdown table of :func:`main`: per objective, scores over seeds, the mean paired difference to
+    the first objective, time, and whether the mean is within ``FLOOR_MARGIN`` points of ``floor``."""
     by = {o: {r["seed"]: r for r in rows if r["objective"] == o} for o in objectives}
     base = by[objectives[0]]
     lines = ["| objective | seeds | student dev (mean ± std) | paired Δ vs " + objectives[0] + " | per seed | "
@@ -68,7 +62,7 @@ def table(rows: list[dict], objectives: list[str], floor: float | None) -> str:
         scores = [runs[s]["score"] for s in sorted(runs)]
         std = statistics.stdev(scores) if len(scores) > 1 else 0.0
         deltas = [runs[s]["score"] - base[s]["score"] for s in sorted(runs) if s in base]
-        low = floor is not None and statistics.mean(scores) < floor + FLOOR_MARGIN
+        low = statistics.mean(scores) < floor + FLOOR_MARGIN
         lines.append(f"| {objective} | {len(scores)} | {statistics.mean(scores):.2f} ± {std:.2f} | "
                      f"{statistics.mean(deltas):+.2f} | {', '.join(f'{x:.2f}' for x in scores)} | "
                      f"{statistics.mean(r['seconds'] for r in runs.values()):.0f} | "
@@ -86,10 +80,14 @@ def main(argv=None) -> None:
     parser.add_argument("--objectives", default="hidden_kd,hidden_cos,logit_kd")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--extra", default="", help="more run_distillation flags (budget, lengths, precision)")
+    parser.add_argument("--max_eval_samples", type=int, default=None,
+                        help="the dev examples the runs evaluate (pass it here, not in --extra), for the floor")
     args = parser.parse_args(argv)
+    if args.max_eval_samples:
+        args.extra += f" --max_eval_samples {args.max_eval_samples}"
     objectives, seeds = args.objectives.split(","), [int(s) for s in args.seeds.split(",")]
     task = get_task(args.task_name)
-    floor = 100 * majority_score(task, args.data_dir) if task.kind == "classification" else None
+    floor = 100 * majority_floor(task, dev_labels(task, args.data_dir, args.max_eval_samples), task.selection_metric)
     root = Path(args.output_dir)
     rows = []
     for seed in seeds:  # seed-major, so a partial run already pairs every objective
@@ -98,7 +96,7 @@ def main(argv=None) -> None:
             print(f"seed {seed} {objective:10s} dev {rows[-1]['score']:.2f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     text = (f"{args.task_name}, {args.student} student, run_distillation {args.extra}; dev "
             f"{task.selection_metric} in points; majority-class floor "
-            f"{'n/a' if floor is None else f'{floor:.2f}'}\n\n{table(rows, objectives, floor)}")
+            f"{floor:.2f}\n\n{table(rows, objectives, floor)}")
     print(text)
     root.mkdir(parents=True, exist_ok=True)
     (root / "objectives.md").write_text(text + "\n")

@@ -260,3 +260,17 @@ def test_minidisc_alone_differs_from_minidisc_only_in_its_final_iteration(compar
     final = analysis["differences"]["minidisc_alone − minidisc"]
     assert final["per_seed"] == {1: pytest.approx(0.005), 2: pytest.approx(0.01), 3: pytest.approx(0.015)}
     assert "minidisc_alone" in analysis["correlations"]
+
+
+def test_compare_objectives_table_pairs_seeds_and_flags_the_floor():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        objectives = importlib.import_module("compare_objectives")
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    scores = {"hidden_kd": (50.0, 50.5), "logit_kd": (76.0, 75.5)}
+    rows = [{"objective": o, "seed": seed, "score": scores[o][seed - 1], "seconds": 10.0}
+            for o in scores for seed in (1, 2)]
+    lines = objectives.table(rows, ["hidden_kd", "logit_kd"], floor=50.0).splitlines()
+    assert lines[2] == "| hidden_kd | 2 | 50.25 ± 0.35 | +0.00 | 50.00, 50.50 | 10 | **yes** |"
+    assert lines[3] == "| logit_kd | 2 | 75.75 ± 0.35 | +25.50 | 76.00, 75.50 | 10 | no |"
