@@ -26,6 +26,7 @@ from utils.objectives import build_distill_objective
 from utils.planner import dry_run
 from utils.results import finish, train_summary
 from utils.run import end_run, start_run
+from utils.sharding import place
 from utils.students import build_student
 from utils.task_data import load_train_and_dev
 
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     summary = {}
     if training.do_train:
         tokenizer = load_tokenizer(teacher_path)
-        teacher = load_teacher(model_type, teacher_path, task).to(run.device)
+        teacher = place(load_teacher(model_type, teacher_path, task), run)
         student = build_student(model_type, teacher_path, args.student.student, task)
         data = load_train_and_dev(args.data, task, tokenizer)
         objective = build_distill_objective(teacher, args.distill, task.kind == "regression")

@@ -41,6 +41,7 @@ from utils.planner import dry_run
 from utils.plots import plot_search
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run
+from utils.sharding import place
 from utils.students import StudentSpec, build_student, chain_name, parse_chain
 from utils.task_data import load_train_and_dev
 
@@ -135,7 +136,7 @@ def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: P
             logger.info("stage %d/%d of %s: %s → %s", k, len(chain), name, teacher_path, spec)
             teacher = load_teacher(model_type, teacher_path, task)
             student = build_student(model_type, teacher_path, spec, task)
-            objective = build_distill_objective(teacher.to(run.device), args.distill, task.kind == "regression")
+            objective = build_distill_objective(place(teacher, run), args.distill, task.kind == "regression")
             selector = MetricSelector(data["dev"], args.training.selection_metric,
                                       args.training.per_device_eval_batch_size, run)
             result = train(args.training, run, student, data["train"], objective, selector, tokenizer, stage_dir,

@@ -38,6 +38,7 @@ from utils.planner import dry_run
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run, write_json_atomic
 from utils.schedule import SandwichSelector, plot_schedule
+from utils.sharding import place
 from utils.students import StudentSpec, build_student, check_sparsity_available
 from utils.task_data import load_train_and_dev
 
@@ -53,7 +54,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
     """Train one iteration from ``teacher_path`` into ``stage_dir``; return its summary with the schedule."""
     task, model_type, schedule_args, training = args.task, args.model.model_type, args.schedule, args.training
     final = iteration == schedule_args.target_iteration
-    teacher = load_teacher(model_type, teacher_path, task).to(run.device)
+    teacher = place(load_teacher(model_type, teacher_path, task), run)
     teacher_sparsity = teacher.config.sparsity
     distill = build_distill_objective(teacher, args.distill, task.kind == "regression")
     if final and schedule_args.final_student == "alone":
@@ -91,7 +92,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
     if args.run.dry_run:
-        return dry_run(args, args.distill.teacher_model_path, distils=True)
+        return dry_run(args, args.distill.teacher_model_path, distils=True, sandwich=True)
     task, training, schedule_args = args.task, args.training, args.schedule
     target, metric = schedule_args.target_sparsity, training.selection_metric
     run = start_run(args, "run_minidisc", training=training.do_train)
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
             raise StageError(f"--target_sparsity {target} is below the teacher's own sparsity "
                              f"{teacher.config.sparsity}")
         data = load_train_and_dev(args.data, task, tokenizer)
-        teacher_dev = evaluate(teacher.to(run.device), data["dev"], training.per_device_eval_batch_size, run,
+        teacher_dev = evaluate(place(teacher, run), data["dev"], training.per_device_eval_batch_size, run,
                                "teacher")
         logger.info("teacher dev: %s", teacher_dev)
         del teacher

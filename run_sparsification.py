@@ -45,7 +45,7 @@ from utils.model_io import check_model_task, load_model, load_tokenizer
 from utils.planner import dry_run
 from utils.plots import plot_pruning_curve
 from utils.run import end_run, start_run
-from utils.sharding import shard, unsharded
+from utils.sharding import gathered, place, unsharded
 from utils.students import describe_model
 from utils.task_data import load_split
 
@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
         return dry_run(args, options.teacher_model_path, distils=False, levels=levels)
     run = start_run(args, "run_sparsification", resumable=False)
     tokenizer = load_tokenizer(options.teacher_model_path)
-    teacher = load_model(args.model.model_type, options.teacher_model_path).to(run.device)
+    teacher = load_model(args.model.model_type, options.teacher_model_path)  # on the CPU until placed below
     check_model_task(teacher, task, options.teacher_model_path)
     if teacher.config.sparsity != 0:
         raise StageError(f"{options.teacher_model_path} is already pruned (config.sparsity {teacher.config.sparsity}): "
@@ -150,8 +150,7 @@ def main(argv=None) -> dict:
     dev = load_split(args.data, task, tokenizer, "dev", args.data.max_eval_samples)
     if options.head_unit:
         teacher.set_head_unit(options.head_unit)
-    if run.fsdp:
-        shard(teacher, run)
+    teacher = place(teacher, run)
     teacher_dev = evaluate(teacher, dev, options.per_device_eval_batch_size, run, "dev (teacher)")
     started = time.time()
     if options.reuse_importance:
@@ -159,9 +158,9 @@ def main(argv=None) -> dict:
     else:
         scores = score_importance(args, run, task, teacher, tokenizer)
     if run.fsdp:
-        # Sharded for the importance pass (its backward holds the activations); reordered, sliced for the
-        # pruning curve and saved as a plain model.
-        teacher = unsharded(teacher, run.device)
+        # Sharded for the importance pass (its backward holds the activations); gathered into a plain copy on
+        # every process's CPU to reorder and map, then sharded again for the pruning curve.
+        teacher = unsharded(teacher)
     if not options.reuse_importance:
         teacher.reorder(scores["head_order"], scores["neuron_order"])
         scores["head"] = scores["head"].gather(1, scores["head_order"])
@@ -174,11 +173,13 @@ def main(argv=None) -> dict:
     teacher.config.importance_samples = scores["num_examples"]
     teacher.config.neuron_multiple = options.neuron_multiple
     importance_seconds = time.time() - started
+    teacher = place(teacher, run)
     curve = pruning_curve(teacher, dev, levels, options.per_device_eval_batch_size, run)
     model_dir = run.output_dir / MODEL_DIR
+    plain = gathered(teacher) if run.fsdp else teacher  # every process takes part in gathering
     if run.is_main:
         record = importance_record(scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
-        save_model_atomic(teacher, tokenizer, model_dir, {IMPORTANCE_FILE: record}, run_dir=run.output_dir)
+        save_model_atomic(plain, tokenizer, model_dir, {IMPORTANCE_FILE: record}, run_dir=run.output_dir)
         update_card(model_dir, dev=teacher_dev)
     results = {
         "task": task.name,

@@ -165,8 +165,8 @@ def test_fsdp_minidisc_two_processes_equal_one(model_type, make_sst2_task, make_
             "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",
             "--target_iteration", "1", "--export_all", "--do_train", "--use_cpu"]
     launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
-    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4",
-                                      "--fsdp"], 2)
+    launch_recording_moves(tmp_path / "moves", "run_minidisc", base + [
+        "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4", "--fsdp"])
     one = read_jsonl(tmp_path / "one" / "iter_1" / "metrics.jsonl")
     two = read_jsonl(tmp_path / "two" / "iter_1" / "metrics.jsonl")
     assert one[-1]["sparsities"] == two[-1]["sparsities"]
@@ -174,6 +174,8 @@ def test_fsdp_minidisc_two_processes_equal_one(model_type, make_sst2_task, make_
     assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best", atol=1e-5)
     log = (tmp_path / "two" / "log.txt").read_text()
     assert log.count("sharded with FSDP2 over 2 processes") >= 2  # the student and the teacher
+    # the teacher for its dev score, the teacher and the student of the iteration: shards only, on each process
+    assert_only_shards_reach_the_device(tmp_path / "moves", models=3)
     for export in (tmp_path / "one" / "iter_1" / "export").iterdir():
         assert same_weights(export, tmp_path / "two" / "iter_1" / "export" / export.name, atol=1e-5)
 
@@ -191,6 +193,39 @@ def test_fsdp_sandwich_gathers_and_reduces_once_per_step():
     assert counts["2"] == counts["4"] == {"all_gather": 5, "reduce_scatter": 5}
     # a single pass reshards after forward, as FSDP2 does by default, and gathers again in backward
     assert counts["1"]["reduce_scatter"] == 5 and counts["1"]["all_gather"] > 5
+
+
+def launch_recording_moves(out, script: str, args: list[str]) -> None:
+    """``script`` (a module name) on 2 processes with what each moves to its device recorded in ``out``
+    (``tests/distributed/device_moves.py``)."""
+    launch("tests/distributed/device_moves.py", [str(out), script, *args], 2)
+
+
+def assert_only_shards_reach_the_device(out, models: int) -> None:
+    """Every process sharded ``models`` models, kept about half of each (2 processes), and never moved a whole
+    parameter to its device (a model loaded on the CPU and moved there whole before sharding would)."""
+    for rank in (0, 1):
+        record = json.loads((out / f"rank{rank}.json").read_text())
+        whole = [move for move in record["moves"] if move["whole_bytes"]]
+        assert not whole, f"rank {rank} moved whole parameters to its device: {whole}"
+        assert len(record["sharded"]) == models, record["sharded"]
+        for model in record["sharded"]:
+            assert 0.4 * model["full_bytes"] < model["local_bytes"] < 0.6 * model["full_bytes"], model
+
+
+def test_fsdp_moves_only_shards_to_the_device(make_sst2_task, make_teacher, tmp_path):
+    """Under --fsdp the teacher and the student are sharded where they were loaded (the CPU) and each process
+    moves only its own shards to the training device, as does the model a finished run scores (--do_infer):
+    no process ever holds a whole model there (for an 8 B model in fp32, 28 GiB on every GPU)."""
+    data = make_sst2_task(n_train=16, n_dev=11, seed=4)
+    teacher = make_teacher(levels=(0, 50, 60, 90), model_type="sparsedecoder_cls")
+    args = ["--teacher_model_path", str(teacher), "--task_name", "sst2", "--data_dir", str(data), "--max_length",
+            "16", "--layer_or_sparsity", "50S", "--max_steps", "2", "--log_interval", "2",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--do_train", "--do_infer",
+            "--use_cpu", "--fsdp", "--output_dir", str(tmp_path / "run")]
+    launch_recording_moves(tmp_path / "moves", "run_distillation", args)
+    assert_only_shards_reach_the_device(tmp_path / "moves", models=3)  # teacher, student, the model scored
+    assert (tmp_path / "run" / "SST-2.tsv").is_file()
 
 
 def test_fsdp_resume_equals_uninterrupted(make_sst2_task, make_teacher, tmp_path):
@@ -233,7 +268,10 @@ def test_fsdp_importance_pass_equals_the_unsharded_one(model_type, make_sst2_tas
             "16", "--per_device_eval_batch_size", "4", "--neuron_multiple", "1", "--sparsities", "30,60,90",
             "--use_cpu"]
     launch("run_sparsification.py", base + ["--output_dir", str(tmp_path / "ddp")], 2)
-    launch("run_sparsification.py", base + ["--output_dir", str(tmp_path / "fsdp"), "--fsdp"], 2)
+    launch_recording_moves(tmp_path / "moves", "run_sparsification",
+                           base + ["--output_dir", str(tmp_path / "fsdp"), "--fsdp"])
+    # sharded for the importance pass, and again (reordered, on every process's CPU) for the pruning curve
+    assert_only_shards_reach_the_device(tmp_path / "moves", models=2)
     ddp, fsdp = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("ddp", "fsdp"))
     assert fsdp["sparsity_map"] == ddp["sparsity_map"] and fsdp["teacher_dev"] == ddp["teacher_dev"]
     assert [row["dev"] for row in fsdp["pruning_curve"]] == [row["dev"] for row in ddp["pruning_curve"]]

@@ -16,7 +16,7 @@ import run_sparsification
 from models import SparseBertCls
 from tests.helpers import distill_args, finetune_args, schedule_args, sparsify_args, tiny_model
 from utils.cli import cli
-from utils.planner import DEFAULT_LEVELS, GIB, build_on_meta, load_plan_config, published_names
+from utils.planner import DEFAULT_LEVELS, GIB, build_on_meta, fsdp_units, load_plan_config, published_names
 
 
 def hf_enct5_count(name: str, num_labels: int) -> int:
@@ -48,12 +48,16 @@ def test_enct5_3b_has_the_exact_parameter_count_of_hf_t5_modules(tmp_path, make_
     assert [row["sparsity"] for row in plan["levels"]] == list(DEFAULT_LEVELS)
     sizes = [row["total_parameters"] for row in plan["levels"]]
     assert sizes == sorted(sizes, reverse=True)
-    # sharding divides weights, gradients, AdamW state and the teacher by the devices; activations stay
+    # sharding divides weights, gradients, AdamW state and the teacher by the devices; activations, the teacher
+    # cache (2 GiB by default) and what FSDP2 gathers stay whole
     memory = full["memory_gib"]["bf16"]
     assert memory["weights_grads_adamw"] == pytest.approx(16 * expected / GIB)
     assert memory["teacher"] == pytest.approx(4 * expected / GIB)
+    assert memory["teacher_cache"] == pytest.approx(2.0)
     assert memory["sharded"] == pytest.approx((memory["weights_grads_adamw"] + memory["teacher"]) / 8
-                                              + memory["activations"])
+                                              + memory["teacher_cache"] + memory["activations"]
+                                              + memory["gathered_student"] + memory["gathered_teacher"]
+                                              + memory["optimizer_step"])
     assert full["memory_gib"]["fp32"]["activations"] > memory["activations"]
 
 
@@ -156,6 +160,43 @@ def test_llama_8b_plan(make_sst2_task, tmp_path, capsys):
     assert "7,504,932,864" in capsys.readouterr().out
     sizes = [row["total_parameters"] for row in plan["levels"]]
     assert sizes == sorted(sizes, reverse=True) and len(sizes) == len(DEFAULT_LEVELS)
+
+
+def test_the_sharded_peak_holds_what_fsdp2_gathers(make_sst2_task, tmp_path, capsys):
+    """Llama-3.1-8B over 8 devices in bf16: FSDP2's units counted by hand (the root: embeddings, final norm and
+    score head; a layer: attention and SwiGLU projections and two norms); a single pass gathers the root and
+    two layers of the student and of the teacher, with the student's whole fp32 gradients; MiniDisc's sandwich
+    keeps the whole student gathered with its gradient for the step, which is most of its peak."""
+    d, kv, ffn, vocab = 4096, 1024, 14336, 128_256
+    root, layer = vocab * d + d + 2 * d, d * (2 * d + 2 * kv) + 3 * d * ffn + 2 * d
+    config = load_plan_config("meta-llama/Llama-3.1-8B")
+    assert fsdp_units(build_on_meta("sparsedecoder_cls", config, 2)) == (root, layer)
+    flags = ["--per_device_train_batch_size", "8", "--dry_run", "--dry_run_devices", "8"]
+    task = make_sst2_task()
+    distil = run_distillation.main(distill_args("meta-llama/Llama-3.1-8B", task, tmp_path / "never", "90S", *flags))
+    sandwich = run_minidisc.main(schedule_args("meta-llama/Llama-3.1-8B", task, tmp_path / "never", *flags))
+    assert "peak memory in GiB per device" in capsys.readouterr().out
+    assert not distil["sandwich"] and sandwich["sandwich"]
+    full = sandwich["levels"][0]["total_parameters"]
+    for plan in (distil, sandwich):
+        student = next(row for row in plan["levels"] if row["sparsity"] == 90)
+        memory = student["memory_gib"]["bf16"]
+        assert memory["gathered_teacher"] == pytest.approx((root + 2 * layer) * 2 / GIB)  # bf16, no gradients
+        if plan is distil:
+            assert memory["weights_grads_adamw"] == pytest.approx(16 * student["total_parameters"] / GIB)
+            assert memory["gathered_student"] == pytest.approx((root + 2 * layer) * (2 + 4) / GIB)
+        else:  # the supernet: full-width states at every level, all of it gathered
+            assert memory["weights_grads_adamw"] == pytest.approx(16 * full / GIB)
+            assert memory["gathered_student"] == pytest.approx(full * (2 + 4) / GIB)
+        assert memory["sharded"] > memory["weights_grads_adamw"] / 8 + memory["gathered_student"]
+        # without sharding: DDP's gradient buckets and autocast's bf16 copies of the student's weights
+        assert memory["ddp_buckets"] == pytest.approx(memory["weights_grads_adamw"] / 4)
+        assert memory["autocast_copies"] == pytest.approx(memory["weights_grads_adamw"] / 8)
+        assert student["memory_gib"]["fp32"]["autocast_copies"] == 0
+    # the sandwich's whole gathered student (42 GiB) is more than its sharded states, teacher and cache together
+    memory = sandwich["levels"][0]["memory_gib"]["bf16"]
+    assert memory["gathered_student"] > (memory["weights_grads_adamw"] + memory["teacher"]) / 8 + 2
+    assert 65 < memory["sharded"] < 75
 
 
 def test_gradient_checkpointing_shrinks_the_planned_activations(make_sst2_task, tmp_path):

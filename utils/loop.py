@@ -44,7 +44,7 @@ from utils.errors import RunError
 from utils.evaluation import Selector, quiet
 from utils.fingerprint import check_settings
 from utils.run import set_seed
-from utils.sharding import gathered, is_sharded, shard
+from utils.sharding import gathered, place
 from utils.step import backward_batch, build_optimizer, optimizer_step, plan_steps
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     if run.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         recover_model_dir(output_dir / BEST_DIR)  # a crash may have interrupted a swap of best/
-    module = model.to(run.device)
+    # Under --fsdp the model stays where it was loaded until it is sharded (below): each process moves only
+    # its own shards to the device, never the whole model.
+    module = model if run.fsdp else model.to(run.device)
     module.train()
     if objective.needs_labels and not train_dataset.has_labels:
         raise ValueError("the training split has no gold labels, which this objective needs")
@@ -144,8 +146,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
         module.compile_layers()
     if run.fsdp:
         for model_to_shard in [module, *objective.frozen_models()]:
-            if not is_sharded(model_to_shard):
-                shard(model_to_shard, run)
+            place(model_to_shard, run)
         ddp_model = module
     else:
         # find_unused_parameters: a pruned width or a densified student may leave a layer with no heads

@@ -11,14 +11,30 @@ The model is built on the meta device (shapes only, no memory) from a saved mode
   forward counted as 2 FLOPs per multiply-add of every transformer-block projection plus the
   attention scores and weighted sums, at ``--max_length`` tokens (embeddings, norms and the task
   head are left out); a distilling script adds the teacher's forward;
-* memory per device for one training step, fp32 and bf16 (autocast, as ``--use_bf16`` runs):
-  weights + gradients + AdamW state (16 bytes a parameter: fp32 master weights either way), the
-  frozen teacher (fp32, 4 bytes a parameter, when the script distils), and activations kept for
-  backward at ``--per_device_train_batch_size`` × ``--max_length`` tokens (residual-stream tensors in
-  fp32; projection outputs in the run's dtype; attention scores not stored, as with PyTorch's fused
-  SDPA kernels; with ``--gradient_checkpointing``, each layer's input plus one layer's activations). "DDP" keeps a full copy on every device (how runs go today); "sharded" divides
-  weights, gradients, optimizer state and teacher by ``--dry_run_devices`` (what fully sharded
-  data parallelism needs). Activation counts are an estimate for planning, not a measurement.
+* peak memory per device of one training step, fp32 and bf16 (autocast, as ``--use_bf16`` runs), every
+  part counted as if alive at once (an upper estimate; :func:`peak_memory`):
+
+  - weights + gradients + AdamW state (16 bytes a parameter: fp32 master weights either way) of the
+    model being trained (MiniDisc's sandwich trains the full-width supernet at every level);
+  - the frozen teacher (fp32, 4 bytes a parameter) and its cache on the device (``--teacher_cache_mb``)
+    when the script distils;
+  - activations kept for backward at ``--per_device_train_batch_size`` × ``--max_length`` tokens
+    (residual-stream tensors in fp32; projection outputs in the run's dtype; attention scores not
+    stored, as with PyTorch's fused SDPA kernels; with ``--gradient_checkpointing``, each layer's
+    input plus one layer's activations);
+  - "DDP" (a full copy on every device): plus DDP's gradient buckets (4 bytes a parameter, on more
+    than one device) and, under bf16, autocast's bf16 copies of the trained weights, kept for backward;
+  - "sharded" (``--fsdp`` over ``--dry_run_devices``; on one device the same as DDP): weights,
+    gradients, AdamW state and teacher divided by the devices, plus what FSDP2 gathers: the root
+    unit (embeddings, final norm, head) and two layer units (the one running and the one
+    prefetched) with their whole gradients, of the student and of the teacher, in bf16 under bf16
+    and fp32 otherwise; a sandwich keeps every layer of the student gathered, with its whole
+    gradient, for the step (:func:`utils.sharding.pass_context`); and the sharded AdamW step's
+    temporary (4 bytes a parameter over the devices). Loading never holds more: the models are
+    sharded on the CPU and FSDP2 moves one unit at a time to the device (:func:`utils.sharding.place`).
+
+  Activation counts are an estimate for planning, not a measurement; unit sizes are those of the
+  checkpoint's architecture at full width (an upper bound for a smaller student).
 
 Without a sparsity map in the config (a published config, or an unsparsified teacher), every row
 loses the same fraction ``s`` of its units (neurons in multiples of ``--neuron_multiple``-like 8;
@@ -99,12 +115,67 @@ def build_on_meta(model_type: str, config: PretrainedConfig, num_labels: int):
         return get_model_class(model_type)(config)
 
 
+def fsdp_units(model) -> tuple[int, int]:
+    """``(root, layer)``: the parameters of FSDP2's root unit (what no layer holds: embeddings, final norm, task
+    head) and of its largest layer unit, as :func:`utils.sharding.shard` makes them, at the stored width."""
+    layers = [sum(p.numel() for p in layer.parameters()) for layer in model.layer_modules()]
+    return sum(p.numel() for p in model.parameters()) - sum(layers), max(layers, default=0)
+
+
+def peak_memory(trained: int, teacher: int, activations: int, cache: int, units: tuple[int, int], devices: int,
+                gathered_bytes: int, autocast: bool, sandwich: bool) -> dict:
+    """Bytes per device at the peak of a training step, without sharding (DDP) and sharded (FSDP2), with what
+    each holds. Every part is counted as if alive at once (an upper estimate: activations are freed before
+    the optimizer step, the teacher's units before the student's are gathered).
+
+    Args:
+        trained: parameters of the model being trained, as stored (a sandwich's supernet at full width).
+        teacher: parameters of the frozen teacher (0: none).
+        activations: bytes of activations kept for backward (see :func:`plan_rows`).
+        cache: bytes of the teacher cache on the device (``--teacher_cache_mb``).
+        units: :func:`fsdp_units` of the teacher's architecture (an upper bound for a smaller student's).
+        gathered_bytes: bytes of a gathered parameter under FSDP2 (2 under bf16 mixed precision, else 4).
+        autocast: bf16 autocast without sharding: the trained weights' bf16 copies live through backward.
+        sandwich: several widths a step (MiniDisc): FSDP2 keeps every layer gathered, and its gradient
+            unsharded, from the step's first forward to its last backward (:func:`utils.sharding.pass_context`).
+    """
+    root, layer = units
+    states, frozen = 16 * trained, 4 * teacher
+    ddp_extra = {
+        # DDP all-reduces from bucket copies of the gradients (when there is more than one device)
+        "ddp_buckets": 4 * trained if devices > 1 else 0,
+        "autocast_copies": 2 * trained if autocast else 0,
+    }
+    # FSDP2 keeps the root unit gathered through forward and backward and one layer unit ahead of the one
+    # running; each gathered unit gets a whole gradient (fp32 for the reduce-scatter) before it is sharded.
+    one_pass = (root + 2 * layer) * (gathered_bytes + 4)
+    sharded_extra = {
+        "gathered_student": trained * (gathered_bytes + 4) if sandwich else one_pass,
+        "gathered_teacher": (root + 2 * layer) * gathered_bytes if teacher else 0,
+        # sharded parameters take AdamW's per-tensor kernel, whose step holds one temporary per parameter
+        "optimizer_step": 4 * trained // devices,
+    }
+    ddp = states + frozen + cache + activations + sum(ddp_extra.values())
+    if devices == 1:  # --fsdp with one process shards nothing: the model is trained as it is
+        return {"ddp": ddp, "sharded": ddp, **ddp_extra, **dict.fromkeys(sharded_extra, 0)}
+    # Sharding itself: FSDP2 moves one whole fp32 unit to the device at a time, keeps its shard, frees the rest.
+    sharding = (4 * trained + frozen) // devices + 4 * max(root, layer)
+    sharded = max((states + frozen) // devices + cache + activations + sum(sharded_extra.values()), sharding)
+    return {"ddp": ddp, "sharded": sharded, **ddp_extra, **sharded_extra}
+
+
 def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teacher_params: int | None,
-              checkpointing: bool = False) -> list[dict]:
-    """One row per level: sizes, FLOPs and memory per device (see the module docstring)."""
+              checkpointing: bool = False, sandwich: bool = False, cache_bytes: int = 0) -> list[dict]:
+    """One row per level: sizes, FLOPs and memory per device (see the module docstring and :func:`peak_memory`).
+
+    ``sandwich``: the script trains a supernet of every width at once (MiniDisc): it holds the weights,
+    gradients and AdamW state of the full-width model at every level. ``cache_bytes``: the teacher cache.
+    """
     rows = []
     model.sparsify(model.config.sparsity)
     teacher_flops = model.training_cost(seq_len)["forward_flops"]
+    stored = model.count_parameters()["total"]
+    units = fsdp_units(model)
     for level in levels:
         model.sparsify(level)
         counts = model.count_parameters()
@@ -117,18 +188,19 @@ def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teache
             "train_flops_per_token": 3 * cost["forward_flops"] / seq_len,
             "memory_gib": {},
         }
-        states = 16 * counts["total"]
-        teacher = 4 * teacher_params if teacher_params else 0
+        trained = stored if sandwich else counts["total"]
         for dtype, size in DTYPES.items():
             activations = batch_size * (4 * cost["stream_elements"] + size * cost["projection_elements"])
             if checkpointing:
                 # each layer keeps only its input (a quarter of its stream tensors); one layer at a time
                 # holds everything while it is recomputed
                 activations = batch_size * 4 * cost["stream_elements"] // 4 + activations // max(model.depth, 1)
+            peak = peak_memory(trained, teacher_params or 0, activations, cache_bytes, units, devices,
+                               gathered_bytes=size, autocast=dtype == "bf16", sandwich=sandwich)
             row["memory_gib"][dtype] = {
-                "weights_grads_adamw": states / GIB, "teacher": teacher / GIB, "activations": activations / GIB,
-                "ddp": (states + teacher + activations) / GIB,
-                "sharded": ((states + teacher) / devices + activations) / GIB,
+                "weights_grads_adamw": 16 * trained / GIB, "teacher": 4 * (teacher_params or 0) / GIB,
+                "teacher_cache": cache_bytes / GIB, "activations": activations / GIB,
+                **{key: value / GIB for key, value in peak.items()},
             }
         rows.append(row)
     model.sparsify(model.config.sparsity)
@@ -142,27 +214,34 @@ def format_plan(header: str, rows: list[dict], devices: int) -> str:
     """The plan as a table: one line per level and dtype."""
     lines = [header,
              f"{'sparsity':>8} {'layers':>6} {'heads':>6} {'neurons':>8} {'prunable':>14} {'total':>14} "
-             f"{'GFLOP/tok':>10} {'dtype':>5} {'states':>8} {'teacher':>8} {'activ.':>8} {'DDP/dev':>8} "
-             f"{f'shard/{devices}':>8}"]
+             f"{'GFLOP/tok':>10} {'dtype':>5} {'states':>8} {'teacher':>8} {'cache':>6} {'activ.':>8} "
+             f"{'gather':>8} {'DDP/dev':>8} {f'shard/{devices}':>8}"]
     for row in rows:
         for dtype, memory in row["memory_gib"].items():
+            gather = memory["gathered_student"] + memory["gathered_teacher"]
             lines.append(
                 f"{row['sparsity']:>8} {row['num_layers']:>6} {row['heads_kept']:>6} {row['neurons_kept']:>8} "
                 f"{row['prunable_parameters']:>14,} {row['total_parameters']:>14,} "
                 f"{row['train_flops_per_token'] / 1e9:>10.3f} {dtype:>5} {memory['weights_grads_adamw']:>8.2f} "
-                f"{memory['teacher']:>8.2f} {memory['activations']:>8.2f} {memory['ddp']:>8.2f} "
-                f"{memory['sharded']:>8.2f}")
+                f"{memory['teacher']:>8.2f} {memory['teacher_cache']:>6.2f} {memory['activations']:>8.2f} "
+                f"{gather:>8.2f} {memory['ddp']:>8.2f} {memory['sharded']:>8.2f}")
     if rows and "teacher_flops_per_token" in rows[0]:
         lines.append(f"teacher forward: {rows[0]['teacher_flops_per_token'] / 1e9:.3f} GFLOP/token on top of each "
                      "row's training FLOPs")
-    lines.append("memory in GiB per device; activations are a planning estimate (see utils/planner.py)")
+    lines.append(
+        "peak memory in GiB per device, every part counted as alive at once: states (fp32 weights, gradients, AdamW), "
+        "the fp32 teacher, the teacher cache, activations (an estimate); DDP/dev adds DDP's gradient buckets and, "
+        "in bf16, autocast's weight copies; shard/N divides states and teacher by N and adds what FSDP2 gathers "
+        "(gather: units with their whole gradients, a sandwich's whole student) and the AdamW step's temporaries "
+        "(see utils/planner.py)")
     return "\n".join(lines)
 
 
-def dry_run(args, checkpoint: str, distils: bool, levels=None) -> dict:
+def dry_run(args, checkpoint: str, distils: bool, levels=None, sandwich: bool = False) -> dict:
     """Print and return the plan of the run ``args`` describes, starting from ``checkpoint``.
 
-    ``distils``: the script holds a frozen teacher (the model at ``checkpoint``) beside the trained one.
+    ``distils``: the script holds a frozen teacher (the model at ``checkpoint``) beside the trained one, and
+    its cache (``--teacher_cache_mb``). ``sandwich``: it trains every width of a supernet at once (MiniDisc).
     ``levels``: the sparsities to plan (default: the config's map levels, else :data:`DEFAULT_LEVELS`).
     """
     config = load_plan_config(checkpoint, "--dry_run")
@@ -179,10 +258,12 @@ def dry_run(args, checkpoint: str, distils: bool, levels=None) -> dict:
     batch, seq_len = getattr(args, "training", None), args.data.max_length
     batch_size = batch.per_device_train_batch_size if batch is not None else 1
     checkpointing = bool(getattr(batch, "gradient_checkpointing", False))
-    rows = plan_rows(model, levels, batch_size, seq_len, devices, teacher_params, checkpointing)
+    cache_bytes = int(args.distill.teacher_cache_mb * 2**20) if distils else 0
+    rows = plan_rows(model, levels, batch_size, seq_len, devices, teacher_params, checkpointing, sandwich, cache_bytes)
     header = (f"plan for {args.model.model_type} from {checkpoint} ({source}); batch {batch_size} x "
               f"{seq_len} tokens per device; {devices} device(s)"
               f"{'; activations with gradient checkpointing' if checkpointing else ''}")
     print(format_plan(header, rows, devices))
     return {"checkpoint": checkpoint, "model_type": args.model.model_type, "map": source, "devices": devices,
-            "batch_size": batch_size, "max_length": seq_len, "gradient_checkpointing": checkpointing, "levels": rows}
+            "batch_size": batch_size, "max_length": seq_len, "gradient_checkpointing": checkpointing,
+            "sandwich": sandwich, "levels": rows}

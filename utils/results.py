@@ -16,6 +16,7 @@ from utils.fingerprint import check_settings
 from utils.model_card import FACTS_FILE, update_card
 from utils.model_io import check_model_task, load_model, load_tokenizer
 from utils.run import write_json_atomic
+from utils.sharding import place
 from utils.students import describe_model
 from utils.task_data import load_split
 
@@ -49,7 +50,7 @@ def test_and_infer(args, run, task, output_dir: Path, model_dir: Path | None = N
         return report
     model_dir = final_model_dir(training.eval_model_path, model_dir or trained_model_dir(output_dir))
     tokenizer = load_tokenizer(str(model_dir))
-    model = load_model(args.model.model_type, str(model_dir)).to(run.device)
+    model = place(load_model(args.model.model_type, str(model_dir)), run)
     check_model_task(model, task, model_dir)
     test = load_split(args.data, task, tokenizer, "test")
     report["test_model_path"] = str(model_dir)

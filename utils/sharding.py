@@ -2,7 +2,10 @@
 
 :func:`shard` applies ``torch.distributed.fsdp.fully_shard`` to every transformer layer of a model (its
 family's ``layer_modules()``) and then to the model itself, with a mixed-precision policy under
-``--use_bf16``/``--use_fp16`` (parameters gathered in that dtype, gradients reduced in fp32). Inside a
+``--use_bf16``/``--use_fp16`` (parameters gathered in that dtype, gradients reduced in fp32). :func:`place`
+puts a model on the run's device: under ``--fsdp`` it shards the model where it was loaded (the CPU)
+and each process moves only its own shards, one FSDP unit at a time, so no process ever holds a
+whole model on its device (an 8 B model in fp32 is 28 GiB). Inside a
 layer's forward the gathered parameters are ordinary tensors, so the sliced widths of the sandwich
 work unchanged; :func:`pass_context` keeps the parameters gathered and the gradients local until the
 last pass of a step, so a sandwich step gathers and reduces each layer once, not once per width.
@@ -34,11 +37,21 @@ def is_sharded(model) -> bool:
 
 
 def shard(model, run):
-    """Shard ``model`` in place: each of its ``layer_modules()``, then the root (FSDP2); returns it."""
+    """Shard ``model`` in place: each of its ``layer_modules()``, then the root (FSDP2); returns it.
+
+    The shards are placed on ``run.device`` (the mesh's device): FSDP2 moves one unit's parameters
+    there, keeps this process's shard and frees the rest before it shards the next unit, so a model
+    still on the CPU reaches the device one unit at a time (see :func:`place`).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=run.amp_dtype, reduce_dtype=torch.float32) if run.amp_dtype else None
     options = {"mp_policy": policy} if policy is not None else {}
+    device = getattr(run, "device", None)
+    if device is not None:
+        # The run's device, not FSDP2's default (the machine's accelerator, even under --use_cpu).
+        options["mesh"] = init_device_mesh(device.type, (dist.get_world_size(),))
     layers = model.layer_modules()
     for layer in layers:
         fully_shard(layer, **options)
@@ -46,6 +59,14 @@ def shard(model, run):
     logger.info("%s sharded with FSDP2 over %d processes (%d layer units and the root)", type(model).__name__,
                 run.world_size, len(layers))
     return model
+
+
+def place(model, run):
+    """``model`` on ``run.device``, ready to run: sharded first under ``--fsdp`` (:func:`shard`, which moves
+    only this process's shards to the device), moved whole otherwise. Returns it."""
+    if not run.fsdp:
+        return model.to(run.device)
+    return model if is_sharded(model) else shard(model, run)
 
 
 @contextmanager
@@ -79,23 +100,35 @@ def _plain_copy(model, state: dict):
     return plain.train(model.training)
 
 
-def unsharded(model, device):
-    """A plain copy of the sharded ``model`` on every rank, on ``device`` (a collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _full_state(model, keep: bool) -> dict | None:
+    """The sharded ``model``'s whole state on the CPU where ``keep``, else None; a collective, gathered one tensor
+    at a time, so that the device holds one whole parameter at a time, never the whole model."""
+    from torch.distributed.tensor import DTensor
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    return _plain_copy(model, state).to(device)
+    state = {}
+    for key, value in model.state_dict().items():
+        if isinstance(value, DTensor):
+            # An empty weight (a densified layer left with no heads) has nothing to gather, and DTensor cannot
+            # unpad its shards (torch 2.13 fails on it, in get_model_state_dict too).
+            value = torch.zeros(value.shape, dtype=value.dtype) if value.numel() == 0 else value.full_tensor()
+        if keep:
+            state[key] = value.to("cpu")
+    return state if keep else None
+
+
+def unsharded(model):
+    """A plain CPU copy of the sharded ``model`` on every rank (at its current width). A collective."""
+    return _plain_copy(model, _full_state(model, keep=True))
 
 
 def gathered(model):
-    """A plain copy of the sharded ``model`` on rank 0 (at its current width), None on the other ranks.
+    """A plain CPU copy of the sharded ``model`` on rank 0 (at its current width), None on the other ranks.
 
     A collective: every process must call it.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return _plain_copy(model, state) if dist.get_rank() == 0 else None
+    main = dist.get_rank() == 0
+    state = _full_state(model, keep=main)
+    return _plain_copy(model, state) if main else None
 
 
 def filler_batches(num_examples: int, world_size: int, batch_size: int, batches: int) -> int:
