@@ -44,6 +44,7 @@ from transformers.activations import ACT2FN
 
 from .core import Normalization, PrunableBlock, PrunableModel, PrunableTaskModel, init_standard, new_linear
 from .heads import TaskOutput, sequence_loss, token_loss
+from .packing import padding_kept
 from .sparsity_map import ModelConfigError
 
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -448,10 +449,10 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
     def _attention_mask(self, attention_mask, length: int, device) -> torch.Tensor | None:
         """``[B, 1, T, T]`` bool: key at or before the query (within the sliding window), and real; a token
         always sees itself, so padding rows stay finite. None for unpadded inputs without a window (eager
-        only: an exported graph serves every input, so it always masks)."""
+        only: an exported graph serves every input, so it always masks, as under keep_padding())."""
         window = getattr(self.config, "sliding_window", None)
         use_window = window is not None and getattr(self.config, "use_sliding_window", True) and length > window
-        unpadded = attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all()))
+        unpadded = attention_mask is None or (not padding_kept() and bool(attention_mask.all()))
         if unpadded and not use_window:
             return None
         positions = torch.arange(length, device=device)

@@ -49,6 +49,7 @@ from transformers.activations import ACT2FN
 
 from .core import Normalization, PrunableBlock, PrunableModel, new_linear
 from .heads import TaskOutput, sequence_loss, token_loss
+from .packing import padding_kept
 
 
 class T5Norm(Normalization):
@@ -262,7 +263,7 @@ class SparseT5Stack(nn.Module):
 def _additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """``[B, 1, 1, T]``: 0 at tokens, the dtype's minimum at padding; None without padding (eager only: an
     exported graph serves every input, so it always masks)."""
-    if attention_mask is None or (not torch.compiler.is_exporting() and bool(attention_mask.all())):
+    if attention_mask is None or (not padding_kept() and bool(attention_mask.all())):
         return None
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 

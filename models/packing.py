@@ -13,9 +13,32 @@ and an index_put per state per width; a MiniDisc sandwich step, MRPC dynamic bat
 7 widths: 1.60 -> 1.50 s).
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
+
+_keep_padding = 0  # how many keep_padding() blocks are open
+
+
+@contextlib.contextmanager
+def keep_padding() -> Iterator[None]:
+    """Run eager forwards on the exported graph's path: every token, padding included, goes through the
+    embeddings, projections and FFNs, attention masks the padding, and the mask is applied even to a batch
+    without padding. The values at real tokens are the same; the work is what ONNX Runtime does with the
+    exported graph, so timing PyTorch inside this block compares the two runtimes on equal work."""
+    global _keep_padding
+    _keep_padding += 1
+    try:
+        yield
+    finally:
+        _keep_padding -= 1
+
+
+def padding_kept() -> bool:
+    """Whether forwards keep and mask the padding instead of skipping it: while exporting (one graph serves
+    every input, so it cannot branch on which tokens are real) or inside :func:`keep_padding`."""
+    return _keep_padding > 0 or torch.compiler.is_exporting()
 
 
 class TokenPacking:

@@ -45,7 +45,7 @@ from transformers.activations import ACT2FN
 
 from .core import PrunableBlock, PrunableModel, cols_linear, init_standard, new_linear
 from .fast_ops import FastDropout, attention, residual_linear
-from .packing import HiddenStates, PaddedBatch, TokenPacking
+from .packing import HiddenStates, PaddedBatch, TokenPacking, padding_kept
 from .sparsity_map import ModelConfigError
 
 
@@ -361,9 +361,9 @@ class SparseBertModel(PrunableModel, SparseBertPreTrainedModel):
 
     @staticmethod
     def _packing(attention_mask: torch.Tensor | None) -> TokenPacking | PaddedBatch | None:
-        # Exported (ONNX): one graph for every input, padding masked. Eager, no padding: no mask, and SDPA
-        # takes its fastest path. Eager with padding: run on the real tokens only.
-        if attention_mask is not None and torch.compiler.is_exporting():
+        # Exported (ONNX) or keep_padding(): one graph for every input, padding masked. Eager, no padding: no
+        # mask, and SDPA takes its fastest path. Eager with padding: run on the real tokens only.
+        if attention_mask is not None and padding_kept():
             return PaddedBatch(attention_mask)
         if attention_mask is None or bool(attention_mask.all()):
             return None

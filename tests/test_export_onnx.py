@@ -36,6 +36,7 @@ def check_family(tmp_path, model_type):
         assert export_onnx.max_difference(model, session, [batch]) < 1e-4
     report = json.loads((folder / "onnx" / "report.json").read_text())
     assert set(report["latency"]["grid"]) == {"1x5", "1x11", "3x5", "3x11"}
+    assert set(report["latency"]["grid"]["3x11"]) == {"pytorch", "pytorch_padded", "onnxruntime"}
     assert report["check"]["max_abs_difference"] < 1e-4
     card = (folder / "README.md").read_text()
     assert "onnxruntime, batch 3 × 11 tokens" in card and "## Latency" in card
@@ -70,6 +71,32 @@ def test_padding_is_masked_not_dropped_when_exporting():
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(graph[real], eager[real], atol=1e-5, rtol=1e-5)
     assert "nonzero" not in str(exported.graph)  # the packed path would select the real tokens
+
+
+def test_keep_padding_runs_every_family_on_the_exported_graphs_path():
+    """Inside keep_padding() the eager models keep and mask the padding as the exported graph does (BERT
+    computes every token instead of the real ones; the decoders and EncT5 mask even a batch without padding),
+    with the same logits."""
+    from models.enc_t5 import _additive_mask
+    from models.packing import PaddedBatch, TokenPacking, keep_padding, padding_kept
+    from models.sparse_bert import SparseBertModel
+    from tests.helpers import padded_batch, tiny_model
+
+    unpadded, padded = torch.ones(2, 5, dtype=torch.long), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    decoder = tiny_model("sparsedecoder_cls", 2, seed=0).eval()
+    assert not padding_kept() and isinstance(SparseBertModel._packing(padded), TokenPacking)
+    assert decoder.model._attention_mask(unpadded, 5, "cpu") is None and _additive_mask(unpadded, torch.float) is None
+    with keep_padding():
+        assert padding_kept() and isinstance(SparseBertModel._packing(padded), PaddedBatch)
+        assert decoder.model._attention_mask(unpadded, 5, "cpu") is not None
+        assert _additive_mask(unpadded, torch.float) is not None
+    assert not padding_kept()
+    for model_type in ("sparsebert_cls", "sparsedecoder_cls", "sparseenct5_cls"):
+        model = tiny_model(model_type, 2, seed=1).eval()
+        batch = padded_batch(torch.Generator().manual_seed(0), 3, 9, {1: 5, 2: 3})
+        with torch.inference_mode():
+            torch.testing.assert_close(export_onnx.PaddedPyTorch(model)(**batch).logits, model(**batch).logits,
+                                       atol=1e-5, rtol=1e-5)
 
 
 class _Logits:

@@ -28,10 +28,10 @@ def test_format_table_rows_and_missing_values():
     ]
     lines = report.format_table(rows, "acc").splitlines()
     assert lines[0] == ("| model | sparsity | dev acc | prunable params | total params | latency ms/batch | "
-                        "speedup | ONNX Runtime ms/batch | ONNX vs PyTorch |")
+                        "speedup | PyTorch padded ms/batch | ONNX Runtime ms/batch | ONNX vs PyTorch |")
     assert len(lines) == 2 + len(rows)
-    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× | – | – |"
-    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – | – | – |"
+    assert lines[2] == "| teacher | 0% | 0.8123 | 10.64M | 22.86M | 120.0 | 1.00× | – | – | – |"
+    assert lines[3] == "| student 90S | 90% | – | 1.06M | – | – | – | – | – | – |"
     rows[0]["onnx_agreement"] = {"relative_difference": 2.3e-6, "same_predictions": 8, "predictions": 8, "ok": True}
     rows[1]["onnx_agreement"] = {"relative_difference": 0.12, "same_predictions": 7, "predictions": 8, "ok": False}
     lines = report.format_table(rows, "acc").splitlines()
@@ -118,7 +118,7 @@ def test_report_command_writes_the_summary(minidisc_run, capsys):
     text = (out / "summary.md").read_text()
     assert text in capsys.readouterr().out
     assert "| teacher | 0% |" in text and "student 90S" in text and "schedule.png" in text
-    assert all(row["onnx_ms"] is None for row in rows)
+    assert all(row["onnx_ms"] is None and row["padded_ms"] is None for row in rows)
     assert (out / "summary.png").stat().st_size > 10_000 and summary["tradeoff_picture"].endswith("summary.png")
     # the student's card now has its measured latency
     card = (Path(rows[-1]["path"]) / "README.md").read_text()
@@ -135,6 +135,25 @@ def test_report_exports_and_times_onnx(minidisc_run, tmp_path):
         assert row["onnx_ms"] > 0 and row["onnx_max_difference"] < 1e-4
         assert (Path(row["path"]) / "onnx" / "model.onnx").is_file()
     assert "ONNX Runtime" in (Path(summary["rows"][-1]["path"]) / "README.md").read_text()
+
+
+def test_padded_pytorch_does_the_exported_graphs_work():
+    """The eager model skips padded tokens outside attention; the exported graph computes them. The report's
+    padded PyTorch time runs every token, as the graph does, with the same values at the real tokens."""
+    from tests.helpers import padded_batch, tiny_model
+    from tools.export_onnx import PaddedPyTorch
+
+    model = tiny_model("sparsebert_cls", 2, seed=1).eval()
+    batch = padded_batch(torch.Generator().manual_seed(0), 4, 12, {1: 3, 2: 5, 3: 8})
+    rows_seen = []
+    hook = model.bert.layers[0].intermediate.register_forward_hook(
+        lambda module, args, output: rows_seen.append(output.flatten(0, -2).shape[0]))
+    with torch.inference_mode():
+        eager, padded = model(**batch).logits, PaddedPyTorch(model)(**batch).logits
+    hook.remove()
+    assert rows_seen == [int(batch["attention_mask"].sum()), 4 * 12]  # real tokens only; every token
+    torch.testing.assert_close(padded, eager, atol=1e-5, rtol=1e-5)
+    assert report.padding_fraction([batch]) == pytest.approx(1 - int(batch["attention_mask"].sum()) / 48)
 
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -179,6 +198,11 @@ def test_an_onnx_export_that_disagrees_is_reported_not_fatal(minidisc_run, monke
     text = (minidisc_run["out"] / "summary.md").read_text()
     assert "same (differs) |" in text and f"The export of {student['name']} differs from PyTorch" in text
     assert "fp32 round-off between two correct runtimes" in text
+    # ONNX Runtime runs the padded graph: PyTorch is also timed on that work, and the note says which is which
+    assert all(row["padded_ms"] > 0 for row in summary["rows"])
+    assert 0 < summary["latency"]["padding"] < 1 and f"{summary['latency']['padding']:.0%} of their token positions padding" in text
+    assert "'PyTorch padded': the eager model with the padding kept and masked" in text
+    assert "PyTorch, padding kept (the exported graph's work)" in (Path(student["path"]) / "README.md").read_text()
     setting = "PyTorch 1 and ONNX Runtime 1 intra-op threads, OMP_WAIT_POLICY PASSIVE and ONNX Runtime spinning off"
     assert summary["latency"]["timing_setup"] == {"threads": {"pytorch": 1, "onnxruntime": 1},
                                                   "omp_wait_policy": "PASSIVE", "allow_spinning": False}
