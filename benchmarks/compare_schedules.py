@@ -95,7 +95,8 @@ from utils.model_io import load_model, load_tokenizer
 from utils.plots import plot_search, plot_students_through_assistants
 from utils.run import write_json_atomic
 
-SHARED_GLUE = REPO_ROOT.parent / "shared" / "data" / "glue"
+# the real GLUE files, where the tests look for them too (MINIDISC_SHARED_DATA overrides ../shared/data)
+SHARED_GLUE = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "glue"
 TRAINING = ("--do_train", "--group_by_length")  # flags of every training run
 METHODS = ("direct", "minidisc", "minidisc_alone", "minidisc_sampled", "maxidisc")
 MINIDISC_VARIANTS = ("minidisc", "minidisc_alone", "minidisc_sampled")

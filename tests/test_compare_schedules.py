@@ -211,7 +211,7 @@ def test_paper_figure_is_drawn_from_partial_rows(tmp_path):
 @requires_shared_data
 def test_sst2_reads_the_shared_glue_folder(compare):
     args = compare.parse_args(["--model_dir", "m", "--output_dir", "o", "--task_name", "sst2"])
-    assert args.data_dir == str(REPO_ROOT.parent / "shared" / "data" / "glue") and args.seeds == [1, 2, 3, 4, 5]
+    assert args.data_dir == str(SHARED_DATA / "glue") and args.seeds == [1, 2, 3, 4, 5]
 
 
 def test_token_tasks_are_refused(compare, capsys):
