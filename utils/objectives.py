@@ -420,12 +420,11 @@ class DistillObjective(Objective):
 
 
 def build_distill_objective(teacher, distill_args, regression: bool) -> DistillObjective:
-    """The objective ``--objective`` names (``auto``: the teacher family's), with a teacher cache of
-    ``--teacher_cache_mb`` (0: none); decoder families leave their first token out of ``hidden_cos``."""
+    """The objective ``--objective`` names (``auto`` was resolved to the family's when the arguments were
+    read), with a teacher cache of ``--teacher_cache_mb`` (0: none); decoder families leave their first
+    token out of ``hidden_cos``."""
     budget = int(distill_args.teacher_cache_mb * 2**20)
-    kind = resolve_objective(distill_args.objective, teacher)
-    check_temperature(kind, distill_args.kd_temperature)  # ``auto`` is known only now
-    return DistillObjective(teacher, kind, distill_args.kd_temperature,
+    return DistillObjective(teacher, distill_args.objective, distill_args.kd_temperature,
                             regression, skip_first_token=getattr(teacher, "sink_first_token", False),
                             cache=TeacherCache(budget) if budget > 0 else None)
 
