@@ -37,7 +37,7 @@ from utils.objectives import SandwichObjective, build_distill_objective
 from utils.planner import dry_run
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run, write_json_atomic
-from utils.schedule import SandwichSelector, plot_schedule
+from utils.schedule import PREDICTIONS_FILE, SandwichSelector, fixed_subset, plot_schedule
 from utils.sharding import place
 from utils.students import StudentSpec, build_student, check_sparsity_available
 from utils.task_data import load_train_and_dev
@@ -67,12 +67,19 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
                       if s >= max(schedule_args.trunc_sparsity, teacher_sparsity)]
         objective = SandwichObjective(distill, sparsities, rest_sparsity=teacher_sparsity,
                                       sample=schedule_args.sandwich_sample, seed=run.seed)
-        selector = SandwichSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run,
+        dev = data["dev"]
+        if not final and schedule_args.search_eval_samples:
+            dev = dev.subset(fixed_subset(len(dev.examples), schedule_args.search_eval_samples))
+            logger.info("iteration %d scores the candidates on %d of the %d dev examples", iteration,
+                        len(dev.examples), len(data["dev"].examples))
+        selector = SandwichSelector(dev, training.selection_metric, training.per_device_eval_batch_size, run,
                                     sparsities, rest_sparsity=teacher_sparsity, lam=schedule_args.lam,
                                     low=teacher_sparsity, target=schedule_args.target_sparsity,
                                     choose_assistant=not final,
                                     export_dir=stage_dir / "export" if schedule_args.export_all else None,
-                                    tokenizer=tokenizer)
+                                    tokenizer=tokenizer,
+                                    predictions_path=stage_dir / PREDICTIONS_FILE
+                                    if schedule_args.record_predictions else None)
         logger.info("iteration %d: sandwich over sparsities %s from a %dS teacher", iteration, sparsities,
                     teacher_sparsity)
     result = train(training, run, model, data["train"], objective, selector, tokenizer, stage_dir, resume=True,

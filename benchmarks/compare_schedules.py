@@ -86,6 +86,7 @@ from pathlib import Path
 
 import torch
 from common import REPO_ROOT, encode_split, load_average
+from dev_subset import study_run, summary_table
 from scipy import stats
 
 from data.readers import read_examples
@@ -207,7 +208,8 @@ def method_flags(method: str, args) -> tuple[str, list[str]]:
     if method == "maxidisc":
         return "run_maxidisc.py", ["--layer_or_sparsity_path", f"{target}S", "--search_assistants",
                                    "--trunc_sparsity", str(args.trunc_sparsity)]
-    flags = ["--target_sparsity", target, "--trunc_sparsity", str(args.trunc_sparsity), "--lam", str(args.lam)]
+    flags = ["--target_sparsity", target, "--trunc_sparsity", str(args.trunc_sparsity), "--lam", str(args.lam),
+             "--record_predictions"]
     if method == "minidisc_sampled":
         flags += ["--sandwich_sample", str(args.sandwich_sample)]
     if method in ("minidisc_alone", "minidisc_sampled"):
@@ -624,6 +626,23 @@ def dev_labels(task, data_dir: str, limit: int | None) -> list:
     return [example.label for example in read_examples(task, data_dir, "dev")[:limit]]
 
 
+def dev_subset_lines(root: Path, args) -> list[str]:
+    """How few dev examples would have kept MiniDisc's choice (``benchmarks/dev_subset.py``), from each seed's
+    first recorded iteration 1 (minidisc and minidisc_alone share it)."""
+    studies = {}
+    for seed in args.seeds:
+        for variant in ("minidisc_alone", "minidisc", "minidisc_sampled"):
+            rows = study_run(root / f"seed{seed}" / variant, args.data_dir, (50, 100, 200, 400), 200) \
+                if (root / f"seed{seed}" / variant / "schedule.json").exists() else None
+            if rows:
+                studies[f"seed{seed}/{variant}"] = rows
+                break
+    if not studies:
+        return []
+    return [f"Iteration 1's choice on a dev subset ({', '.join(studies)}; benchmarks/dev_subset.py):", "",
+            *summary_table(studies)]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     root = Path(args.output_dir).resolve()
@@ -664,6 +683,8 @@ def main(argv=None) -> None:
     draw_searches(rows, root, args, metric)
     draw_paper_figure(rows, analysis, root, args, metric, floor)
     table = report(rows, analysis, args, metric, floor)
+    subsets = dev_subset_lines(root, args)
+    table += "\n".join(["", "", *subsets]) if subsets else ""
     print(table, flush=True)
     write_json_atomic(root / "compare.json", {"settings": {k: v for k, v in vars(args).items()},
                                               "stage_flags": stage, "mean_train_length": counter.length,

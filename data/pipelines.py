@@ -117,8 +117,16 @@ class EncodedDataset(Dataset):
         """The first ``num_examples`` examples with their features (for ``--max_*_samples``)."""
         if num_examples is None or num_examples >= len(self.examples):
             return self
-        features = [dict(f) for f in self.features if f["example_index"] < num_examples]
-        return EncodedDataset(self.task, self.examples[:num_examples], features, self.pad_token_id)
+        return self.subset(range(num_examples))
+
+    def subset(self, example_indices) -> EncodedDataset:
+        """The examples at ``example_indices`` (in that order) with their features, renumbered from 0."""
+        position = {index: k for k, index in enumerate(example_indices)}
+        if len(position) != len(example_indices) or not all(0 <= i < len(self.examples) for i in position):
+            raise ValueError(f"subset: expected distinct example indices below {len(self.examples)}")
+        features = sorted(({**f, "example_index": position[f["example_index"]]} for f in self.features
+                           if f["example_index"] in position), key=lambda f: f["example_index"])
+        return EncodedDataset(self.task, [self.examples[i] for i in position], features, self.pad_token_id)
 
     def decode(self, outputs: Mapping[int, torch.Tensor]) -> list:
         """Turn per-feature model outputs into one prediction per example.

@@ -161,6 +161,22 @@ def test_take_keeps_the_first_examples_and_their_windows(tokenizer):
     assert len(small) == 2 and len(small.examples) == 2 and small[1]["feature_index"] == 1
 
 
+def test_subset_renumbers_examples_and_keeps_every_window(tokenizer):
+    short = TokenExample("0", ["EU", "rejects"], _tag_ids("B-ORG", "O"), [])
+    words = ["Germans", "rejects", "lambs", "Peter", "Blackburn", "said", "on", "Thursday", "Peters", "."]
+    tags = ["B-MISC", "O", "O", "B-PER", "I-PER", "O", "O", "O", "B-PER", "O"]
+    long = TokenExample("1", words, _tag_ids(*tags), [])
+    ds = encode_dataset("conll", [short, long, short], tokenizer, max_length=8)
+    part = ds.subset([1, 2])  # the windowed sentence becomes example 0, its windows in order
+    assert [e.guid for e in part.examples] == ["1", "0"]
+    assert [f["example_index"] for f in part.features] == [0] * (len(ds) - 2) + [1]
+    assert part.decode(_perfect_token_outputs(part)) == part.references() == [tags, ["B-ORG", "O"]]
+    assert ds.features[1]["example_index"] == 1  # the whole set is left as it was
+    for bad in ([0, 0], [3]):
+        with pytest.raises(ValueError, match="distinct example indices below 3"):
+            ds.subset(bad)
+
+
 def test_collate_function_is_plain(tokenizer):
     with pytest.raises(ValueError, match="empty batch"):
         collate([], pad_token_id=0)

@@ -8,10 +8,12 @@ import torch
 
 import run_maxidisc
 import run_minidisc
+from data.readers import read_examples
 from tests.helpers import crashing_epochs, read_jsonl, same_weights, schedule_args
 from utils.cli import cli
+from utils.metrics import compute_metrics
 from utils.plots import pyplot
-from utils.schedule import draw_schedule, plot_schedule, schedule_panels
+from utils.schedule import draw_schedule, fixed_subset, plot_schedule, schedule_panels
 
 
 @pytest.fixture
@@ -156,6 +158,27 @@ def test_only_the_widths_a_choice_reads_are_evaluated(args_for, tmp_path):
     assert set(read_jsonl(out / "iter_2" / "metrics.jsonl")[0]["sparsities"]) == {"85"}
 
 
+def test_candidates_scored_on_a_fixed_dev_subset_and_the_student_on_all(args_for, short_sst2_task, tmp_path):
+    out = tmp_path / "mini"
+    run_minidisc.main(args_for(out, "--lam", "0.05", "--target_sparsity", "90", "--search_eval_samples", "5",
+                               "--record_predictions"))
+    dev = read_examples("sst2", short_sst2_task, "dev")
+    subset = fixed_subset(len(dev), 5)
+    assert len(subset) == 5 and subset == sorted(subset) and subset != list(range(5))
+    first = json.loads((out / "schedule.json").read_text())["iterations"][0]
+    recorded = read_jsonl(out / "iter_1" / "dev_predictions.jsonl")
+    assert {line["sparsity"] for line in recorded} == set(first["evaluated"])
+    assert all(len(line["predictions"]) == 5 for line in recorded)
+    # P(s) is the best accuracy of the recorded predictions against the subset's labels
+    labels = [dev[i].label for i in subset]
+    for s in first["evaluated"]:
+        accuracies = [compute_metrics("sst2", line["predictions"], labels)["acc"] for line in recorded
+                      if line["sparsity"] == s]
+        assert first["performance"][str(s)]["score"] == max(accuracies)
+    if first["selected"] != 90:  # the student is scored on every dev example
+        assert {len(line["predictions"]) for line in read_jsonl(out / "iter_2" / "dev_predictions.jsonl")} == {len(dev)}
+
+
 def test_maxidisc_path_and_stage_reuse(args_for, tmp_path):
     root = tmp_path / "runs"
     first = run_maxidisc.main(args_for(root / "a", "--layer_or_sparsity_path", "80,90S"))
@@ -192,6 +215,7 @@ def test_layer_path_with_small_students(args_for, tmp_path):
     (run_minidisc, ["--target_sparsity", "75"], "no map entry for 75"),
     (run_minidisc, ["--trunc_sparsity", "95", "--target_sparsity", "90"], "is above --target_sparsity"),
     (run_minidisc, ["--lam", "-1"], "expected λ ≥ 0"),
+    (run_minidisc, ["--search_eval_samples", "0"], "expected a number of dev examples, 1 or more"),
     (run_maxidisc, ["--layer_or_sparsity_path", "90,80S"], "must increase"),
     (run_maxidisc, ["--layer_or_sparsity_path", "2,3L"], "must decrease"),
     (run_maxidisc, ["--layer_or_sparsity_path", "80,90X"], "expected comma-separated"),
@@ -219,9 +243,9 @@ def scripted_sparsities(monkeypatch, scores_by_eval):
         if calls["last"] is None or s <= calls["last"]:  # sparsities are evaluated in ascending order
             calls["n"] += 1
         calls["last"] = s
-        return {"acc": scores_by_eval[min(calls["n"], len(scores_by_eval)) - 1][s]}
+        return {"acc": scores_by_eval[min(calls["n"], len(scores_by_eval)) - 1][s]}, []
 
-    monkeypatch.setattr(utils.schedule, "evaluate", evaluate)
+    monkeypatch.setattr(utils.schedule, "evaluate_predictions", evaluate)
 
 
 def test_a_later_tie_keeps_the_saved_assistant(args_for, tmp_path, monkeypatch):

@@ -193,6 +193,12 @@ class ScheduleArguments:
                            "(every trained width is then evaluated, not only those a choice reads).")
     sandwich_sample: int | None = arg(None, help="Sampled sandwich: each step trains the sparsest and the least "
                                       "sparse candidate plus K others drawn at random (default: every candidate).")
+    search_eval_samples: int | None = arg(None, help="Score the candidate assistants on a fixed random subset of N "
+                                          "dev examples (the same subset in every run and seed); the student is "
+                                          "scored on the whole dev set. Default: every dev example.")
+    record_predictions: bool = arg(False, help="Append each evaluated width's dev predictions at every evaluation "
+                                   "to iter_k/dev_predictions.jsonl (benchmarks/compare_schedules.py measures from "
+                                   "them how few dev examples keep the choice).")
 
     def __post_init__(self):
         for name in ("target_sparsity", "trunc_sparsity"):
@@ -205,6 +211,9 @@ class ScheduleArguments:
             raise ArgumentError(f"--target_iteration {self.target_iteration}: expected at least 1")
         if self.lam < 0:
             raise ArgumentError(f"--lam {self.lam}: expected λ ≥ 0")
+        if self.search_eval_samples is not None and self.search_eval_samples < 1:
+            raise ArgumentError(f"--search_eval_samples {self.search_eval_samples}: expected a number of dev "
+                                "examples, 1 or more")
         if self.sandwich_sample is not None and self.sandwich_sample < 0:
             raise ArgumentError(f"--sandwich_sample {self.sandwich_sample}: expected the number of middle widths "
                                 "per step, 0 or more")

@@ -71,11 +71,17 @@ def predict(model, dataset, batch_size: int, run, desc: str = "predict") -> list
     return dataset.decode(collect_outputs(model, dataset, batch_size, run, desc))
 
 
-def evaluate(model, dataset, batch_size: int, run, desc: str = "eval") -> dict[str, float]:
-    """The task's metrics of ``model`` on a labelled ``dataset``."""
+def evaluate_predictions(model, dataset, batch_size: int, run, desc: str = "eval") -> tuple[dict[str, float], list]:
+    """The task's metrics of ``model`` on a labelled ``dataset``, and the predictions they score."""
     if not dataset.has_labels:
         raise ValueError(f"cannot score the {dataset.task.name} split: it has no gold labels")
-    return compute_metrics(dataset.task, predict(model, dataset, batch_size, run, desc), dataset.references())
+    predictions = predict(model, dataset, batch_size, run, desc)
+    return compute_metrics(dataset.task, predictions, dataset.references()), predictions
+
+
+def evaluate(model, dataset, batch_size: int, run, desc: str = "eval") -> dict[str, float]:
+    """The task's metrics of ``model`` on a labelled ``dataset``."""
+    return evaluate_predictions(model, dataset, batch_size, run, desc)[0]
 
 
 class Selector:

@@ -5,17 +5,30 @@ by the λ-tradeoff, and reporting the schedule (``schedule.json`` and a picture)
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import random
 from pathlib import Path
 
 from utils.checkpoint import save_model_atomic
-from utils.evaluation import Selector, evaluate, unwrap
+from utils.evaluation import Selector, evaluate_predictions, unwrap
 from utils.plots import pyplot
 from utils.sharding import gathered, is_sharded
 from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
 logger = logging.getLogger(__name__)
+
+SUBSET_SEED = 0  # the dev subset of --search_eval_samples: the same examples in every run and seed
+PREDICTIONS_FILE = "dev_predictions.jsonl"
+
+
+def fixed_subset(num_examples: int, size: int) -> list[int]:
+    """``size`` of the indices ``0..num_examples-1``, drawn without replacement with a fixed seed, sorted
+    (all of them when ``size`` is not smaller)."""
+    if size >= num_examples:
+        return list(range(num_examples))
+    return sorted(random.Random(SUBSET_SEED).sample(range(num_examples), size))
 
 
 class SandwichSelector(Selector):
@@ -34,12 +47,16 @@ class SandwichSelector(Selector):
     Only the sparsities a decision reads are evaluated (``evaluated``): those between ``low`` and
     ``target`` when choosing the assistant, the target alone for the final student; every trained
     sparsity with ``export_dir``. The others are trained (they shape the shared weights) but their dev
-    scores would choose nothing, and evaluating them cost a full dev pass each.
+    scores would choose nothing, and evaluating them cost a full dev pass each. With
+    ``predictions_path`` every evaluated width's predictions are appended there as a JSON line
+    ``{"step", "sparsity", "predictions"}``.
     """
 
     def __init__(self, dataset, metric: str, batch_size: int, run, sparsities, rest_sparsity: int, lam: float, low: int,
-                 target: int, choose_assistant: bool, export_dir: Path | None = None, tokenizer=None):
+                 target: int, choose_assistant: bool, export_dir: Path | None = None, tokenizer=None,
+                 predictions_path: Path | None = None):
         self.dataset, self.metric, self.batch_size, self.run = dataset, metric, batch_size, run
+        self.predictions_path = predictions_path
         self.sparsities = sorted(sparsities)
         self.rest_sparsity, self.lam, self.low, self.target = rest_sparsity, lam, low, target
         self.choose_assistant = choose_assistant
@@ -60,11 +77,13 @@ class SandwichSelector(Selector):
 
     def evaluate(self, model, step):
         module = unwrap(model)
-        per_sparsity, improved = {}, []
+        per_sparsity, improved, recorded = {}, [], []
         for s in self.evaluated:
             module.sparsify(s)
-            metrics = evaluate(model, self.dataset, self.batch_size, self.run, desc=f"eval {s}S")
+            metrics, predictions = evaluate_predictions(model, self.dataset, self.batch_size, self.run,
+                                                        desc=f"eval {s}S")
             per_sparsity[s] = metrics
+            recorded.append({"step": step, "sparsity": s, "predictions": predictions})
             if metrics[self.metric] > self.performance.get(s, -math.inf):
                 self.performance[s], self.performance_step[s] = metrics[self.metric], step
                 improved.append(s)
@@ -78,6 +97,9 @@ class SandwichSelector(Selector):
                 save_model_atomic(self._densified(source, s), self.tokenizer, self.export_dir / f"{s}S",
                                   {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}},
                                   run_dir=self.run.output_dir)
+        if self.predictions_path is not None and self.run.is_main:
+            with open(self.predictions_path, "a") as stream:
+                stream.writelines(json.dumps(line) + "\n" for line in recorded)
         module.sparsify(self.rest_sparsity)
         return {
             "sparsities": {str(s): m for s, m in per_sparsity.items()},
