@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from utils.args import (
@@ -82,6 +82,8 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
                                     if schedule_args.record_predictions else None)
         logger.info("iteration %d: sandwich over sparsities %s from a %dS teacher", iteration, sparsities,
                     teacher_sparsity)
+    if not final and schedule_args.search_max_steps:
+        training = replace(training, max_steps=schedule_args.search_max_steps)
     result = train(training, run, model, data["train"], objective, selector, tokenizer, stage_dir, resume=True,
                    extra_state={"iteration": iteration})
     summary = {**train_summary(result, model_type), "settings": stage_settings(run, iteration=iteration)}

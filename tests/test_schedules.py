@@ -179,6 +179,14 @@ def test_candidates_scored_on_a_fixed_dev_subset_and_the_student_on_all(args_for
         assert {len(line["predictions"]) for line in read_jsonl(out / "iter_2" / "dev_predictions.jsonl")} == {len(dev)}
 
 
+def test_the_search_has_its_own_step_budget(args_for, tmp_path):
+    out = tmp_path / "mini"
+    run_minidisc.main(args_for(out, "--lam", "0", "--target_sparsity", "90", "--search_max_steps", "3",
+                               "--final_student", "alone"))
+    steps = [json.loads((out / f"iter_{k}" / "results.json").read_text())["train"]["steps"] for k in (1, 2)]
+    assert steps == [3, 6]  # the search stops at 3, the student keeps --max_steps 6
+
+
 def test_maxidisc_path_and_stage_reuse(args_for, tmp_path):
     root = tmp_path / "runs"
     first = run_maxidisc.main(args_for(root / "a", "--layer_or_sparsity_path", "80,90S"))
@@ -216,6 +224,7 @@ def test_layer_path_with_small_students(args_for, tmp_path):
     (run_minidisc, ["--trunc_sparsity", "95", "--target_sparsity", "90"], "is above --target_sparsity"),
     (run_minidisc, ["--lam", "-1"], "expected λ ≥ 0"),
     (run_minidisc, ["--search_eval_samples", "0"], "expected a number of dev examples, 1 or more"),
+    (run_minidisc, ["--search_max_steps", "0"], "expected a positive integer"),
     (run_maxidisc, ["--layer_or_sparsity_path", "90,80S"], "must increase"),
     (run_maxidisc, ["--layer_or_sparsity_path", "2,3L"], "must decrease"),
     (run_maxidisc, ["--layer_or_sparsity_path", "80,90X"], "expected comma-separated"),

@@ -193,6 +193,9 @@ class ScheduleArguments:
                            "(every trained width is then evaluated, not only those a choice reads).")
     sandwich_sample: int | None = arg(None, help="Sampled sandwich: each step trains the sparsest and the least "
                                       "sparse candidate plus K others drawn at random (default: every candidate).")
+    search_max_steps: int | None = arg(None, help="Optimizer steps of each iteration that chooses an assistant "
+                                       "(the sandwich over every candidate); the final student's iteration keeps "
+                                       "--max_steps or the epochs. Default: the same budget for every iteration.")
     search_eval_samples: int | None = arg(None, help="Score the candidate assistants on a fixed random subset of N "
                                           "dev examples (the same subset in every run and seed); the student is "
                                           "scored on the whole dev set. Default: every dev example.")
@@ -211,6 +214,8 @@ class ScheduleArguments:
             raise ArgumentError(f"--target_iteration {self.target_iteration}: expected at least 1")
         if self.lam < 0:
             raise ArgumentError(f"--lam {self.lam}: expected λ ≥ 0")
+        if self.search_max_steps is not None and self.search_max_steps < 1:
+            raise ArgumentError(f"--search_max_steps {self.search_max_steps}: expected a positive integer")
         if self.search_eval_samples is not None and self.search_eval_samples < 1:
             raise ArgumentError(f"--search_eval_samples {self.search_eval_samples}: expected a number of dev "
                                 "examples, 1 or more")
