@@ -40,7 +40,9 @@ Printed (and written to ``OUTPUT_DIR/compare.json`` and ``compare.md``):
 * over seeds, paired differences of the student's score with a 95% t interval: MiniDisc − direct and
   MiniDisc − MaxiDisc's best, the same for minidisc_sampled (the paper asks for ≥ 5 seeds);
 * whether MiniDisc's assistant is the one MaxiDisc found best, per seed;
-* the values of the paper's figure for the task, where we have them (:data:`PAPER_FIGURE`).
+* the values of the paper's figure for the task, where we have them (:data:`PAPER_FIGURE`);
+* how few dev examples would have kept MiniDisc's first choice (``benchmarks/dev_subset.py``, from the
+  predictions its MiniDisc runs record with ``--record_predictions``).
 
 Drawn: ``OUTPUT_DIR/paper_figure.png``, the reference README's figure for this run (the student through
 each assistant against the assistant's scale 1 - s/100, every seed a point and the mean a line, the
