@@ -12,7 +12,7 @@ import pytest
 
 from data.tasks import get_task
 from tests.helpers import REPO_ROOT, SHARED_DATA, requires_shared_data
-from utils.plots import plot_students_through_assistants
+from utils.plots import draw_students_through_assistants, plot_students_through_assistants, pyplot
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,20 @@ def test_paper_figure_is_drawn_from_partial_rows(tmp_path):
     assert plot_students_through_assistants([{"seed": 1, "assistant": 50, "student": None, "tau": None}],
                                             tmp_path / "g.png", "acc") is None
     assert not (tmp_path / "g.png").exists()
+
+
+
+def test_a_floor_far_below_the_students_is_named_not_drawn():
+    plt = pyplot("test")
+    rows = [{"seed": 1, "assistant": s, "student": v, "tau": None} for s, v in ((50, 0.79), (70, 0.80))]
+    far = draw_students_through_assistants(plt, rows, "acc", direct=[0.785], floor=0.51)
+    ax = far.axes[0]
+    assert ax.get_ylim()[0] > 0.7  # a point between students stays visible
+    assert any("far below the axis" in text.get_text() for text in ax.get_legend().get_texts())
+    near = draw_students_through_assistants(plt, rows, "acc", direct=[0.785], floor=0.77)
+    assert near.axes[0].get_ylim()[0] < 0.77  # within reach: drawn as a line
+    assert not any("far below" in text.get_text() for text in near.axes[0].get_legend().get_texts())
+    plt.close("all")
 
 
 @requires_shared_data

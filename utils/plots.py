@@ -93,13 +93,26 @@ def plot_students_through_assistants(rows: Sequence[Mapping], path: Path, metric
     horizontal lines; the seed mean of τ(s) on a second axis; with ``paper`` ({"direct", "best",
     "best_scale"}) the paper's direct student as a line and its best student as a star. ``rows``: {"seed",
     "assistant", "student", "tau"}, None where a run did not give the value; a PNG, or None when no row
-    has a student or a τ."""
-    known = [row for row in rows if row.get("student") is not None or row.get("tau") is not None]
-    if not known:
+    has a student or a τ (see :func:`draw_students_through_assistants`)."""
+    if not any(row.get("student") is not None or row.get("tau") is not None for row in rows):
         return None
     plt = pyplot("students through assistants")
     if plt is None:
         return None
+    fig = draw_students_through_assistants(plt, rows, metric, direct, floor, paper, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_students_through_assistants(plt, rows: Sequence[Mapping], metric: str, direct: Sequence[float] = (),
+                                     floor: float | None = None, paper: Mapping | None = None, title: str = ""):
+    """The figure of :func:`plot_students_through_assistants`, returned open (a test reads its artists).
+
+    A floor far below the students (more than twice their spread, and at least 2 points, under the
+    lowest) is named in the legend instead of drawn: on an axis down to it, students a point apart
+    would look the same."""
+    known = [row for row in rows if row.get("student") is not None or row.get("tau") is not None]
 
     def means(key: str) -> tuple[list[float], list[float]]:
         by_scale: dict[float, list[float]] = {}
@@ -116,16 +129,24 @@ def plot_students_through_assistants(rows: Sequence[Mapping], path: Path, metric
     scales, values = means("student")
     seeds = len({row["seed"] for row in students})
     ax.plot(scales, values, "o-", color="tab:blue", label=f"student through s, mean of {seeds} seeds")
+    drawn = [row["student"] for row in students]
     if direct:
         mean = sum(direct) / len(direct)
+        drawn.append(mean)
         ax.axhline(mean, color="tab:gray", linestyle="--", label=f"direct student, mean: {mean:.4f}")
-    if floor is not None:
-        ax.axhline(floor, color="black", linestyle=":", label=f"majority class: {floor:.4f}")
     if paper:
+        drawn += [paper["direct"], paper["best"]]
         ax.axhline(paper["direct"], color="tab:purple", linestyle="-.", alpha=0.6,
                    label=f"paper's direct student: {paper['direct']}")
         ax.plot([paper["best_scale"]], [paper["best"]], "*", color="tab:purple", markersize=13,
                 label=f"paper's best student: {paper['best']}")
+    if floor is not None:
+        spread = max(drawn) - min(drawn) if drawn else 0.0
+        if drawn and floor < min(drawn) - max(2 * spread, 0.02):
+            ax.plot([], [], ":", color="black", label=f"majority class: {floor:.4f} (far below the axis)")
+        else:
+            ax.axhline(floor, color="black", linestyle=":", label=f"majority class: {floor:.4f}")
+    ax.margins(y=0.15)
     ax.set_xlabel("assistant's scale (fraction of prunable encoder weights kept)")
     ax.set_ylabel(f"student dev {metric}")
     ax.invert_xaxis()
@@ -142,6 +163,4 @@ def plot_students_through_assistants(rows: Sequence[Mapping], path: Path, metric
     ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
