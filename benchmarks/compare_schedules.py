@@ -628,9 +628,9 @@ def dev_labels(task, data_dir: str, limit: int | None) -> list:
     return [example.label for example in read_examples(task, data_dir, "dev")[:limit]]
 
 
-def dev_subset_lines(root: Path, args) -> list[str]:
+def dev_subset_studies(root: Path, args) -> dict[str, list[dict]]:
     """How few dev examples would have kept MiniDisc's choice (``benchmarks/dev_subset.py``), from each seed's
-    first recorded iteration 1 (minidisc and minidisc_alone share it)."""
+    first recorded iteration 1 (minidisc and minidisc_alone share it): ``{"seed{n}/{variant}": rows}``."""
     studies = {}
     for seed in args.seeds:
         for variant in ("minidisc_alone", "minidisc", "minidisc_sampled"):
@@ -639,10 +639,7 @@ def dev_subset_lines(root: Path, args) -> list[str]:
             if rows:
                 studies[f"seed{seed}/{variant}"] = rows
                 break
-    if not studies:
-        return []
-    return [f"Iteration 1's choice on a dev subset ({', '.join(studies)}; benchmarks/dev_subset.py):", "",
-            *summary_table(studies)]
+    return studies
 
 
 def main(argv=None) -> None:
@@ -685,13 +682,16 @@ def main(argv=None) -> None:
     draw_searches(rows, root, args, metric)
     draw_paper_figure(rows, analysis, root, args, metric, floor)
     table = report(rows, analysis, args, metric, floor)
-    subsets = dev_subset_lines(root, args)
-    table += "\n".join(["", "", *subsets]) if subsets else ""
+    subsets = dev_subset_studies(root, args)
+    if subsets:
+        table += "\n".join(["", "", f"Iteration 1's choice on a dev subset ({', '.join(subsets)}; "
+                             "benchmarks/dev_subset.py):", "", *summary_table(subsets)])
     print(table, flush=True)
     write_json_atomic(root / "compare.json", {"settings": {k: v for k, v in vars(args).items()},
                                               "stage_flags": stage, "mean_train_length": counter.length,
                                               "floor": floor, "paper_figure": PAPER_FIGURE.get(args.task_name),
-                                              "rows": rows, "analysis": json_ready(analysis)})
+                                              "rows": rows, "analysis": json_ready(analysis),
+                                              "dev_subset": json_ready(subsets)})
     (root / "compare.md").write_text(table + "\n")
 
 

@@ -256,6 +256,7 @@ def test_the_benchmark_end_to_end_on_a_tiny_model(compare, plain_teacher, short_
          "student": paths[f"{s},90S"]} for s in (80, 85)]
     assert written["analysis"]["correlations"]["minidisc"]["1"] == {"rho": None, "note": "2 pairs, need 3"}
     assert (out / "seed1" / "minidisc" / "iter_1" / "dev_predictions.jsonl").exists()  # what dev_subset.py reads
+    assert written["dev_subset"] == {}  # 10 dev examples: fewer than the smallest subset size, nothing to study
     assert (out / "compare.md").read_text().strip() in printed
     assert (out / "paper_figure.png").stat().st_size > 10_000 and (out / "seed1" / "search.png").exists()
 
