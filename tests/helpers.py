@@ -10,10 +10,12 @@ Everything here is offline. Real GLUE/CoNLL files live in ``../shared/data`` bes
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +35,15 @@ requires_shared_data = pytest.mark.skipif(
 
 # ---- tiny models ---------------------------------------------------------------------------------
 
+
+
+def import_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (it imports its sibling ``common`` by name, as a script does)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
 
 def make_tiny_config(**overrides) -> BertConfig:
     """4 layers, 4 heads of size 8, intermediate 37: odd sizes expose shape bugs."""

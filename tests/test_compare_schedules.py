@@ -2,27 +2,20 @@
 t intervals, the majority-class floor and its flags, the report), and one tiny run of the whole benchmark."""
 
 import argparse
-import importlib
 import json
 import math
-import sys
 import warnings
 
 import pytest
 
 from data.tasks import get_task
-from tests.helpers import REPO_ROOT, SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, import_benchmark, requires_shared_data
 from utils.plots import draw_students_through_assistants, plot_students_through_assistants, pyplot
 
 
 @pytest.fixture(scope="module")
 def compare():
-    """The benchmark as a module (it imports its sibling ``common`` by name, as a script does)."""
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("compare_schedules")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return import_benchmark("compare_schedules")
 
 
 def test_chain_assistant(compare):
@@ -279,11 +272,7 @@ def test_minidisc_alone_differs_from_minidisc_only_in_its_final_iteration(compar
 
 
 def test_compare_objectives_table_pairs_seeds_and_flags_the_floor():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        objectives = importlib.import_module("compare_objectives")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    objectives = import_benchmark("compare_objectives")
     scores = {"hidden_kd": (50.0, 50.5), "logit_kd": (76.0, 75.5)}
     rows = [{"objective": o, "seed": seed, "score": scores[o][seed - 1], "seconds": 10.0}
             for o in scores for seed in (1, 2)]

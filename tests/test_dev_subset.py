@@ -1,25 +1,19 @@
 """benchmarks/dev_subset.py: the choice a dev subset would have made, from recorded predictions, checked against
 known hypergeometric odds and against a real run that scored its candidates on that subset."""
 
-import importlib
 import json
 import math
-import sys
 
 import pytest
 
 import run_minidisc
 from data.tasks import get_task
-from tests.helpers import REPO_ROOT, schedule_args
+from tests.helpers import import_benchmark, schedule_args
 
 
 @pytest.fixture(scope="module")
 def dev_subset():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("dev_subset")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return import_benchmark("dev_subset")
 
 
 SST2 = get_task("sst2")
