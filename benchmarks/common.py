@@ -119,6 +119,11 @@ def kept_widths(model, sparsity: int) -> dict:
 # Data
 
 
+def dev_labels(task, data_dir: str, limit: int | None) -> list:
+    """The gold labels of the dev examples a run evaluates (the first ``limit`` when given)."""
+    return [example.label for example in read_examples(task, data_dir, "dev")[:limit]]
+
+
 def encode_split(task, data_dir: str, split: str, tokenizer, max_length: int, limit: int | None = None):
     """The tokenised features of ``split`` of ``task`` (its first ``limit`` examples when given)."""
     return encode_dataset(task, read_examples(task, data_dir, split)[:limit], tokenizer, max_length)

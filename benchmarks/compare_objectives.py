@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO_ROOT
-from compare_schedules import dev_labels, majority_floor
+from common import REPO_ROOT, dev_labels
+from compare_schedules import majority_floor
 
 from data.tasks import get_task
 from utils.run import write_json_atomic

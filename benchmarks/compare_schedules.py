@@ -87,11 +87,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from common import REPO_ROOT, encode_split, load_average
-from dev_subset import study_run, summary_table
+from common import REPO_ROOT, dev_labels, encode_split, load_average
+from dev_subset import DRAWS, SIZES, study_run, summary_table
 from scipy import stats
 
-from data.readers import read_examples
 from data.tasks import get_task
 from utils.metrics import compute_metrics
 from utils.model_io import load_model, load_tokenizer
@@ -623,18 +622,13 @@ def json_ready(value):
     return value
 
 
-def dev_labels(task, data_dir: str, limit: int | None) -> list:
-    """The gold labels of the dev examples every run evaluates (the first ``limit`` when given)."""
-    return [example.label for example in read_examples(task, data_dir, "dev")[:limit]]
-
-
 def dev_subset_studies(root: Path, args) -> dict[str, list[dict]]:
     """How few dev examples would have kept MiniDisc's choice (``benchmarks/dev_subset.py``), from each seed's
     first recorded iteration 1 (minidisc and minidisc_alone share it): ``{"seed{n}/{variant}": rows}``."""
     studies = {}
     for seed in args.seeds:
         for variant in ("minidisc_alone", "minidisc", "minidisc_sampled"):
-            rows = study_run(root / f"seed{seed}" / variant, args.data_dir, (50, 100, 200, 400), 200) \
+            rows = study_run(root / f"seed{seed}" / variant, args.data_dir, SIZES, DRAWS) \
                 if (root / f"seed{seed}" / variant / "schedule.json").exists() else None
             if rows:
                 studies[f"seed{seed}/{variant}"] = rows

@@ -30,10 +30,9 @@ import random
 import statistics
 from pathlib import Path
 
-from common import REPO_ROOT  # noqa: F401  (puts the repository on sys.path)
+from common import dev_labels
 from scipy import stats
 
-from data.readers import read_examples
 from data.tasks import get_task
 from utils.metrics import compute_metrics
 from utils.schedule import PREDICTIONS_FILE, fixed_subset
@@ -135,7 +134,7 @@ def study_run(run_dir: Path, data_dir: str, sizes, draws: int) -> list[dict] | N
     args = json.loads((run_dir / "args.json").read_text())["args"]
     task = get_task(args["task_name"])
     limit = args.get("max_eval_samples")
-    references = [example.label for example in read_examples(task, data_dir or args["data_dir"], "dev")[:limit]]
+    references = dev_labels(task, data_dir or args["data_dir"], limit)
     if args.get("search_eval_samples"):
         raise SystemExit(f"{run_dir}: its candidates were scored on a subset already (--search_eval_samples); "
                          "record a run on the whole dev set")
