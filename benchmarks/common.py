@@ -6,6 +6,7 @@ Importing this module puts the repository root on ``sys.path``, so a script run 
 """
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from scipy import stats
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -137,3 +139,18 @@ def collate(dataset, indices) -> dict:
 def encoder_inputs(batch: dict) -> dict:
     """The keyword arguments of a BERT forward taken from ``batch`` (no labels)."""
     return {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def rank_correlation(x: list, y: list, names: tuple[str, str] = ("x", "y")) -> tuple[float, str]:
+    """Spearman's ρ over the pairs where both values are known, and '' or why it is nan: fewer than 3
+    pairs, or one side constant (a rank correlation is undefined there; ties short of that are ranked
+    by their mean rank, as scipy does)."""
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None
+             and not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return math.nan, f"{len(pairs)} pairs, need 3"
+    xs, ys = zip(*pairs, strict=True)
+    for values, name in ((xs, names[0]), (ys, names[1])):
+        if len(set(values)) == 1:
+            return math.nan, f"{name} is the same for every assistant"
+    return float(stats.spearmanr(xs, ys)[0]), ""

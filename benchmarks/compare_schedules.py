@@ -87,7 +87,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from common import REPO_ROOT, dev_labels, encode_split, load_average
+from common import REPO_ROOT, dev_labels, encode_split, load_average, rank_correlation
 from dev_subset import DRAWS, SIZES, study_run, summary_table
 from scipy import stats
 
@@ -328,21 +328,6 @@ def candidate_rows(first_iteration: dict | None, paths: dict[str, float] | None,
     found = set(performance) | set(tau) | {s for s in students if s is not None}
     return [{"assistant": s, "P": performance.get(s), "tau": tau.get(s), "student": students.get(s)}
             for s in sorted(found) if low <= s < target]
-
-
-def rank_correlation(x: list, y: list, names: tuple[str, str] = ("x", "y")) -> tuple[float, str]:
-    """Spearman's ρ over the pairs where both values are known, and '' or why it is nan: fewer than 3
-    pairs, or one side constant (a rank correlation is undefined there; ties short of that are ranked
-    by their mean rank, as scipy does)."""
-    pairs = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None
-             and not (math.isnan(a) or math.isnan(b))]
-    if len(pairs) < 3:
-        return math.nan, f"{len(pairs)} pairs, need 3"
-    xs, ys = zip(*pairs, strict=True)
-    for values, name in ((xs, names[0]), (ys, names[1])):
-        if len(set(values)) == 1:
-            return math.nan, f"{name} is the same for every assistant"
-    return float(stats.spearmanr(xs, ys)[0]), ""
 
 
 def t_interval(values: list[float], confidence: float = 0.95) -> dict:

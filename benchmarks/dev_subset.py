@@ -30,8 +30,7 @@ import random
 import statistics
 from pathlib import Path
 
-from common import dev_labels
-from scipy import stats
+from common import dev_labels, rank_correlation
 
 from data.tasks import get_task
 from utils.metrics import compute_metrics
@@ -64,15 +63,6 @@ def performance_on(evaluations: dict[int, dict[int, list]], references: list, in
     return best
 
 
-def spearman(a: dict[int, float], b: dict[int, float]) -> float:
-    """Spearman's ρ of two P(s) over their common sparsities (nan when either is constant)."""
-    keys = sorted(set(a) & set(b))
-    xs, ys = [a[s] for s in keys], [b[s] for s in keys]
-    if len(keys) < 3 or len(set(xs)) == 1 or len(set(ys)) == 1:
-        return math.nan
-    return float(stats.spearmanr(xs, ys)[0])
-
-
 def subset_study(evaluations, references: list, task, metric: str, lam: float, low: int, target: int,
                  sizes=SIZES, draws: int = DRAWS, seed: int = 0) -> list[dict]:
     """One row per size N below the dev set's size: the fixed subset's choice and ρ, and over ``draws``
@@ -85,7 +75,8 @@ def subset_study(evaluations, references: list, task, metric: str, lam: float, l
     def outcome(indices):
         part = performance_on(evaluations, references, indices, task, metric)
         picked, _ = select_assistant(part, lam, low, target)
-        return picked, spearman(part, full), tau_full[choice] - tau_full[picked]
+        rho = rank_correlation([part[s] for s in sorted(full)], [full[s] for s in sorted(full)])[0]
+        return picked, rho, tau_full[choice] - tau_full[picked]
 
     rng = random.Random(seed)
     rows = []
