@@ -1,4 +1,4 @@
-"""Compare our fine-tuning with a plain Hugging Face fine-tune of the same checkpoint (issue 4).
+"""Compare our fine-tuning with a plain Hugging Face fine-tune of the same checkpoint.
 
 Two runs on the same task, with the same seed, data order, budget and schedule:
 

@@ -1,12 +1,11 @@
-"""BERT's recorded numbers (outputs, importance, maps, short runs of every script) are reproduced bit for bit.
-
-The record was made by ``python -m tests.bert_reference --write`` before the model layer became one
-prunable core shared by every family; see :mod:`tests.bert_reference`.
-"""
+"""Every family's recorded numbers (outputs, importance, maps, short runs of every script) are reproduced bit
+for bit: see :mod:`tests.reference_numbers` for what is recorded, when, and how to record again."""
 
 import json
 
-from tests.bert_reference import RECORD, compute
+import pytest
+
+from tests.reference_numbers import FAMILIES, compute, record_path
 
 
 def _differences(expected, actual, where="") -> list[str]:
@@ -18,8 +17,9 @@ def _differences(expected, actual, where="") -> list[str]:
     return [] if expected == actual else [f"{where}: recorded {expected!r}, now {actual!r}"]
 
 
-def test_bert_numbers_are_the_recorded_ones():
-    recorded = json.loads(RECORD.read_text())
-    now = json.loads(json.dumps(compute()))  # the same JSON round trip as the record
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_numbers_are_the_recorded_ones(family):
+    recorded = json.loads(record_path(family).read_text())
+    now = json.loads(json.dumps(compute(family)))  # the same JSON round trip as the record
     differences = _differences(recorded, now)
     assert not differences, "\n".join(differences[:20])
