@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
         teacher = place(load_teacher(model_type, teacher_path, task), run)
         student = build_student(model_type, teacher_path, args.student.student, task)
         data = load_train_and_dev(args.data, task, tokenizer)
-        objective = build_distill_objective(teacher, args.distill, task.kind == "regression")
+        objective = build_distill_objective(teacher, args.distill, task.kind == "regression", run.fsdp)
         selector = MetricSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run)
         result = train(training, run, student, data["train"], objective, selector, tokenizer, run.output_dir,
                        resume=run.resume)

@@ -136,7 +136,7 @@ def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: P
             logger.info("stage %d/%d of %s: %s → %s", k, len(chain), name, teacher_path, spec)
             teacher = load_teacher(model_type, teacher_path, task)
             student = build_student(model_type, teacher_path, spec, task)
-            objective = build_distill_objective(place(teacher, run), args.distill, task.kind == "regression")
+            objective = build_distill_objective(place(teacher, run), args.distill, task.kind == "regression", run.fsdp)
             selector = MetricSelector(data["dev"], args.training.selection_metric,
                                       args.training.per_device_eval_batch_size, run)
             result = train(args.training, run, student, data["train"], objective, selector, tokenizer, stage_dir,

@@ -31,12 +31,13 @@ from utils.checkpoint import BEST_DIR
 from utils.cli import cli
 from utils.errors import StageError
 from utils.evaluation import MetricSelector, evaluate
+from utils.files import write_json_atomic
 from utils.loop import train
 from utils.model_io import load_model, load_teacher, load_tokenizer
 from utils.objectives import SandwichObjective, build_distill_objective
 from utils.planner import dry_run
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
-from utils.run import end_run, start_run, write_json_atomic
+from utils.run import end_run, start_run
 from utils.schedule import PREDICTIONS_FILE, SandwichSelector, fixed_subset, plot_schedule
 from utils.sharding import place
 from utils.students import StudentSpec, build_student, check_sparsity_available
@@ -56,7 +57,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
     final = iteration == schedule_args.target_iteration
     teacher = place(load_teacher(model_type, teacher_path, task), run)
     teacher_sparsity = teacher.config.sparsity
-    distill = build_distill_objective(teacher, args.distill, task.kind == "regression")
+    distill = build_distill_objective(teacher, args.distill, task.kind == "regression", run.fsdp)
     if final and schedule_args.final_student == "alone":
         model = build_student(model_type, teacher_path, StudentSpec(sparsity=schedule_args.target_sparsity), task)
         objective, selector = distill, MetricSelector(data["dev"], training.selection_metric,
@@ -65,15 +66,14 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
         model = load_model(model_type, teacher_path)
         sparsities = [s for s in model.available_sparsities()
                       if s >= max(schedule_args.trunc_sparsity, teacher_sparsity)]
-        objective = SandwichObjective(distill, sparsities, rest_sparsity=teacher_sparsity,
-                                      sample=schedule_args.sandwich_sample, seed=run.seed)
+        objective = SandwichObjective(distill, sparsities, sample=schedule_args.sandwich_sample, seed=run.seed)
         dev = data["dev"]
         if not final and schedule_args.search_eval_samples:
             dev = dev.subset(fixed_subset(len(dev.examples), schedule_args.search_eval_samples))
             logger.info("iteration %d scores the candidates on %d of the %d dev examples", iteration,
                         len(dev.examples), len(data["dev"].examples))
         selector = SandwichSelector(dev, training.selection_metric, training.per_device_eval_batch_size, run,
-                                    sparsities, rest_sparsity=teacher_sparsity, lam=schedule_args.lam,
+                                    sparsities, lam=schedule_args.lam,
                                     low=teacher_sparsity, target=schedule_args.target_sparsity,
                                     choose_assistant=not final,
                                     export_dir=stage_dir / "export" if schedule_args.export_all else None,

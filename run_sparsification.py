@@ -120,12 +120,11 @@ def score_importance(args, run, task, teacher, tokenizer) -> dict:
 
 
 def pruning_curve(model, dev, levels, batch_size: int, run) -> list[dict]:
-    """Dev metrics and sizes at every level, by slicing (no training); leaves the model at full width."""
+    """Dev metrics and sizes at every level, by slicing (no training)."""
     rows = []
     for level in levels:
-        model.sparsify(level)
-        rows.append({**describe_model(model), "dev": evaluate(model, dev, batch_size, run, f"dev@{level}")})
-    model.sparsify(0)
+        with model.at_sparsity(level):
+            rows.append({**describe_model(model), "dev": evaluate(model, dev, batch_size, run, f"dev@{level}")})
     names = list(rows[0]["dev"])
     logger.info("pruning curve:\n%s", "\n".join(
         [f"{'sparsity':>8} {'heads':>6} {'neurons':>8} {'prunable':>11} {'total':>11} " + " ".join(names)]

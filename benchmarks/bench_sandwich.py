@@ -67,6 +67,7 @@ from utils.batches import EpochBatches
 from utils.importance import build_sparsity_map, normalize_scores
 from utils.model_io import load_model, load_tokenizer
 from utils.objectives import DistillObjective, SandwichObjective
+from utils.sharding import Placed
 from utils.step import backward_batch, build_optimizer, optimizer_step
 
 logger = logging.getLogger("bench_sandwich")
@@ -184,7 +185,7 @@ def pad_batch(batch: dict, length: int, pad_token_id: int) -> dict:
 
 def sandwich_objective(distill: DistillObjective, args) -> SandwichObjective:
     """The sandwich over ``args.sparsities``, leaving the student at full width (sparsity 0) after each step."""
-    return SandwichObjective(distill, args.sparsities, 0)
+    return SandwichObjective(distill, args.sparsities)
 
 
 def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0, bf16: bool = False):
@@ -192,10 +193,12 @@ def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm:
     the same :func:`utils.step.backward_batch` and :func:`utils.step.optimizer_step` the loop calls
     (one process, no accumulation, no schedule; fp32, or bf16 autocast as ``--use_bf16`` runs it)."""
 
+    placed = Placed(module, module, sharded=False, distributed=False)
+
     def step():
         for batch in batches:
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else None
-            backward_batch(objective, module, module, batch, autocast=autocast)
+            backward_batch(objective, placed, batch, autocast=autocast)
             optimizer_step(module, optimizer, max_grad_norm)
 
     return step

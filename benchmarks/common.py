@@ -109,12 +109,9 @@ def full_widths(config) -> dict:
 
 
 def kept_widths(model, sparsity: int) -> dict:
-    """The widths ``model`` keeps at ``sparsity``; the model is left at its current sparsity."""
-    current = model.current_sparsity
-    model.sparsify(sparsity)
-    widths = model.kept_widths()
-    model.sparsify(current)
-    return widths
+    """The widths ``model`` keeps at ``sparsity``."""
+    with model.at_sparsity(sparsity):
+        return model.kept_widths()
 
 
 # --------------------------------------------------------------------------------------------

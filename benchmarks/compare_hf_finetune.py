@@ -33,7 +33,8 @@ from transformers import AutoTokenizer, BertForSequenceClassification, get_sched
 import run_finetuning
 from data.tasks import get_task
 from utils.batches import EpochBatches
-from utils.run import set_seed, setup_logging, write_json_atomic
+from utils.files import write_json_atomic
+from utils.run import set_seed, setup_logging
 from utils.step import build_optimizer, optimizer_step
 
 logger = logging.getLogger("compare_hf_finetune")

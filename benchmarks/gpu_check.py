@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import get_model_class  # noqa: E402
 from utils.objectives import DistillObjective, SandwichObjective, TaskObjective  # noqa: E402
 from utils.planner import uniform_map  # noqa: E402
-from utils.sharding import shard  # noqa: E402
+from utils.sharding import Placed, shard  # noqa: E402
 from utils.step import backward_batch, build_optimizer, optimizer_step  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -88,10 +88,11 @@ def measure(model_type, config, precision, args, device, rank, world, sandwich: 
     objective = TaskObjective()
     if sandwich:
         teacher = build(model_type, config, device).eval()
-        objective = SandwichObjective(DistillObjective(teacher, "hidden_kd", 1.0, False), list(LEVELS), 0)
+        objective = SandwichObjective(DistillObjective(teacher, "hidden_kd", 1.0, False, sharded=args.fsdp), list(LEVELS))
     if args.fsdp:
         for model in [student, *objective.frozen_models()]:
             shard(model, run)
+    placed = Placed(student, student, sharded=args.fsdp, distributed=False)
     optimizer = build_optimizer(student, argparse.Namespace(weight_decay=0.01, learning_rate=1e-5))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -103,8 +104,7 @@ def measure(model_type, config, precision, args, device, rank, world, sandwich: 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        losses.append(backward_batch(objective, student, student, batch, autocast=autocast, scaler=scaler,
-                                     sharded=args.fsdp))
+        losses.append(backward_batch(objective, placed, batch, autocast=autocast, scaler=scaler))
         optimizer_step(student, optimizer, 1.0, None, scaler if amp_dtype is torch.float16 else None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -7,7 +7,8 @@
 
 from .decoder import SparseDecoderCls, SparseDecoderNer
 from .enc_t5 import SparseEncT5Cls, SparseEncT5Ner
-from .heads import SparseBertCls, SparseBertNer, TaskOutput
+from .heads import SparseBertCls, SparseBertNer
+from .outputs import TaskOutput
 from .packing import HiddenStates
 from .sparse_bert import SparseBertModel
 from .sparsity_map import normalize_sparsity_map, truncate_sparsity_map

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import operator
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -437,6 +438,17 @@ class PrunableModel:
             block.kept = kept
         self.current_sparsity = sparsity
 
+    @contextmanager
+    def at_sparsity(self, sparsity: int):
+        """The model sliced to ``sparsity`` (:meth:`sparsify`) inside the ``with`` block, and back at the width it
+        had on leaving it, also on an exception: ``with model.at_sparsity(90): loss = model(**batch).loss``."""
+        previous = self.current_sparsity
+        self.sparsify(sparsity)
+        try:
+            yield self
+        finally:
+            self.sparsify(previous)
+
     def densify(self) -> None:
         """Physically prune to the current slice: new, smaller (contiguous) ``nn.Parameter`` tensors.
 
@@ -570,6 +582,12 @@ class PrunableTaskModel:
     def sparsify(self, sparsity: int) -> None:
         """Slice to ``sparsity`` (virtual pruning); see :meth:`PrunableModel.sparsify`."""
         self.base_model.sparsify(sparsity)
+
+    @contextmanager
+    def at_sparsity(self, sparsity: int):
+        """Sliced to ``sparsity`` inside a ``with`` block; see :meth:`PrunableModel.at_sparsity`."""
+        with self.base_model.at_sparsity(sparsity):
+            yield self
 
     def densify(self) -> None:
         """Physically prune to the current slice; see :meth:`PrunableModel.densify`."""

@@ -43,7 +43,7 @@ from transformers import AutoConfig, LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
 from .core import Normalization, PrunableBlock, PrunableModel, PrunableTaskModel, init_standard, new_linear
-from .heads import TaskOutput, sequence_loss, token_loss
+from .outputs import TaskOutput, sequence_loss, token_loss
 from .packing import padding_kept
 from .sparsity_map import ModelConfigError
 

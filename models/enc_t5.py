@@ -48,7 +48,7 @@ from transformers import PreTrainedModel, T5Config
 from transformers.activations import ACT2FN
 
 from .core import Normalization, PrunableBlock, PrunableModel, new_linear
-from .heads import TaskOutput, sequence_loss, token_loss
+from .outputs import TaskOutput, sequence_loss, token_loss
 from .packing import padding_kept
 
 

@@ -61,7 +61,7 @@ def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
     from utils.evaluation import collect_outputs
 
     class FakeRun:
-        rank, world_size, distributed, device, amp_dtype, is_main = 0, 1, False, torch.device("cpu"), None, False
+        rank, world_size, distributed, device, amp_dtype, is_main, fsdp = 0, 1, False, torch.device("cpu"), None, False, False
 
     class Dataset:
         task = get_task("sst2")

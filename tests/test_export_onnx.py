@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers import save_tiny_teacher
-from tools import export_onnx
+from tools import export_onnx, latency
 from utils.checkpoint import save_model_atomic
 from utils.model_io import load_model, load_tokenizer
 
@@ -31,8 +31,8 @@ def check_family(tmp_path, model_type):
                              "--warmup", "0"]) == 0
     session = export_onnx.OnnxModel(folder / "onnx" / "model.onnx", export_onnx.input_names(model))
     # shapes the export never saw, with and without padding
-    for batch in export_onnx.random_batches(model.config.vocab_size, 5, 17, count=2, seed=9) + \
-            export_onnx.random_batches(model.config.vocab_size, 2, 3, seed=4):
+    for batch in latency.random_batches(model.config.vocab_size, 5, 17, count=2, seed=9) + \
+            latency.random_batches(model.config.vocab_size, 2, 3, seed=4):
         assert export_onnx.max_difference(model, session, [batch]) < 1e-4
     report = json.loads((folder / "onnx" / "report.json").read_text())
     assert set(report["latency"]["grid"]) == {"1x5", "1x11", "3x5", "3x11"}
@@ -155,10 +155,10 @@ def test_onnx_runtime_gets_torchs_threads_and_spin_policy(tmp_path, monkeypatch,
     options = session.session.get_session_options()
     assert options.intra_op_num_threads == 3
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
-    setup = export_onnx.timing_setup(3)
+    setup = latency.timing_setup(3)
     assert setup == {"threads": {"pytorch": 3, "onnxruntime": 3}, "omp_wait_policy": policy or "unset",
                      "allow_spinning": spinning == "1"}
-    assert export_onnx.describe_setup(setup) == (
+    assert latency.describe_setup(setup) == (
         f"PyTorch 3 and ONNX Runtime 3 intra-op threads, OMP_WAIT_POLICY {policy or 'unset'} and ONNX Runtime "
         f"spinning {'on' if spinning == '1' else 'off'}")
     assert torch.equal(session(input_ids=torch.ones(1, 2)), torch.ones(1, 2))

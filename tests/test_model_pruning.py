@@ -439,3 +439,16 @@ def test_hidden_states_pad_lazily_and_gather_real_tokens():
     unpadded = model.bert(inputs["input_ids"])
     ones = torch.ones_like(mask)
     torch.testing.assert_close(unpadded.at_tokens(1, ones), unpadded[1][ones.bool()], rtol=0, atol=0)
+
+
+@variants
+def test_at_sparsity_restores_the_width_on_leaving_and_on_an_exception(model_type, overrides):
+    model = build(model_type, map_for(model_type, overrides), **overrides)
+    model.sparsify(30)
+    at_30, at_90 = model.kept_widths(), model.base_model.widths_at(model.config, 90)
+    with model.at_sparsity(90) as sliced:
+        assert sliced is model and model.current_sparsity == 90 and model.kept_widths() == at_90
+    assert model.current_sparsity == 30 and model.kept_widths() == at_30
+    with pytest.raises(RuntimeError, match="inside"), model.at_sparsity(60):
+        raise RuntimeError("inside")
+    assert model.current_sparsity == 30 and model.kept_widths() == at_30

@@ -83,18 +83,17 @@ def test_sandwich_shares_embeddings_without_changing_losses_or_gradients(padding
     def run(shared: bool):
         student.zero_grad(set_to_none=True)
         torch.manual_seed(3)
-        objective = SandwichObjective(DistillObjective(teacher), sparsities, rest_sparsity=0)
+        objective = SandwichObjective(DistillObjective(teacher), sparsities)
         objective.prepare(batch)
         losses = []
         for p in range(objective.num_passes):
-            if shared:
-                loss = objective.loss(student, student, batch, p)
-            else:
-                student.sparsify(objective.sparsities[p])
-                loss = objective.base.loss(student, student, batch, p) / objective.num_passes
-            loss.backward()
+            with student.at_sparsity(objective.width(p)):
+                if shared:
+                    loss = objective.loss(student, student, batch, p)
+                else:
+                    loss = objective.base.loss(student, student, batch, p) / objective.num_passes
+                loss.backward()
             losses.append(loss.item())
-        objective.finish(student)
         return losses, {name: param.grad.clone() for name, param in student.named_parameters()}
 
     shared_losses, shared_grads = run(shared=True)

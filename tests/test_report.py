@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import run_minidisc
-from tools import report
+from tools import latency, report
 
 
 def test_speedup():
@@ -54,19 +54,19 @@ class Sleeper(torch.nn.Module):
 def test_measure_latency_is_per_batch_median_after_warmup():
     slow, fast = Sleeper(0.02), Sleeper(0.0)
     batches = [{"input_ids": torch.zeros(1, 1)}] * 3
-    ms = report.measure_latency({"slow": slow, "fast": fast}, batches, warmup=1, repeats=3)
+    ms = latency.measure_latency({"slow": slow, "fast": fast}, batches, warmup=1, repeats=3)
     assert slow.calls == fast.calls == (1 + 3) * len(batches)
     assert 20.0 <= ms["slow"] < 40.0  # per batch, not per pass of three batches
     assert ms["fast"] < 5.0
     with pytest.raises(ValueError):
-        report.measure_latency({"fast": fast}, batches, repeats=0)
+        latency.measure_latency({"fast": fast}, batches, repeats=0)
 
 
 def test_random_batch_shape_and_range():
-    batch = report.random_batch(vocab_size=50, batch_size=4, seq_length=7)
+    batch = latency.random_batch(vocab_size=50, batch_size=4, seq_length=7)
     assert batch["input_ids"].shape == (4, 7) and int(batch["input_ids"].min()) >= 1
     assert int(batch["input_ids"].max()) < 50 and bool(batch["attention_mask"].all())
-    assert torch.equal(batch["input_ids"], report.random_batch(50, 4, 7)["input_ids"])
+    assert torch.equal(batch["input_ids"], latency.random_batch(50, 4, 7)["input_ids"])
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,6 @@ def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_an_onnx_export_that_disagrees_is_reported_not_fatal(minidisc_run, monkeypatch, capsys):
     """The report summarises a finished run: an export whose logits differ shows in the table and is
     explained; it never fails the job. Both runtimes are timed with the same threads and spin policy."""
-    from tools import export_onnx
 
     exported = {}
 
@@ -186,8 +185,8 @@ def test_an_onnx_export_that_disagrees_is_reported_not_fatal(minidisc_run, monke
             logits = self.model(**batch).logits
             return logits * torch.tensor([1.0, 1.25]) if self.wrong else logits.clone()
 
-    monkeypatch.setattr(export_onnx, "export", fake_export)
-    monkeypatch.setattr(export_onnx, "OnnxModel", FakeSession)
+    monkeypatch.setattr(report, "export", fake_export)
+    monkeypatch.setattr(report, "OnnxModel", FakeSession)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert report_command(minidisc_run) == 0
     summary = json.loads((minidisc_run["out"] / "summary.json").read_text())
@@ -215,7 +214,7 @@ def test_a_model_that_cannot_be_exported_is_listed_not_fatal(minidisc_run, monke
     def no_exporter(model, path, example):
         raise export_onnx.ExportError("onnxscript is not installed (torch's ONNX exporter needs it)")
 
-    monkeypatch.setattr(export_onnx, "export", no_exporter)
+    monkeypatch.setattr(report, "export", no_exporter)
     assert report_command(minidisc_run) == 0
     summary = json.loads((minidisc_run["out"] / "summary.json").read_text())
     assert all(row["onnx_ms"] is None and "onnxscript is not installed" in row["onnx_error"] for row in summary["rows"])

@@ -100,51 +100,52 @@ def test_minidisc_resumes_within_and_between_iterations(args_for, tmp_path, samp
 
 
 def test_sandwich_step_is_one_optimizer_step_over_every_width(args_for, tmp_path, monkeypatch):
-    calls = {"sparsify": [], "steps": 0}
+    calls = {"widths": [], "steps": 0}
     from models import SparseBertCls
 
-    original_sparsify = SparseBertCls.sparsify
+    original_scope = SparseBertCls.at_sparsity
     original_step = torch.optim.AdamW.step
 
     def record(self, s):
-        calls["sparsify"].append(s)
-        return original_sparsify(self, s)
+        calls["widths"].append((s, self.current_sparsity))  # the width entered, and the one it was entered from
+        return original_scope(self, s)
 
     def count(self, *a, **k):
         calls["steps"] += 1
         return original_step(self, *a, **k)
 
-    monkeypatch.setattr(SparseBertCls, "sparsify", record)
+    monkeypatch.setattr(SparseBertCls, "at_sparsity", record)
     monkeypatch.setattr(torch.optim.AdamW, "step", count)
     run_minidisc.main(args_for(tmp_path / "count", "--lam", "100", "--max_steps", "1",
                                "--log_interval", "100"))
     assert calls["steps"] == 1
-    # one training step: each of the 7 sparsities once (sparsest first), back to full width; then the evaluation
-    assert calls["sparsify"][:8] == [95, 90, 85, 80, 70, 60, 50, 0]
+    # one training step: each of the 7 sparsities once (sparsest first), each from full width (every pass puts
+    # the width back); then the evaluation
+    assert calls["widths"][:7] == [(s, 0) for s in (95, 90, 85, 80, 70, 60, 50)]
 
 
 def test_sampled_sandwich_trains_both_ends_and_k_others(args_for, tmp_path, monkeypatch):
     from models import SparseBertCls
 
-    passes, original_sparsify = [], SparseBertCls.sparsify
+    passes, original_scope = [], SparseBertCls.at_sparsity
 
     def record(self, s):
         passes.append(s)
-        return original_sparsify(self, s)
+        return original_scope(self, s)
 
-    monkeypatch.setattr(SparseBertCls, "sparsify", record)
+    monkeypatch.setattr(SparseBertCls, "at_sparsity", record)
     flags = ("--lam", "100", "--max_steps", "6", "--log_interval", "100", "--sandwich_sample", "2")
     run_minidisc.main(args_for(tmp_path / "sampled", *flags))
-    steps = [passes[i:i + 5] for i in range(0, 30, 5)]
+    steps = [passes[i:i + 4] for i in range(0, 24, 4)]
     middles = [95, 90, 85, 80, 70, 60, 50][1:-1]
-    for step in steps:  # sparsest first, 2 distinct middle widths in order, least sparse last, then full width
-        assert step[0] == 95 and step[3] == 50 and step[4] == 0
+    for step in steps:  # sparsest first, 2 distinct middle widths in order, least sparse last
+        assert step[0] == 95 and step[3] == 50
         assert step[1] > step[2] and {step[1], step[2]} <= set(middles)
     assert len({tuple(step) for step in steps}) > 1  # drawn anew each step
     first = list(passes)
     passes.clear()
     run_minidisc.main(args_for(tmp_path / "again", *flags))
-    assert passes[:30] == first[:30]  # the same seed draws the same widths
+    assert passes[:24] == first[:24]  # the same seed draws the same widths
 
 
 def test_only_the_widths_a_choice_reads_are_evaluated(args_for, tmp_path):

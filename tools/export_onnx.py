@@ -37,8 +37,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
-import platform
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -47,6 +45,15 @@ from pathlib import Path
 
 import torch
 
+from tools.latency import (
+    describe_setup,
+    dev_batches,
+    hardware,
+    measure_latency,
+    random_batches,
+    spin_policy,
+    timing_setup,
+)
 from utils.errors import USER_ERRORS, UserError
 
 logger = logging.getLogger(__name__)
@@ -116,31 +123,6 @@ def quiet_exporter():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-def spin_policy() -> dict:
-    """How idle intra-op threads wait, the same for both runtimes: ``{"omp_wait_policy", "allow_spinning"}``.
-
-    PyTorch's OpenMP threads follow ``OMP_WAIT_POLICY``, read once when torch loads; ONNX Runtime's are
-    told to spin (``session.intra_op.allow_spinning``) only when OpenMP's do too (``ACTIVE``, or unset:
-    libgomp then spins a while before sleeping). Under ``PASSIVE`` neither spins, which on a CPU shared
-    with other processes keeps the two from starving each other's cores.
-    """
-    policy = os.environ.get("OMP_WAIT_POLICY", "").upper() or "unset"
-    return {"omp_wait_policy": policy, "allow_spinning": policy != "PASSIVE"}
-
-
-def timing_setup(threads: int) -> dict:
-    """What both runtimes were timed with (recorded beside the numbers and on the model card)."""
-    return {"threads": {"pytorch": threads, "onnxruntime": threads}, **spin_policy()}
-
-
-def describe_setup(setup: dict) -> str:
-    """:func:`timing_setup` in words, for the model card and the summary."""
-    threads = setup["threads"]
-    return (f"PyTorch {threads['pytorch']} and ONNX Runtime {threads['onnxruntime']} intra-op threads, "
-            f"OMP_WAIT_POLICY {setup['omp_wait_policy']} and ONNX Runtime spinning "
-            f"{'on' if setup['allow_spinning'] else 'off'}")
 
 
 class OnnxModel:
@@ -246,30 +228,6 @@ def max_difference(model, session: OnnxModel, batches: Sequence[Mapping[str, tor
     return agreement(model, session, batches).max_abs_difference
 
 
-def random_batches(vocab_size: int, batch_size: int, length: int, count: int = 1, seed: int = 0) -> list[dict]:
-    """``count`` batches of random tokens; every second row is padded from 2/3 of ``length`` on."""
-    generator, batches = torch.Generator().manual_seed(seed), []
-    for _ in range(count):
-        input_ids = torch.randint(5, vocab_size, (batch_size, length), generator=generator)
-        attention_mask = torch.ones_like(input_ids)
-        attention_mask[1::2, max(1, 2 * length // 3):] = 0
-        batches.append({"input_ids": input_ids * attention_mask, "attention_mask": attention_mask,
-                        "token_type_ids": torch.zeros_like(input_ids)})
-    return batches
-
-
-def hardware() -> str:
-    """The CPU's model name and the threads torch uses."""
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {torch.get_num_threads()} threads"
-
-
 def export_and_check(folder: Path, args) -> dict:
     """Export ``folder``'s model, check it against PyTorch and time both; the report (also written to disk)."""
     from utils.model_card import FACTS_FILE, update_card
@@ -278,8 +236,6 @@ def export_and_check(folder: Path, args) -> dict:
     model_type = model_type_of(folder)
     model = load_model(model_type, str(folder)).eval()
     names = input_names(model)
-    from tools.report import dev_batches, measure_latency
-
     if args.data_dir:
         tokenizer = load_tokenizer(str(folder))
         check = dev_batches(args.task_name, args.data_dir, tokenizer, args.max_length, 8, 4)

@@ -20,7 +20,7 @@ measured inference latency and speedup over the teacher; the schedule picture's 
   other and the numbers become noise (on 2 busy cores, a 90S student timed 786 ms spinning against
   107 ms passive). The policy in force is recorded with the numbers.
 * ONNX Runtime (unless ``--no_onnx``) runs every model exported to ``PATH/onnx/model.onnx`` with
-  PyTorch's thread count and spin policy (:func:`tools.export_onnx.timing_setup`). How closely its
+  PyTorch's thread count and spin policy (:func:`tools.latency.timing_setup`). How closely its
   logits follow PyTorch's on the timed batches is a column of the table, explained under it: a
   disagreement is reported, never an error, since the run it summarises has finished.
 * The exported graph computes every token, padding included, and masks the padding; the eager BERT
@@ -43,22 +43,18 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from tools.export_onnx import RUNTIMES, ExportError, PaddedPyTorch, describe_setup, hardware, timing_setup
+from tools.export_onnx import RUNTIMES, ExportError, OnnxModel, PaddedPyTorch, agreement, export, input_names
+from tools.latency import describe_setup, dev_batches, hardware, measure_latency, random_batch, timing_setup
 from utils.errors import USER_ERRORS, UserError
 from utils.model_card import format_count
 
 logger = logging.getLogger(__name__)
-
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 class ReportError(UserError):
     """A run folder the report cannot read (not a finished MiniDisc run, missing models); one line."""
@@ -155,9 +151,9 @@ def read_minidisc_run(minidisc_dir: Path, teacher_dir: Path | None = None) -> di
                      "path": str(_model_dir(stage["paths"].get("best"), stage_dir / "best")),
                      "sparsity": entry["selected"], "dev": stage["best_dev"][metric],
                      "tradeoff": entry.get("tradeoff", {}).get(str(entry["selected"]))})
-    for export in sorted((minidisc_dir / "iter_1" / "export").glob("*S")):  # with --export_all: every width
-        selection = _read_json(export / "selection.json")
-        rows.append({"role": "width", "name": f"width {selection['sparsity']}S (iteration 1)", "path": str(export),
+    for exported in sorted((minidisc_dir / "iter_1" / "export").glob("*S")):  # with --export_all: every width
+        selection = _read_json(exported / "selection.json")
+        rows.append({"role": "width", "name": f"width {selection['sparsity']}S (iteration 1)", "path": str(exported),
                      "sparsity": selection["sparsity"], "dev": selection["metrics"][metric]})
     last = results["schedule"][-1]
     student_fallback = minidisc_dir / f"iter_{last['iteration']}" / "best"
@@ -172,57 +168,6 @@ def read_minidisc_run(minidisc_dir: Path, teacher_dir: Path | None = None) -> di
 
 # --------------------------------------------------------------------------------------------
 # Latency
-
-
-def random_batch(vocab_size: int, batch_size: int, seq_length: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A fixed random batch: ``input_ids`` ``[batch, seq]`` in ``[1, vocab)``, all-ones attention mask."""
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1, vocab_size, (batch_size, seq_length), generator=g)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "token_type_ids": torch.zeros_like(input_ids)}
-
-
-def dev_batches(task_name: str, data_dir: str, tokenizer, max_length: int, batch_size: int,
-                num_batches: int) -> list[dict[str, torch.Tensor]]:
-    """The first ``num_batches`` dev batches of a task, in file order, each padded to its longest example."""
-    from data.pipelines import collate, encode_dataset
-    from data.readers import read_examples
-    from data.tasks import get_task
-
-    task = get_task(task_name)
-    examples = read_examples(task, data_dir, "dev")[: batch_size * num_batches]
-    if not examples:
-        raise ReportError(f"the dev split of {task_name} in {data_dir} is empty")
-    dataset = encode_dataset(task, examples, tokenizer, max_length)
-    features = [dataset[i] for i in range(len(dataset))]
-    batches = []
-    for start in range(0, len(features), batch_size):
-        batch = collate(features[start:start + batch_size], tokenizer.pad_token_id)
-        batches.append({key: batch[key] for key in INPUT_KEYS})
-    return batches[:num_batches]
-
-
-def measure_latency(models: Mapping[str, torch.nn.Module], batches: Sequence[Mapping[str, torch.Tensor]],
-                    warmup: int = 2, repeats: int = 10) -> dict[str, float]:
-    """Median milliseconds per batch of each model's forward pass over ``batches``.
-
-    Every repeat times one pass of each model in turn (interleaved, so a slow spell from other
-    processes falls on all of them); ``warmup`` untimed passes come first.
-    """
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
-    timings: dict[str, list[float]] = {name: [] for name in models}
-    for model in models.values():
-        model.eval()
-    with torch.inference_mode():
-        for repeat in range(warmup + repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                for batch in batches:
-                    model(**batch)
-                if repeat >= warmup:
-                    timings[name].append((time.perf_counter() - start) * 1000 / len(batches))
-    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +235,6 @@ def onnx_sessions(rows, models, batches, rtol: float, setup: dict) -> dict:
     Nothing here fails the report: each row gets ``onnx_agreement`` (:class:`tools.export_onnx.Agreement`),
     and a model that cannot be exported (a missing package) gets ``onnx_error`` and no session.
     """
-    from tools.export_onnx import OnnxModel, agreement, export, input_names
 
     sessions = {}
     for row in rows:

@@ -12,13 +12,13 @@ Files in a stage's folder (rank 0 only):
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import pickle
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,11 @@ import torch.distributed as dist
 
 from models.standalone import write_standalone
 from utils.errors import RunError
+from utils.files import write_json_atomic
+from utils.fingerprint import check_settings
+from utils.loop_state import LoopState, RunningMean
 from utils.model_card import save_card
-from utils.run import write_json_atomic
+from utils.run import set_seed
 from utils.state_signature import sign_folder, verify_folder
 
 BEST_DIR = "best"
@@ -37,6 +40,8 @@ STATE_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 SELECTION_FILE = "selection.json"
 METRICS_FILE = "metrics.jsonl"
+
+logger = logging.getLogger(__name__)
 
 
 def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = None, run_dir: Path | None = None) -> None:
@@ -97,55 +102,10 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class RunningMean:
-    """Mean per-step training loss since the last evaluation (a step sums its passes and micro-batches)."""
-
-    def __init__(self):
-        self.total, self.count = 0.0, 0
-
-    def add(self, value: float) -> None:
-        self.total += value
-        self.count += 1
-
-    def mean(self, run=None) -> float | None:
-        """The mean, averaged over processes when ``run`` is distributed (every rank must call it)."""
-        total, count = self.total, self.count
-        if run is not None and run.distributed:
-            both = torch.tensor([total, count], dtype=torch.float64, device=run.device)
-            dist.all_reduce(both)
-            total, count = both.tolist()
-        return round(total / count, 6) if count else None
-
-    def reset(self) -> None:
-        self.total, self.count = 0.0, 0
-
-    def state_dict(self) -> dict:
-        return {"total": self.total, "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.total, self.count = state["total"], state["count"]
-
-
-@dataclass
-class LoopState:
-    """Counters that, with the weights and optimizer, fully describe where training is."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best_score: float = -math.inf
-    best_step: int = -1
-    last_eval_step: int = -1
-    examples_seen: int = 0
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0  # evaluations and best/ saves, not counted in train_seconds
-    finished: bool = False
-    stop_reason: str = ""
-
-
-def save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopState, selector, losses, run,
-                settings: dict, extra: dict) -> None:
-    """Write the resumable state; a finished run keeps only its counters and selection (no weights).
+def save_state(path: Path, placed, optimization, state: LoopState, selector, losses: RunningMean, run,
+               settings: dict, extra: dict) -> None:
+    """Write the resumable state of the :class:`~utils.sharding.Placed` model and its
+    :class:`~utils.step.Optimization`; a finished run keeps only its counters and selection (no weights).
 
     Each process's random state and running training loss are gathered, so every rank resumes its own.
     """
@@ -156,20 +116,20 @@ def save_state(path: Path, module, optimizer, scheduler, scaler, state: LoopStat
     else:
         gathered = [per_rank]
     sharded = None
-    if run.fsdp and not state.finished:
+    if placed.sharded and not state.finished:
         # Sharded weights and optimizer state: each process writes its shards (torch.distributed.checkpoint)
         # into a folder named by the step, which the state file below then points to.
         sharded = f"{SHARDED_PREFIX}{state.step}"
-        save_sharded(path / sharded, module, optimizer)
+        save_sharded(path / sharded, placed.module, optimization.optimizer)
     if not run.is_main:
         return
     path.mkdir(parents=True, exist_ok=True)
     payload = {"loop": asdict(state), "selector": selector.state_dict(), "ranks": gathered,
                "settings": settings, "extra": extra, "sharded": sharded}
     if not state.finished:
-        payload.update(scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+        payload.update(scheduler=optimization.scheduler.state_dict(), scaler=optimization.scaler.state_dict())
         if sharded is None:
-            payload.update(model=module.state_dict(), optimizer=optimizer.state_dict())
+            payload.update(model=placed.module.state_dict(), optimizer=optimization.optimizer.state_dict())
     tmp = path / (STATE_FILE + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path / STATE_FILE)
@@ -234,6 +194,65 @@ def load_state(output_dir: Path) -> dict | None:
         raise RunError(f"{path} holds more than tensors and plain values{f' ({named[1]})' if named else ''}, so it was "
                        "not written by this version of the code, and loading it could run code: refusing to load "
                        "it; pass --overwrite_output_dir to start afresh, or choose another --output_dir") from None
+
+
+def resume(output_dir: Path, enabled: bool, run, settings: dict, placed, optimization, selector,
+           objective) -> tuple[LoopState, RunningMean, dict | None]:
+    """Where a stage starts: ``(counters, running loss, best record)``, from ``output_dir/checkpoint`` when
+    ``enabled`` and a state was saved there (its weights, optimizer, schedule, scaler, selector, objective and
+    every process's random state restored into the given objects), else from the beginning.
+
+    A fresh stage reseeds, so it trains the same whatever ran before it in the process (how many models were
+    built, earlier stages): MaxiDisc's stage reuse relies on it. Evaluations logged after the state continued
+    from (or by a run that died before its first save) are dropped from ``metrics.jsonl``, as this run repeats
+    them. A ``best/`` saved after the state (by a run that then died) is taken as the best.
+
+    Raises:
+        RunError: the state was written by an older version of this code, or with(out) ``--fsdp`` unlike now.
+        SettingsMismatch: the state was saved under other ``settings``.
+    """
+    saved = load_state(output_dir) if enabled else None
+    if saved is None:
+        set_seed(run.seed)
+    elif "settings" not in saved:
+        raise RunError(f"{output_dir / STATE_DIR} was written by an older version of this code and cannot be "
+                       "resumed: pass --overwrite_output_dir to start afresh, or choose another --output_dir")
+    else:
+        check_settings(saved["settings"], settings, output_dir / STATE_DIR, "resumable state")
+    truncate_metrics(output_dir / METRICS_FILE, saved["loop"]["step"] if saved else -1, run)
+    state, losses, best_record = LoopState(), RunningMean(), None
+    if saved is not None:
+        state = LoopState(**saved["loop"])
+        if not state.finished:
+            _restore_training(saved, output_dir, placed, optimization)
+        selector.load_state_dict(saved["selector"])
+        mine = saved["ranks"][run.rank] if run.rank < len(saved["ranks"]) else saved["ranks"][0]
+        restore_rng_state(mine["rng"])
+        losses.load_state_dict(mine["loss"])
+        best_record = saved["extra"].get("best_record")
+        objective.load_state_dict(saved["extra"].get("objective", {}))
+        logger.info("resumed from step %d (epoch %d, batch %d); best %.4f at step %d", state.step, state.epoch,
+                    state.batch_in_epoch, state.best_score, state.best_step)
+    newer = newer_best(output_dir, state.best_step)
+    if newer is not None:
+        state.best_score, state.best_step, best_record = newer["score"], newer["step"], newer
+        selector.accept(newer)
+        logger.info("best/ was saved at step %d after the last checkpoint: keeping it as the best", newer["step"])
+    return state, losses, best_record
+
+
+def _restore_training(saved: dict, output_dir: Path, placed, optimization) -> None:
+    """Load an unfinished state's weights, optimizer, schedule and scaler."""
+    if bool(saved.get("sharded")) != placed.sharded:
+        raise RunError(f"{output_dir / STATE_DIR} was saved {'with' if saved.get('sharded') else 'without'} "
+                       f"--fsdp: resume it the same way, or pass --overwrite_output_dir to start afresh")
+    if placed.sharded:
+        load_sharded(output_dir / STATE_DIR / saved["sharded"], placed.module, optimization.optimizer)
+    else:
+        placed.module.load_state_dict(saved["model"])
+        optimization.optimizer.load_state_dict(saved["optimizer"])
+    optimization.scheduler.load_state_dict(saved["scheduler"])
+    optimization.scaler.load_state_dict(saved["scaler"])
 
 
 def remove_state(output_dir: Path) -> None:

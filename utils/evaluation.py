@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from utils.batches import to_device
 from utils.metrics import compute_metrics
-from utils.sharding import filler_batches, is_sharded
+from utils.sharding import filler_batches
 
 
 def unwrap(model):
@@ -41,8 +41,8 @@ def collect_outputs(model, dataset, batch_size: int, run, desc: str = "eval") ->
     shard.sort(key=lambda i: dataset.lengths[i])
     outputs: dict[int, torch.Tensor] = {}
     batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-    if is_sharded(module):
-        # the extra batches score one example again and are not kept
+    if run.fsdp:
+        # a sharded forward is a collective: the extra batches score one example again and are not kept
         batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     for indices in tqdm(batches, desc=desc, leave=False, disable=quiet(run)):

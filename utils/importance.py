@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 
 from models.sparsity_map import SparsityMap
 from utils.errors import StageError
-from utils.run import write_json_atomic
-from utils.sharding import filler_batches, is_sharded
+from utils.files import write_json_atomic
+from utils.sharding import filler_batches
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     neuron_scores = torch.zeros(shape_i, dtype=torch.float64, device=run.device)
     shard = list(range(run.rank, len(dataset), run.world_size))
     batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-    if is_sharded(model):
+    if run.fsdp:
         # the extra batches score one example again, and their gradients are not added
         batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
@@ -217,7 +217,7 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
         if not finite and not filler:
             # A token batch with no scored word gives a NaN mean; it carries no signal.
             skipped += 1
-        if not finite and not is_sharded(model):
+        if not finite and not run.fsdp:
             continue
         # Gradients w.r.t. the masks only: the model's parameter .grad stay untouched. A sharded model
         # runs every backward (a collective), then drops what carries no signal.

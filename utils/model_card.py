@@ -23,7 +23,8 @@ import shlex
 from pathlib import Path
 
 from models.standalone import auto_class
-from utils.run import ARGS_FILE, write_json_atomic
+from utils.files import write_json_atomic
+from utils.run import ARGS_FILE
 
 CARD_FILE = "README.md"
 FACTS_FILE = "card.json"

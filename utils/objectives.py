@@ -40,7 +40,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from utils.errors import ArgumentError
-from utils.sharding import is_sharded
 
 OBJECTIVES = ("ft", "kd", "hidden_kd", "logit_kd", "hidden_cos")
 DISTILL_OBJECTIVES = ("hidden_kd", "logit_kd", "hidden_cos", "kd")
@@ -223,8 +222,10 @@ class Objective:
         """The loss of pass ``pass_index``; ``model`` may be DDP-wrapped, ``module`` is the bare model."""
         raise NotImplementedError
 
-    def finish(self, module) -> None:
-        """Restore anything the passes changed on the model (e.g. its sparsity)."""
+    def width(self, pass_index: int) -> int | None:
+        """The sparsity pass ``pass_index`` trains the model at (the loop slices the model to it for the pass's
+        forward and backward, and back afterwards), or None: the model's own."""
+        return None
 
     def frozen_models(self) -> list:
         """Models the objective runs but does not train (a teacher), to shard alongside the student."""
@@ -312,11 +313,12 @@ class DistillObjective(Objective):
 
     ``skip_first_token`` leaves each sequence's first real token out of the ``hidden_cos`` term (decoders:
     their attention-sink position). ``cache``: serve the teacher's outputs from a :class:`TeacherCache`
-    when the batch carries ``example_index`` (the loop adds it) and the teacher is not sharded.
+    when the batch carries ``example_index`` (the loop adds it) and the run is not ``sharded`` (under FSDP2
+    a teacher's forward is a collective that every process must run).
     """
 
     def __init__(self, teacher, kind: str = "hidden_kd", temperature: float = 1.0, regression: bool = False,
-                 skip_first_token: bool = False, cache: TeacherCache | None = None):
+                 skip_first_token: bool = False, cache: TeacherCache | None = None, sharded: bool = False):
         if kind not in DISTILL_OBJECTIVES:
             raise ValueError(f"unknown distillation objective {kind!r}; expected one of {DISTILL_OBJECTIVES}")
         self.teacher = teacher.eval()
@@ -325,6 +327,7 @@ class DistillObjective(Objective):
         self.regression = regression
         self.skip_first_token = skip_first_token and kind == "hidden_cos"
         self.cache = cache
+        self.sharded = sharded
         self.needs_labels = kind == "kd"
         self._teacher_out = None
         self._teacher_logits = None
@@ -365,7 +368,7 @@ class DistillObjective(Objective):
             self.cache.store_logits(self._indices, self._teacher_logits, _scored_counts(batch))
 
     def _cacheable(self, batch) -> list[int] | None:
-        if self.cache is None or "example_index" not in batch or is_sharded(self.teacher):
+        if self.cache is None or "example_index" not in batch or self.sharded:
             return None
         return batch["example_index"].tolist()
 
@@ -419,20 +422,20 @@ class DistillObjective(Objective):
         return logit_loss + alpha * hidden_loss * self._shares["tokens"]
 
 
-def build_distill_objective(teacher, distill_args, regression: bool) -> DistillObjective:
+def build_distill_objective(teacher, distill_args, regression: bool, sharded: bool) -> DistillObjective:
     """The objective ``--objective`` names (``auto`` was resolved to the family's when the arguments were
     read), with a teacher cache of ``--teacher_cache_mb`` (0: none); decoder families leave their first
-    token out of ``hidden_cos``."""
+    token out of ``hidden_cos``. ``sharded``: the run shards its models (``--fsdp``)."""
     budget = int(distill_args.teacher_cache_mb * 2**20)
     return DistillObjective(teacher, distill_args.objective, distill_args.kd_temperature,
                             regression, skip_first_token=getattr(teacher, "sink_first_token", False),
-                            cache=TeacherCache(budget) if budget > 0 else None)
+                            cache=TeacherCache(budget) if budget > 0 else None, sharded=sharded)
 
 
 class SandwichObjective(Objective):
     """MiniDisc's sandwich: every candidate sparsity of a weight-sharing supernet, one backward each.
 
-    Pass i slices the supernet to ``sparsities[i]`` and returns ``base.loss / len(sparsities)``; the
+    Pass i trains the supernet at the width ``sparsities[i]`` and returns ``base.loss / len(sparsities)``; the
     loop backpropagates each pass before the next, so one slice's activations are freed before the
     next one runs, and takes one optimizer step for all of them. The sparsest slice runs first:
     under DistributedDataParallel only the last pass synchronises gradients, and the least sparse
@@ -449,15 +452,13 @@ class SandwichObjective(Objective):
     by the number of passes, so every step's gradient is a mean over the widths it trained.
     """
 
-    def __init__(self, base: DistillObjective, sparsities: list[int], rest_sparsity: int,
-                 sample: int | None = None, seed: int = 0):
+    def __init__(self, base: DistillObjective, sparsities: list[int], sample: int | None = None, seed: int = 0):
         if not sparsities:
             raise ValueError("the sandwich needs at least one sparsity")
         if sample is not None and sample < 0:
             raise ValueError(f"sample {sample}: expected the number of middle widths per step, at least 0")
         self.base = base
         self.sparsities = sorted(sparsities, reverse=True)
-        self.rest_sparsity = rest_sparsity
         self.sample = None if sample is None or sample + 2 >= len(self.sparsities) else sample
         self.generator = torch.Generator().manual_seed(seed)
         self.num_passes = len(self.sparsities) if self.sample is None else self.sample + 2
@@ -490,14 +491,16 @@ class SandwichObjective(Objective):
     def stats(self):
         return self.base.stats()
 
+    def width(self, pass_index):
+        return self._passes[pass_index]
+
     def loss(self, model, module, batch, pass_index):
-        module.sparsify(self._passes[pass_index])
         embedding_output = self._shared_embeddings(module, batch, pass_index)
         return self.base.loss(model, module, batch, pass_index, embedding_output) / self.num_passes
 
     def _shared_embeddings(self, module, batch, pass_index):
         """Pass ``pass_index``'s embedding output: a detached leaf before the last pass, the real one then."""
-        if self.num_passes == 1 or is_sharded(module):
+        if self.num_passes == 1 or self.base.sharded:
             return None  # sharded: the embeddings are gathered only inside the model's forward
         if pass_index == 0:
             self._embedded = module.embed(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -509,6 +512,3 @@ class SandwichObjective(Objective):
         if detached.grad is not None:
             embedded.register_hook(lambda grad: grad + detached.grad)
         return embedded
-
-    def finish(self, module):
-        module.sparsify(self.rest_sparsity)

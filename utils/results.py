@@ -12,10 +12,10 @@ from data.outputs import write_conll_predictions, write_glue_submission
 from utils.checkpoint import BEST_DIR, remove_state
 from utils.errors import StageError
 from utils.evaluation import evaluate, predict
+from utils.files import write_json_atomic
 from utils.fingerprint import check_settings
 from utils.model_card import FACTS_FILE, update_card
 from utils.model_io import check_model_task, load_model, load_tokenizer
-from utils.run import write_json_atomic
 from utils.sharding import place
 from utils.students import describe_model
 from utils.task_data import load_split

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from utils.args import flag_values
 from utils.errors import USER_ERRORS, RunError
+from utils.files import write_json_atomic
 from utils.fingerprint import check_settings, run_settings
 
 logger = logging.getLogger(__name__)
@@ -82,16 +83,6 @@ class Run:
         """Write ``output_dir/name`` atomically (rank 0 only)."""
         if self.is_main:
             write_json_atomic(self.output_dir / name, payload)
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def set_seed(seed: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from utils.checkpoint import save_model_atomic
 from utils.evaluation import Selector, evaluate_predictions, unwrap
 from utils.plots import pyplot
-from utils.sharding import gathered, is_sharded
+from utils.sharding import gathered
 from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
 logger = logging.getLogger(__name__)
@@ -52,13 +52,13 @@ class SandwichSelector(Selector):
     ``{"step", "sparsity", "predictions"}``.
     """
 
-    def __init__(self, dataset, metric: str, batch_size: int, run, sparsities, rest_sparsity: int, lam: float, low: int,
+    def __init__(self, dataset, metric: str, batch_size: int, run, sparsities, lam: float, low: int,
                  target: int, choose_assistant: bool, export_dir: Path | None = None, tokenizer=None,
                  predictions_path: Path | None = None):
         self.dataset, self.metric, self.batch_size, self.run = dataset, metric, batch_size, run
         self.predictions_path = predictions_path
         self.sparsities = sorted(sparsities)
-        self.rest_sparsity, self.lam, self.low, self.target = rest_sparsity, lam, low, target
+        self.lam, self.low, self.target = lam, low, target
         self.choose_assistant = choose_assistant
         self.export_dir, self.tokenizer = export_dir, tokenizer
         if export_dir is not None:
@@ -79,9 +79,9 @@ class SandwichSelector(Selector):
         module = unwrap(model)
         per_sparsity, improved, recorded = {}, [], []
         for s in self.evaluated:
-            module.sparsify(s)
-            metrics, predictions = evaluate_predictions(model, self.dataset, self.batch_size, self.run,
-                                                        desc=f"eval {s}S")
+            with module.at_sparsity(s):
+                metrics, predictions = evaluate_predictions(model, self.dataset, self.batch_size, self.run,
+                                                            desc=f"eval {s}S")
             per_sparsity[s] = metrics
             recorded.append({"step": step, "sparsity": s, "predictions": predictions})
             if metrics[self.metric] > self.performance.get(s, -math.inf):
@@ -92,7 +92,7 @@ class SandwichSelector(Selector):
         else:
             choice, score = self.target, self.performance[self.target]
         if self.export_dir is not None and improved:
-            source = gathered(module) if is_sharded(module) else module  # every rank takes part in gathering
+            source = gathered(module) if self.run.fsdp else module  # every rank takes part in gathering
             for s in improved if self.run.is_main else ():
                 save_model_atomic(self._densified(source, s), self.tokenizer, self.export_dir / f"{s}S",
                                   {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}},
@@ -100,7 +100,6 @@ class SandwichSelector(Selector):
         if self.predictions_path is not None and self.run.is_main:
             with open(self.predictions_path, "a") as stream:
                 stream.writelines(json.dumps(line) + "\n" for line in recorded)
-        module.sparsify(self.rest_sparsity)
         return {
             "sparsities": {str(s): m for s, m in per_sparsity.items()},
             "performance": {str(s): p for s, p in sorted(self.performance.items())},

@@ -10,6 +10,10 @@ layer's forward the gathered parameters are ordinary tensors, so the sliced widt
 work unchanged; :func:`pass_context` keeps the parameters gathered and the gradients local until the
 last pass of a step, so a sandwich step gathers and reduces each layer once, not once per width.
 
+:func:`prepare` does all of it for the loop: it returns one :class:`Placed` handle that knows whether the
+run is sharded, which model runs the forward passes (the DDP wrapper of an unsharded distributed run) and
+how one pass of a step synchronises. Nothing downstream asks a model whether it is sharded.
+
 Saving goes through :func:`gathered`: every process takes part in assembling the full state dict,
 and rank 0 gets a plain (unsharded, CPU) copy of the model at its current width, which it saves
 exactly as a single-process run does. The resumable state keeps the weights and optimizer state as
@@ -21,19 +25,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
-
-
-def is_sharded(model) -> bool:
-    """Whether ``model`` was sharded by :func:`shard`."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 def shard(model, run):
@@ -66,7 +66,55 @@ def place(model, run):
     only this process's shards to the device), moved whole otherwise. Returns it."""
     if not run.fsdp:
         return model.to(run.device)
-    return model if is_sharded(model) else shard(model, run)
+    from torch.distributed.fsdp import FSDPModule
+
+    return model if isinstance(model, FSDPModule) else shard(model, run)
+
+
+@dataclass
+class Placed:
+    """A model placed for training by :func:`prepare`.
+
+    ``module`` is the bare model (holding its FSDP2 shards under ``--fsdp``): the optimizer, the verbs and
+    the resumable state use it. ``model`` is what runs the forward passes: the DDP wrapper of a distributed,
+    unsharded run, else ``module``.
+    """
+
+    module: nn.Module
+    model: nn.Module
+    sharded: bool
+    distributed: bool
+
+    def pass_context(self, last: bool, several: bool):
+        """One forward/backward pass of a step (``last``: the pass that synchronises the gradients; ``several``:
+        the step has more than one): FSDP2's :func:`pass_context`, DDP's ``no_sync`` before the last pass."""
+        if self.sharded:
+            return pass_context(self.module, last, several)
+        return self.model.no_sync() if self.distributed and not last else nullcontext()
+
+    def plain(self):
+        """The model to save: a plain CPU copy on rank 0 when sharded (a collective: every rank calls it; None on
+        the others), else the module itself."""
+        return gathered(self.module) if self.sharded else self.module
+
+
+def prepare(model, run, frozen=()) -> Placed:
+    """``model`` placed for training on ``run``, and the ``frozen`` models (a teacher) beside it.
+
+    Under ``--fsdp`` every one is sharded where it was loaded (each process moves only its own shards to
+    the device); otherwise the model moves to the device and, when distributed, is wrapped in DDP with
+    ``find_unused_parameters`` (a pruned width or a densified student may leave a layer with no heads or
+    no neurons, whose weights then take no part in that pass).
+    """
+    if run.fsdp:
+        for each in (model, *frozen):
+            place(each, run)
+        return Placed(model, model, sharded=True, distributed=run.distributed)
+    module = model.to(run.device)
+    wrapped = (DistributedDataParallel(module, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
+                                       find_unused_parameters=True)
+               if run.distributed else module)
+    return Placed(module, wrapped, sharded=False, distributed=run.distributed)
 
 
 @contextmanager

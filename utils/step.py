@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
+from transformers import get_scheduler
 
 from models.core import is_normalization
-from utils.sharding import pass_context
 
 
 def build_optimizer(module, args) -> torch.optim.Optimizer:
@@ -40,33 +41,31 @@ def plan_steps(num_batches_per_epoch: int, args) -> tuple[int, int]:
     return steps_per_epoch, max(1, total)
 
 
-def backward_batch(objective, model, module, batch: dict, group_size: int = 1, sync: bool = True,
-                   autocast=None, scaler=None, distributed: bool = False, sharded: bool = False) -> float:
-    """Forward and backward every pass of ``objective`` on one batch; return the summed loss.
+def backward_batch(objective, placed, batch: dict, group_size: int = 1, sync: bool = True, autocast=None,
+                   scaler=None) -> float:
+    """Forward and backward every pass of ``objective`` on one batch of the :class:`~utils.sharding.Placed`
+    model; return the summed loss.
 
     Each pass's loss is divided by ``group_size`` (the batches accumulated into this optimizer step)
     and backpropagated before the next pass runs, so only one pass's activations are alive at a time.
-    Under DDP (``distributed``) gradients are synchronised only by the last pass of a batch with
-    ``sync`` (the last of its group); under FSDP2 (``sharded``) that pass also reshards, so parameters
-    are gathered once per step (:func:`utils.sharding.pass_context`). ``model`` may be DDP-wrapped;
-    ``module`` is the bare model.
+    A pass that trains a width of its own (:meth:`~utils.objectives.Objective.width`) runs, forward and
+    backward, inside ``at_sparsity`` of it. Gradients are synchronised only by the last pass of a batch with ``sync`` (the last of its group);
+    under FSDP2 that pass also reshards, so parameters are gathered once per step
+    (:meth:`~utils.sharding.Placed.pass_context`).
     """
     autocast = autocast or nullcontext()
     with autocast:
         objective.prepare(batch)
     total = 0.0
     for p in range(objective.num_passes):
-        last = sync and p == objective.num_passes - 1
-        if sharded:
-            context = pass_context(module, last, several=objective.num_passes > 1)
-        else:
-            context = model.no_sync() if distributed and not last else nullcontext()
-        with context:
+        width = objective.width(p)
+        # the pass's width holds through its backward too: activation checkpointing recomputes the forward there
+        with placed.module.at_sparsity(width) if width is not None else nullcontext(), \
+                placed.pass_context(last=sync and p == objective.num_passes - 1, several=objective.num_passes > 1):
             with autocast:
-                loss = objective.loss(model, module, batch, p) / group_size
+                loss = objective.loss(placed.model, placed.module, batch, p) / group_size
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
-    objective.finish(module)
     return total
 
 
@@ -84,3 +83,27 @@ def optimizer_step(module, optimizer, max_grad_norm: float, scheduler=None, scal
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class Optimization:
+    """The optimizer of a stage, its learning-rate schedule and its fp16 loss scaler (off unless fp16)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, module, args, run, total_steps: int) -> Optimization:
+        optimizer = build_optimizer(module, args)
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                  num_warmup_steps=int(args.warmup_proportion * total_steps),
+                                  num_training_steps=total_steps)
+        return cls(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=run.amp_dtype is torch.float16))
+
+    @property
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, module, max_grad_norm: float) -> None:
+        optimizer_step(module, self.optimizer, max_grad_norm, self.scheduler, self.scaler)
