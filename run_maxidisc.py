@@ -6,7 +6,7 @@ chains separated by ``;`` (or ``--search_assistants``, which tries every assista
 map between --trunc_sparsity and the target, plus the direct chain) run in turn, each in its own
 folder, and ``results.json`` ranks them with their cost: the "maximal effort" baseline in one
 command. A finished stage is reused, not retrained, wherever a stage with the same key (teacher,
-chain prefix and training settings) has finished under --reuse_dir.
+chain prefix and training settings) has finished in this run's folder or under --reuse_dir.
 
 Example::
 
@@ -42,7 +42,7 @@ from utils.plots import plot_search
 from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.run import end_run, start_run
 from utils.sharding import place
-from utils.students import StudentSpec, build_student, chain_name, parse_chain
+from utils.students import Chain, StudentSpec, build_student
 from utils.task_data import load_train_and_dev
 
 logger = logging.getLogger("run_maxidisc")
@@ -61,16 +61,16 @@ class MaxiDiscArguments:
     search_assistants: bool = arg(False, help="For a one-stage chain such as 90S, try every assistant of the "
                                   "teacher's map between --trunc_sparsity and the target, plus the direct chain.")
     trunc_sparsity: int = arg(50, help="Smallest assistant sparsity tried by --search_assistants.")
-    reuse_dir: str | None = arg(None, help="Folder searched for finished stages to reuse (default: the parent of "
-                                "--output_dir).")
-    chains: list[list[StudentSpec]] = field(init=False)
+    reuse_dir: str | None = arg(None, help="Folder searched for finished stages to reuse, e.g. the folder holding "
+                                "earlier MaxiDisc runs (default: this run's --output_dir only).")
+    chains: list[Chain] = field(init=False)
 
     def __post_init__(self):
-        self.chains = [parse_chain(text) for text in self.layer_or_sparsity_path.split(";") if text.strip()]
+        self.chains = [Chain.parse(text) for text in self.layer_or_sparsity_path.split(";") if text.strip()]
         if not self.chains:
             raise ArgumentError("--layer_or_sparsity_path is empty: expected e.g. 80,90S")
         if self.search_assistants and (len(self.chains) != 1 or len(self.chains[0]) != 1
-                                       or self.chains[0][0].sparsity is None):
+                                       or self.chains[0].target.sparsity is None):
             raise ArgumentError("--search_assistants needs one target sparsity as the path, e.g. 90S")
 
 
@@ -79,14 +79,14 @@ class Arguments(DistillScriptArguments):
     maxidisc: MaxiDiscArguments
 
 
-def expand_chains(options: MaxiDiscArguments, teacher) -> list[list[StudentSpec]]:
+def expand_chains(options: MaxiDiscArguments, teacher) -> list[Chain]:
     """The chains to run: the given ones, or every assistant for the target with --search_assistants."""
     if not options.search_assistants:
         return options.chains
-    target = options.chains[0][0].sparsity
+    target = options.chains[0].target
     low = max(options.trunc_sparsity, teacher.config.sparsity + 1)
-    assistants = [s for s in teacher.available_sparsities() if low <= s < target]
-    return [[StudentSpec(sparsity=s), StudentSpec(sparsity=target)] for s in assistants] + [options.chains[0]]
+    assistants = [s for s in teacher.available_sparsities() if low <= s < target.sparsity]
+    return [Chain((StudentSpec(sparsity=s), target)) for s in assistants] + [options.chains[0]]
 
 
 def stage_key(parent_key: str, spec: StudentSpec, run) -> str:
@@ -112,13 +112,13 @@ def find_finished_stage(reuse_dir: Path, key: str, exclude: Path) -> Path | None
     return None
 
 
-def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: Path, reuse_dir: Path) -> dict:
+def run_chain(args, run, tokenizer, data, chain: Chain, chain_dir: Path, reuse_dir: Path) -> dict:
     """Distil along one chain; return the final student's summary with every stage's cost.
 
     A stage's ``stage.json`` (its key) is written only when the stage has finished, by training or
     by reuse, so a key always describes how the stage's model was made.
     """
-    task, model_type, name = args.task, args.model.model_type, chain_name(chain)
+    task, model_type, name = args.task, args.model.model_type, str(chain)
     teacher_path, parent_key, stages = args.distill.teacher_model_path, run.settings["teacher_model_path"], []
     for k, spec in enumerate(chain, start=1):
         stage_dir = chain_dir / f"iter_{k}"
@@ -148,7 +148,9 @@ def run_chain(args, run, tokenizer, data, chain: list[StudentSpec], chain_dir: P
         teacher_path = summary["model_dir"]
         parent_key = key
     trained = [s for s in stages if "reused_from" not in s]
+    assistants = [] if chain.target.sparsity is None else [spec.sparsity for spec in chain.assistants]
     return {**{k: v for k, v in stages[-1].items() if k != "settings"}, "chain": name, "student_dir": teacher_path,
+            "assistants": assistants,
             "reused_from": [s["reused_from"] for s in stages if "reused_from" in s],
             "cost": {"stages_trained": len(trained), "stages_reused": len(stages) - len(trained),
                      "steps": sum(s["train"]["steps"] for s in trained),
@@ -169,10 +171,10 @@ def main(argv=None) -> dict:
         tokenizer = load_tokenizer(teacher_path)
         chains = expand_chains(options, load_teacher(args.model.model_type, teacher_path, task))
         data = load_train_and_dev(args.data, task, tokenizer)
-        reuse_dir = Path(options.reuse_dir) if options.reuse_dir else run.output_dir.resolve().parent
+        reuse_dir = Path(options.reuse_dir) if options.reuse_dir else run.output_dir
         outcomes = []
         for chain in chains:
-            chain_dir = run.output_dir if len(chains) == 1 else run.output_dir / chain_name(chain)
+            chain_dir = run.output_dir if len(chains) == 1 else run.output_dir / str(chain)
             outcomes.append(run_chain(args, run, tokenizer, data, chain, chain_dir, reuse_dir))
         best = max(outcomes, key=lambda o: o["best_score"])
         student_dir = Path(best["student_dir"])

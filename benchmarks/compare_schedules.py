@@ -96,6 +96,7 @@ from utils.files import write_json_atomic
 from utils.metrics import compute_metrics
 from utils.model_io import load_model, load_tokenizer
 from utils.plots import plot_search, plot_students_through_assistants
+from utils.students import Chain
 
 # the real GLUE files, where the tests look for them too (MINIDISC_SHARED_DATA overrides ../shared/data)
 SHARED_GLUE = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "glue"
@@ -257,7 +258,7 @@ def training_flops(method: str, run_dir: Path, counter: FlopCounter, args) -> fl
         return counter.stage(steps, 0, [target])
     if method == "maxidisc":
         for chain_dir in sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / "iter_1").is_dir()):
-            chain = [int(s) for s in chain_dir.name.rstrip("S").split(",")]
+            chain = [spec.sparsity for spec in Chain.parse(chain_dir.name)]
             teacher = 0
             for k, student in enumerate(chain, start=1):
                 steps = json.loads((chain_dir / f"iter_{k}" / "results.json").read_text())["train"]["steps"]
@@ -312,8 +313,8 @@ def outcome(method: str, run_dir: Path, metric: str) -> dict:
 
 def chain_assistant(chain: str) -> int | None:
     """The first assistant of a MaxiDisc chain (``"70,90S"`` → 70); None for the direct path (``"90S"``)."""
-    parts = chain.rstrip("SL").split(",")
-    return int(parts[0]) if len(parts) > 1 else None
+    assistants = Chain.parse(chain).assistants
+    return assistants[0].sparsity if assistants else None
 
 
 def candidate_rows(first_iteration: dict | None, paths: dict[str, float] | None, low: int, target: int

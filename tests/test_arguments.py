@@ -12,7 +12,7 @@ from tests.helpers import distill_args
 from utils.args import DataArguments, TrainingArguments, flag_values, parse_args
 from utils.cli import cli
 from utils.errors import ArgumentError
-from utils.students import StudentSpec, chain_name, parse_chain
+from utils.students import Chain, StudentSpec
 
 
 @pytest.fixture
@@ -86,13 +86,14 @@ def test_bad_student_specs(text, needle):
 
 
 def test_chains():
-    chain = parse_chain("80, 90S")
-    assert chain == [StudentSpec(sparsity=80), StudentSpec(sparsity=90)] and chain_name(chain) == "80,90S"
-    assert chain_name(parse_chain("6,4L")) == "6,4L"
+    chain = Chain.parse("80, 90S")
+    assert chain.students == (StudentSpec(sparsity=80), StudentSpec(sparsity=90)) and str(chain) == "80,90S"
+    assert chain.assistants == (StudentSpec(sparsity=80),) and chain.target == StudentSpec(sparsity=90)
+    assert str(Chain.parse("6,4L")) == "6,4L" and [s.layers for s in Chain.parse("6,4L")] == [6, 4]
     for text, needle in (("90,80S", "must increase"), ("4,6L", "must decrease"), ("80,90X", "expected comma"),
                          ("80,100S", "between 0 and 99")):
         with pytest.raises(ArgumentError, match=needle):
-            parse_chain(text)
+            Chain.parse(text)
 
 
 def test_maxidisc_parses_its_chains_once(fine_grid_teacher, sst2_task):
@@ -100,7 +101,8 @@ def test_maxidisc_parses_its_chains_once(fine_grid_teacher, sst2_task):
     args = parse_args(run_maxidisc.Arguments, ["--teacher_model_path", teacher, "--task_name", "sst2",
                                                "--output_dir", "unused", "--layer_or_sparsity_path", "80,90S;90S",
                                                "--data_dir", str(sst2_task), "--do_train"])
-    assert args.maxidisc.chains == [[StudentSpec(sparsity=80), StudentSpec(sparsity=90)], [StudentSpec(sparsity=90)]]
+    assert args.maxidisc.chains == [Chain((StudentSpec(sparsity=80), StudentSpec(sparsity=90))),
+                                    Chain((StudentSpec(sparsity=90),))]
     with pytest.raises(SystemExit):
         parse_args(run_maxidisc.Arguments, ["--teacher_model_path", teacher, "--task_name", "sst2",
                                             "--output_dir", "unused", "--layer_or_sparsity_path", "80,90S",

@@ -87,7 +87,7 @@ def test_a_local_base_model_is_not_written_as_a_hub_id(chain):
 def test_a_finished_runs_facts_for_the_card():
     from utils.results import card_results
 
-    maxidisc = {"best_dev": {"acc": 0.8}, "test_metrics": {"acc": 0.7}, "best_chain": "70,80,90S"}
+    maxidisc = {"best_dev": {"acc": 0.8}, "test_metrics": {"acc": 0.7}, "best_chain": "70,80,90S", "assistants": [70, 80]}
     assert card_results(maxidisc) == {"dev": {"acc": 0.8}, "test": {"acc": 0.7}, "assistants": [70, 80]}
     assert card_results({"best_dev": {"acc": 0.8}, "best_chain": "90S"}) == {"dev": {"acc": 0.8}}
     assert card_results({"best_dev": {"f1": 0.5}, "assistants": []})["assistants"] == []

@@ -194,13 +194,19 @@ def test_maxidisc_path_and_stage_reuse(args_for, tmp_path):
     assert first["student"] == "90S" and first["cost"]["stages_trained"] == 2
     assert json.loads((root / "a" / "iter_1" / "best" / "config.json").read_text())["sparsity"] == 80
     assert len(read_jsonl(root / "a" / "iter_2" / "metrics.jsonl")) == 2
-    second = run_maxidisc.main(args_for(root / "b", "--layer_or_sparsity_path", "80,95S"))
+    # another run reuses a stage only from the folder it is pointed to
+    alone = run_maxidisc.main(args_for(root / "alone", "--layer_or_sparsity_path", "80,95S"))
+    assert alone["cost"]["stages_reused"] == 0
+    second = run_maxidisc.main(args_for(root / "b", "--layer_or_sparsity_path", "80,95S", "--reuse_dir", str(root / "a")))
     assert second["cost"]["stages_reused"] == 1 and second["cost"]["stages_trained"] == 1
     assert json.loads((root / "b" / "iter_1" / "results.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
     # a different learning rate is a different stage: nothing reused
     third = run_maxidisc.main(args_for(root / "c", "--layer_or_sparsity_path", "80,95S",
-                                       "--learning_rate", "2e-3"))
+                                       "--learning_rate", "2e-3", "--reuse_dir", str(root)))
     assert third["cost"]["stages_reused"] == 0
+    # within one run, chains that share a first stage train it once
+    shared = run_maxidisc.main(args_for(root / "d", "--layer_or_sparsity_path", "60,90S;60,95S", "--max_steps", "3"))
+    assert [row["reused_from"] for row in shared["chains_tried"]] == [[], [str(root / "d" / "60,90S" / "iter_1")]]
 
 
 def test_maxidisc_search_over_assistants(args_for, tmp_path):

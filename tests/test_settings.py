@@ -84,7 +84,7 @@ def test_maxidisc_writes_a_stage_key_only_for_a_stage_trained_under_it(fine_grid
     assert json.loads((root / "a" / "iter_1" / "results.json").read_text())["key"] == key
     # a stage reused from another run is reported as reused, with where it came from
     second = run_maxidisc.main(schedule_args(fine_grid_teacher, short_sst2_task, root / "b",
-                                             "--layer_or_sparsity_path", "80,95S"))
+                                             "--layer_or_sparsity_path", "80,95S", "--reuse_dir", str(root)))
     assert second["chains_tried"][0]["reused_from"] == [str(root / "a" / "iter_1")]
     assert json.loads((root / "b" / "iter_1" / "stage.json").read_text())["reused_from"] == str(root / "a" / "iter_1")
     assert first["chains_tried"][0]["reused_from"] == []

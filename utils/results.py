@@ -117,10 +117,8 @@ def card_results(results: dict) -> dict:
     facts = {"dev": results.get("best_dev")}
     if results.get("test_metrics"):
         facts["test"] = results["test_metrics"]
-    if "assistants" in results:
+    if results.get("assistants") is not None:
         facts["assistants"] = results["assistants"]
-    elif "," in results.get("best_chain", ""):
-        facts["assistants"] = [int(s) for s in results["best_chain"].rstrip("SL").split(",")[:-1]]
     return facts
 
 

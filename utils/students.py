@@ -53,32 +53,57 @@ class StudentSpec:
                             "or a directory holding a student model")
 
 
-def parse_chain(text: str) -> list[StudentSpec]:
-    """``"80,90S"`` → [80S, 90S]: a chain of students; layers must decrease and sparsities increase.
+@dataclass(frozen=True)
+class Chain:
+    """A chain of students, each distilled from the one before, ending in the final student: ``80,90S`` is
+    teacher → 80S → 90S, ``6,4L`` teacher → 6L → 4L. Written as on the command line by ``str``.
 
-    Raises:
-        ArgumentError: naming ``--layer_or_sparsity_path`` and what was expected.
+    >>> chain = Chain.parse("80,90S"); str(chain), [str(s) for s in chain.assistants]
+    ('80,90S', ['80S'])
     """
-    compact = text.replace(" ", "")
-    if not CHAIN.match(compact):
-        raise ArgumentError(f"--layer_or_sparsity_path {text!r}: expected comma-separated numbers ending in L or S, "
-                            "e.g. 80,90S or 6,4L")
-    unit, values = compact[-1], [int(v) for v in compact[:-1].split(",")]
-    steps = list(zip(values, values[1:], strict=False))
-    if unit == "S" and any(b <= a for a, b in steps):
-        raise ArgumentError(f"--layer_or_sparsity_path {text}: sparsities must increase along the path")
-    if unit == "L" and any(b >= a for a, b in steps):
-        raise ArgumentError(f"--layer_or_sparsity_path {text}: layer counts must decrease along the path")
-    if unit == "S" and values[-1] > 99:
-        raise ArgumentError(f"--layer_or_sparsity_path {text}: a sparsity must be between 0 and 99")
-    return [StudentSpec(layers=v) if unit == "L" else StudentSpec(sparsity=v) for v in values]
 
+    students: tuple[StudentSpec, ...]
 
-def chain_name(chain: list[StudentSpec]) -> str:
-    """[80S, 90S] → ``"80,90S"``: the chain as written on the command line."""
-    last = chain[-1]
-    values = [spec.layers if last.layers is not None else spec.sparsity for spec in chain]
-    return ",".join(map(str, values)) + ("L" if last.layers is not None else "S")
+    def __str__(self) -> str:
+        last = self.students[-1]
+        values = [spec.layers if last.layers is not None else spec.sparsity for spec in self.students]
+        return ",".join(map(str, values)) + ("L" if last.layers is not None else "S")
+
+    def __iter__(self):
+        return iter(self.students)
+
+    def __len__(self) -> int:
+        return len(self.students)
+
+    @property
+    def assistants(self) -> tuple[StudentSpec, ...]:
+        """The teacher assistants: every student before the final one."""
+        return self.students[:-1]
+
+    @property
+    def target(self) -> StudentSpec:
+        return self.students[-1]
+
+    @classmethod
+    def parse(cls, text: str) -> Chain:
+        """``"80,90S"`` → 80S then 90S; layers must decrease and sparsities increase along a chain.
+
+        Raises:
+            ArgumentError: naming ``--layer_or_sparsity_path`` and what was expected.
+        """
+        compact = text.replace(" ", "")
+        if not CHAIN.match(compact):
+            raise ArgumentError(f"--layer_or_sparsity_path {text!r}: expected comma-separated numbers ending in L or S, "
+                                "e.g. 80,90S or 6,4L")
+        unit, values = compact[-1], [int(v) for v in compact[:-1].split(",")]
+        steps = list(zip(values, values[1:], strict=False))
+        if unit == "S" and any(b <= a for a, b in steps):
+            raise ArgumentError(f"--layer_or_sparsity_path {text}: sparsities must increase along the path")
+        if unit == "L" and any(b >= a for a, b in steps):
+            raise ArgumentError(f"--layer_or_sparsity_path {text}: layer counts must decrease along the path")
+        if unit == "S" and values[-1] > 99:
+            raise ArgumentError(f"--layer_or_sparsity_path {text}: a sparsity must be between 0 and 99")
+        return cls(tuple(StudentSpec(layers=v) if unit == "L" else StudentSpec(sparsity=v) for v in values))
 
 
 def check_sparsity_available(model, sparsity: int, path, flag: str = "--layer_or_sparsity") -> None:
