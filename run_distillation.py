@@ -38,6 +38,7 @@ class Arguments(DistillScriptArguments):
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    args.complete()
     if args.run.dry_run:
         return dry_run(args, args.distill.teacher_model_path, distils=True)
     task, training, model_type, teacher_path = (args.task, args.training, args.model.model_type,

@@ -41,15 +41,17 @@ class Arguments:
     finetune: FinetuneArguments
     data: DataArguments
     training: TrainingArguments
-    task: TaskSpec = field(init=False)
+    task: TaskSpec | None = field(init=False, default=None)
 
-    def __post_init__(self):
+    def complete(self) -> None:
+        """Fill in what the checkpoint decides (reads its config): see :func:`utils.args.complete_task`."""
         self.task = complete_task(self.model, self.data, self.finetune.model_name_or_path, "--model_name_or_path",
                                   self.training, dry_run=self.run.dry_run)
 
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    args.complete()
     if args.run.dry_run:
         return dry_run(args, args.finetune.model_name_or_path, distils=False)
     task, training = args.task, args.training

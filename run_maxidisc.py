@@ -161,6 +161,7 @@ def run_chain(args, run, tokenizer, data, chain: Chain, chain_dir: Path, reuse_d
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    args.complete()
     if args.run.dry_run:
         return dry_run(args, args.distill.teacher_model_path, distils=True)
     task, training, options = args.task, args.training, args.maxidisc

@@ -100,6 +100,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    args.complete()
     if args.run.dry_run:
         return dry_run(args, args.distill.teacher_model_path, distils=True, sandwich=True)
     task, training, schedule_args = args.task, args.training, args.schedule

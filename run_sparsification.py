@@ -94,9 +94,10 @@ class Arguments:
     model: ModelArguments
     sparsify: SparsificationArguments
     data: DataArguments
-    task: TaskSpec = field(init=False)
+    task: TaskSpec | None = field(init=False, default=None)
 
-    def __post_init__(self):
+    def complete(self) -> None:
+        """Fill in what the teacher checkpoint decides (reads its config): see :func:`utils.args.complete_task`."""
         self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path",
                                   dry_run=self.run.dry_run)
         if self.sparsify.head_unit and not hasattr(get_model_class(self.model.model_type), "set_head_unit"):
@@ -135,6 +136,7 @@ def pruning_curve(model, dev, levels, batch_size: int, run) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(Arguments, argv, description=__doc__)
+    args.complete()
     task, options = args.task, args.sparsify
     levels = options.levels
     if args.run.dry_run:

@@ -11,7 +11,7 @@ import run_maxidisc
 from tests.helpers import distill_args
 from utils.args import DataArguments, TrainingArguments, flag_values, parse_args
 from utils.cli import cli
-from utils.errors import ArgumentError
+from utils.errors import USER_ERRORS, ArgumentError
 from utils.students import Chain, StudentSpec
 
 
@@ -21,8 +21,15 @@ def distill(fine_grid_teacher, sst2_task):
     return lambda *extra: distill_args(fine_grid_teacher, sst2_task, "unused", "90S", *extra)
 
 
+def completed(script_cls, argv):
+    """``argv`` parsed, then completed from the checkpoint, as a script's ``main()`` does."""
+    args = parse_args(script_cls, argv)
+    args.complete()
+    return args
+
+
 def test_parse_args_returns_the_typed_groups(distill):
-    args = parse_args(run_distillation.Arguments, distill("--learning_rate", "3e-5"))
+    args = completed(run_distillation.Arguments, distill("--learning_rate", "3e-5"))
     assert isinstance(args.training, TrainingArguments) and isinstance(args.data, DataArguments)
     assert args.training.learning_rate == 3e-5 and args.student.student == StudentSpec(sparsity=90)
     assert args.task.name == "sst2"
@@ -30,18 +37,26 @@ def test_parse_args_returns_the_typed_groups(distill):
     assert flags["learning_rate"] == 3e-5 and flags["layer_or_sparsity"] == "90S" and "student" not in flags
 
 
+def test_parsing_reads_no_checkpoint_and_completing_names_a_missing_one(sst2_task):
+    argv = distill_args("./nowhere", sst2_task, "unused", "90S")
+    args = parse_args(run_distillation.Arguments, argv)  # no file is read
+    assert args.task is None and args.model.model_type is None and args.distill.objective == "auto"
+    with pytest.raises(USER_ERRORS, match="--teacher_model_path ./nowhere: no such directory"):
+        args.complete()
+
+
 def test_model_and_data_types_come_from_the_task_and_the_checkpoint(distill, make_teacher):
-    args = parse_args(run_distillation.Arguments, distill())
+    args = completed(run_distillation.Arguments, distill())
     assert (args.model.model_type, args.data.data_type, args.training.selection_metric) == (
         "sparsebert_cls", "bert_cls", "acc")
     ner = make_teacher(num_labels=9)
-    args = parse_args(run_finetuning.Arguments, ["--model_name_or_path", str(ner), "--task_name", "conll",
+    args = completed(run_finetuning.Arguments, ["--model_name_or_path", str(ner), "--task_name", "conll",
                                                  "--output_dir", "unused", "--do_train"])
     assert (args.model.model_type, args.data.data_type, args.training.selection_metric) == (
         "sparsebert_ner", "bert_ner", "f1")
     # the paper's commands name them, and still run
     given = ["--model_type", "sparsebert_cls", "--data_type", "bert_cls"]
-    assert parse_args(run_distillation.Arguments, distill(*given)).model.model_type == "sparsebert_cls"
+    assert completed(run_distillation.Arguments, distill(*given)).model.model_type == "sparsebert_cls"
 
 
 @pytest.mark.parametrize("flags,needle", [

@@ -3,7 +3,8 @@
 Each script picks the groups it needs and calls :func:`parse_args`. Field names are the flag names
 (``--teacher_model_path``, ``--layer_or_sparsity``, ...) so the original paper's commands carry over.
 Cross-field rules live in ``__post_init__`` and raise :class:`ArgumentError`, which
-:func:`parse_args` turns into one clear line (exit status 2), never a traceback.
+:func:`parse_args` turns into one clear line (exit status 2), never a traceback. Parsing reads no
+file; what a checkpoint decides is filled in by the script's ``args.complete()`` (:func:`complete_task`).
 
 Example::
 
@@ -244,12 +245,13 @@ class DistillScriptArguments:
     distill: DistillationArguments
     data: DataArguments
     training: TrainingArguments
-    task: TaskSpec = field(init=False)
+    task: TaskSpec | None = field(init=False, default=None)
 
-    def __post_init__(self):
+    def complete(self) -> None:
+        """Fill in what the teacher checkpoint decides (reads its config): see :func:`complete_task`. ``auto``
+        becomes the family's objective here, so the run records (and is fingerprinted by) the real one."""
         self.task = complete_task(self.model, self.data, self.distill.teacher_model_path, "--teacher_model_path",
                                   self.training, dry_run=self.run.dry_run)
-        # ``auto`` becomes the family's objective here, so the run records (and is fingerprinted by) the real one
         self.distill.objective = resolve_objective(self.distill.objective, get_model_class(self.model.model_type))
         check_temperature(self.distill.objective, self.distill.kd_temperature)
 
@@ -290,8 +292,10 @@ def parse_args(script_cls, argv=None, description: str = ""):
     """Parse ``argv`` into an instance of ``script_cls``, a dataclass whose fields are argument groups.
 
     Each group is built from its flags (its ``__post_init__`` checks run), then ``script_cls`` from
-    the groups (its ``__post_init__`` checks the rules that span groups and derives what was left
-    out). A value that cannot work exits with status 2 and one line naming the flag.
+    the groups (its ``__post_init__`` checks the rules that span groups). A value that cannot work exits
+    with status 2 and one line naming the flag. Parsing reads no file: what a checkpoint decides (the
+    model and data types, the objective ``auto`` stands for) is filled in by the script's
+    ``args.complete()``, which ``main()`` calls next.
 
     Example::
 
