@@ -13,22 +13,22 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from utils.args import (
+from utils.artifacts.model_io import load_teacher, load_tokenizer
+from utils.artifacts.students import build_student
+from utils.artifacts.task_data import load_train_and_dev
+from utils.command.args import (
     DistillScriptArguments,
     StudentArguments,
     parse_args,
 )
-from utils.cli import cli
-from utils.evaluation import MetricSelector
-from utils.loop import train
-from utils.model_io import load_teacher, load_tokenizer
-from utils.objectives import build_distill_objective
-from utils.planner import dry_run
-from utils.results import finish, train_summary
-from utils.run import end_run, start_run
-from utils.sharding import place
-from utils.students import build_student
-from utils.task_data import load_train_and_dev
+from utils.command.cli import cli
+from utils.command.planner import dry_run
+from utils.command.results import finish, train_summary
+from utils.command.run import end_run, start_run
+from utils.engine.evaluation import MetricSelector
+from utils.engine.loop import train
+from utils.engine.objectives import build_distill_objective
+from utils.engine.sharding import place
 
 
 @dataclass

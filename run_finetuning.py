@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass, field
 
 from data.tasks import TaskSpec
-from utils.args import (
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.artifacts.task_data import load_train_and_dev
+from utils.command.args import (
     DataArguments,
     FinetuneArguments,
     ModelArguments,
@@ -23,15 +25,13 @@ from utils.args import (
     complete_task,
     parse_args,
 )
-from utils.cli import cli
-from utils.evaluation import MetricSelector
-from utils.loop import train
-from utils.model_io import load_model, load_tokenizer
-from utils.objectives import TaskObjective
-from utils.planner import dry_run
-from utils.results import finish, train_summary
-from utils.run import end_run, start_run
-from utils.task_data import load_train_and_dev
+from utils.command.cli import cli
+from utils.command.planner import dry_run
+from utils.command.results import finish, train_summary
+from utils.command.run import end_run, start_run
+from utils.engine.evaluation import MetricSelector
+from utils.engine.loop import train
+from utils.engine.objectives import TaskObjective
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Arguments:
     task: TaskSpec | None = field(init=False, default=None)
 
     def complete(self) -> None:
-        """Fill in what the checkpoint decides (reads its config): see :func:`utils.args.complete_task`."""
+        """Fill in what the checkpoint decides (reads its config): see :func:`utils.command.args.complete_task`."""
         self.task = complete_task(self.model, self.data, self.finetune.model_name_or_path, "--model_name_or_path",
                                   self.training, dry_run=self.run.dry_run)
 

@@ -24,26 +24,26 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.args import (
+from utils.artifacts.fingerprint import settings_key
+from utils.artifacts.model_io import load_teacher, load_tokenizer
+from utils.artifacts.plots import plot_search
+from utils.artifacts.students import Chain, StudentSpec, build_student
+from utils.artifacts.task_data import load_train_and_dev
+from utils.command.args import (
     DistillScriptArguments,
     arg,
     parse_args,
 )
-from utils.checkpoint import BEST_DIR
-from utils.cli import cli
+from utils.command.cli import cli
+from utils.command.planner import dry_run
+from utils.command.results import close_stage, finish, read_stage, stage_settings, train_summary
+from utils.command.run import end_run, start_run
+from utils.engine.checkpoint import BEST_DIR
+from utils.engine.evaluation import MetricSelector
+from utils.engine.loop import train
+from utils.engine.objectives import build_distill_objective
+from utils.engine.sharding import place
 from utils.errors import ArgumentError
-from utils.evaluation import MetricSelector
-from utils.fingerprint import settings_key
-from utils.loop import train
-from utils.model_io import load_teacher, load_tokenizer
-from utils.objectives import build_distill_objective
-from utils.planner import dry_run
-from utils.plots import plot_search
-from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
-from utils.run import end_run, start_run
-from utils.sharding import place
-from utils.students import Chain, StudentSpec, build_student
-from utils.task_data import load_train_and_dev
 
 logger = logging.getLogger("run_maxidisc")
 

@@ -22,26 +22,26 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from utils.args import (
+from utils.artifacts.files import write_json_atomic
+from utils.artifacts.model_io import load_model, load_teacher, load_tokenizer
+from utils.artifacts.students import StudentSpec, build_student, check_sparsity_available
+from utils.artifacts.task_data import load_train_and_dev
+from utils.command.args import (
     DistillScriptArguments,
     ScheduleArguments,
     parse_args,
 )
-from utils.checkpoint import BEST_DIR
-from utils.cli import cli
+from utils.command.cli import cli
+from utils.command.planner import dry_run
+from utils.command.results import close_stage, finish, read_stage, stage_settings, train_summary
+from utils.command.run import end_run, start_run
+from utils.engine.checkpoint import BEST_DIR
+from utils.engine.evaluation import MetricSelector, evaluate
+from utils.engine.loop import train
+from utils.engine.objectives import SandwichObjective, build_distill_objective
+from utils.engine.schedule import PREDICTIONS_FILE, SandwichSelector, fixed_subset, plot_schedule
+from utils.engine.sharding import place
 from utils.errors import StageError
-from utils.evaluation import MetricSelector, evaluate
-from utils.files import write_json_atomic
-from utils.loop import train
-from utils.model_io import load_model, load_teacher, load_tokenizer
-from utils.objectives import SandwichObjective, build_distill_objective
-from utils.planner import dry_run
-from utils.results import close_stage, finish, read_stage, stage_settings, train_summary
-from utils.run import end_run, start_run
-from utils.schedule import PREDICTIONS_FILE, SandwichSelector, fixed_subset, plot_schedule
-from utils.sharding import place
-from utils.students import StudentSpec, build_student, check_sparsity_available
-from utils.task_data import load_train_and_dev
 
 logger = logging.getLogger("run_minidisc")
 

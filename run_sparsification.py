@@ -25,29 +25,26 @@ from dataclasses import dataclass, field
 
 from data.tasks import TaskSpec
 from models import get_model_class
-from utils.args import DataArguments, ModelArguments, RunArguments, arg, complete_task, parse_args
-from utils.checkpoint import save_model_atomic
-from utils.cli import cli
-from utils.errors import ArgumentError, StageError
-from utils.evaluation import evaluate
-from utils.importance import (
-    DEFAULT_SPARSITIES,
+from utils.artifacts.model_card import update_card
+from utils.artifacts.model_io import check_model_task, load_model, load_tokenizer
+from utils.artifacts.plots import plot_pruning_curve
+from utils.artifacts.students import describe_model
+from utils.artifacts.task_data import load_split
+from utils.command.args import DataArguments, ModelArguments, RunArguments, arg, complete_task, parse_args
+from utils.command.cli import cli
+from utils.command.planner import dry_run
+from utils.command.run import end_run, start_run
+from utils.engine.checkpoint import save_model_atomic
+from utils.engine.evaluation import evaluate
+from utils.engine.importance_pass import (
     IMPORTANCE_FILE,
     accumulate_importance,
-    build_sparsity_map,
     importance_record,
     load_importance,
-    normalize_scores,
-    parse_sparsities,
 )
-from utils.model_card import update_card
-from utils.model_io import check_model_task, load_model, load_tokenizer
-from utils.planner import dry_run
-from utils.plots import plot_pruning_curve
-from utils.run import end_run, start_run
-from utils.sharding import gathered, place, unsharded
-from utils.students import describe_model
-from utils.task_data import load_split
+from utils.engine.sharding import gathered, place, unsharded
+from utils.errors import ArgumentError, StageError
+from utils.maths.importance import DEFAULT_SPARSITIES, build_sparsity_map, normalize_scores, parse_sparsities
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +94,7 @@ class Arguments:
     task: TaskSpec | None = field(init=False, default=None)
 
     def complete(self) -> None:
-        """Fill in what the teacher checkpoint decides (reads its config): see :func:`utils.args.complete_task`."""
+        """Fill in what the teacher checkpoint decides (reads its config): see :func:`utils.command.args.complete_task`."""
         self.task = complete_task(self.model, self.data, self.sparsify.teacher_model_path, "--teacher_model_path",
                                   dry_run=self.run.dry_run)
         if self.sparsify.head_unit and not hasattr(get_model_class(self.model.model_type), "set_head_unit"):

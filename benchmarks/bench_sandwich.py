@@ -1,9 +1,9 @@
 """Benchmark MiniDisc's sandwich training step: speed against the reference's padding, and memory.
 
-One sandwich step is what :func:`utils.loop.train` does per batch with a
-:class:`~utils.objectives.SandwichObjective`: one teacher forward (no grad), then for every sparsity s
+One sandwich step is what :func:`utils.engine.loop.train` does per batch with a
+:class:`~utils.engine.objectives.SandwichObjective`: one teacher forward (no grad), then for every sparsity s
 ``sparsify(s)``, student forward, ``loss / len(sparsities)``, backward; then gradient clipping and one
-AdamW step. The timed step calls the loop's own step functions (``utils.step.backward_batch`` and
+AdamW step. The timed step calls the loop's own step functions (``utils.engine.step.backward_batch`` and
 ``optimizer_step``) with the project's objective classes on a sparsified MiniLM and the real MRPC
 training set, and measures in one process, on the same model and batches:
 
@@ -63,12 +63,12 @@ from common import (
 
 from data.tasks import get_task
 from models import SparseBertCls
-from utils.batches import EpochBatches
-from utils.importance import build_sparsity_map, normalize_scores
-from utils.model_io import load_model, load_tokenizer
-from utils.objectives import DistillObjective, SandwichObjective
-from utils.sharding import Placed
-from utils.step import backward_batch, build_optimizer, optimizer_step
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.engine.batches import EpochBatches
+from utils.engine.objectives import DistillObjective, SandwichObjective
+from utils.engine.sharding import Placed
+from utils.engine.step import backward_batch, build_optimizer, optimizer_step
+from utils.maths.importance import build_sparsity_map, normalize_scores
 
 logger = logging.getLogger("bench_sandwich")
 
@@ -190,7 +190,7 @@ def sandwich_objective(distill: DistillObjective, args) -> SandwichObjective:
 
 def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm: float = 1.0, bf16: bool = False):
     """One call = the loop's optimizer step on every batch of ``batches`` (one optimizer step each):
-    the same :func:`utils.step.backward_batch` and :func:`utils.step.optimizer_step` the loop calls
+    the same :func:`utils.engine.step.backward_batch` and :func:`utils.engine.step.optimizer_step` the loop calls
     (one process, no accumulation, no schedule; fp32, or bf16 autocast as ``--use_bf16`` runs it)."""
 
     placed = Placed(module, module, sharded=False, distributed=False)

@@ -4,9 +4,9 @@ Two runs on the same task, with the same seed, data order, budget and schedule:
 
 1. ours: ``run_finetuning.main([...])`` (``sparsebert_cls``, the project's loop);
 2. HF: ``transformers.BertForSequenceClassification`` trained by the short loop below: torch AdamW
-   with the same groups (``utils.step.build_optimizer``: no weight decay on biases and LayerNorm
+   with the same groups (``utils.engine.step.build_optimizer``: no weight decay on biases and LayerNorm
    weights), the linear warmup schedule from ``transformers.get_scheduler``, gradient clipping, the
-   same batches (``utils.batches.EpochBatches`` over the same tokenised features, dynamic padding),
+   same batches (``utils.engine.batches.EpochBatches`` over the same tokenised features, dynamic padding),
    evaluation on the whole dev set at the same steps, and the best dev accuracy kept.
 
 Prints both best dev accuracies and the difference (target: ours within one point of HF).
@@ -32,10 +32,11 @@ from transformers import AutoTokenizer, BertForSequenceClassification, get_sched
 
 import run_finetuning
 from data.tasks import get_task
-from utils.batches import EpochBatches
-from utils.files import write_json_atomic
-from utils.run import set_seed, setup_logging
-from utils.step import build_optimizer, optimizer_step
+from utils.artifacts.files import write_json_atomic
+from utils.command.run import setup_logging
+from utils.engine.batches import EpochBatches
+from utils.engine.checkpoint import set_seed
+from utils.engine.step import build_optimizer, optimizer_step
 
 logger = logging.getLogger("compare_hf_finetune")
 

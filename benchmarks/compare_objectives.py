@@ -26,7 +26,7 @@ from common import REPO_ROOT, dev_labels
 from compare_schedules import majority_floor
 
 from data.tasks import get_task
-from utils.files import write_json_atomic
+from utils.artifacts.files import write_json_atomic
 
 FLOOR_MARGIN = 2.0  # points
 

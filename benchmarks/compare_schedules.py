@@ -92,11 +92,11 @@ from dev_subset import DRAWS, SIZES, study_run, summary_table
 from scipy import stats
 
 from data.tasks import get_task
-from utils.files import write_json_atomic
-from utils.metrics import compute_metrics
-from utils.model_io import load_model, load_tokenizer
-from utils.plots import plot_search, plot_students_through_assistants
-from utils.students import Chain
+from utils.artifacts.files import write_json_atomic
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.artifacts.plots import plot_search, plot_students_through_assistants
+from utils.artifacts.students import Chain
+from utils.maths.metrics import compute_metrics
 
 # the real GLUE files, where the tests look for them too (MINIDISC_SHARED_DATA overrides ../shared/data)
 SHARED_GLUE = Path(os.environ.get("MINIDISC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "glue"

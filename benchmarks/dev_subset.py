@@ -33,9 +33,9 @@ from pathlib import Path
 from common import dev_labels, rank_correlation
 
 from data.tasks import get_task
-from utils.metrics import compute_metrics
-from utils.schedule import PREDICTIONS_FILE, fixed_subset
-from utils.tradeoff import select_assistant, tradeoff
+from utils.engine.schedule import PREDICTIONS_FILE, fixed_subset
+from utils.maths.metrics import compute_metrics
+from utils.maths.tradeoff import select_assistant, tradeoff
 
 SIZES = (50, 100, 200, 400)
 DRAWS = 200

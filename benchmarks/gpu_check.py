@@ -31,10 +31,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import get_model_class  # noqa: E402
-from utils.objectives import DistillObjective, SandwichObjective, TaskObjective  # noqa: E402
-from utils.planner import uniform_map  # noqa: E402
-from utils.sharding import Placed, shard  # noqa: E402
-from utils.step import backward_batch, build_optimizer, optimizer_step  # noqa: E402
+from utils.command.planner import uniform_map  # noqa: E402
+from utils.engine.objectives import DistillObjective, SandwichObjective, TaskObjective  # noqa: E402
+from utils.engine.sharding import Placed, shard  # noqa: E402
+from utils.engine.step import backward_batch, build_optimizer, optimizer_step  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LEVELS = (0, 50, 90)
@@ -57,7 +57,7 @@ def configs(tiny: bool) -> dict:
 
 
 class Run:
-    """What the step functions and :func:`utils.sharding.shard` read of a run."""
+    """What the step functions and :func:`utils.engine.sharding.shard` read of a run."""
 
     def __init__(self, device, amp_dtype, world_size: int):
         self.device, self.amp_dtype, self.world_size = device, amp_dtype, world_size

@@ -27,7 +27,7 @@ POS_TAGS = (
     "WP", "WP$", "WRB", "``",
 )
 
-# Metric families (utils.metrics.compute_metrics dispatches on these) and the keys each returns.
+# Metric families (utils.maths.metrics.compute_metrics dispatches on these) and the keys each returns.
 METRIC_KEYS = {
     "matthews": ("matthews_corrcoef",),
     "acc": ("acc",),
@@ -51,7 +51,7 @@ class TaskSpec:
         name: registry key (``sst2``, ``conll``, ...), also the default folder name under ``--data_dir``.
         kind: ``classification``, ``regression`` or ``token_classification``.
         labels: label strings in index order (label id = position); empty for regression.
-        metric: metric family understood by ``utils.metrics.compute_metrics``.
+        metric: metric family understood by ``utils.maths.metrics.compute_metrics``.
         selection_metric: default for ``--selection_metric`` (one of ``metric_names``).
         submission_name: GLUE-server file name (``MRPC.tsv``); None when the task has no submission.
         folders: folder names tried, in order, under ``--data_dir``.
@@ -84,7 +84,7 @@ class TaskSpec:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """Keys of the dict that ``utils.metrics.compute_metrics`` returns for this task."""
+        """Keys of the dict that ``utils.maths.metrics.compute_metrics`` returns for this task."""
         return METRIC_KEYS[self.metric]
 
     @property

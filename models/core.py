@@ -296,7 +296,7 @@ class PrunableModel:
         """Per sequence of ``seq_len`` tokens at the current widths: ``forward_flops`` of the transformer
         blocks, and the elements a training step keeps for backward, split into ``stream_elements``
         (residual stream and norm inputs, fp32 under autocast) and ``projection_elements`` (projection
-        and activation outputs, in the compute dtype). Used by the planner (:mod:`utils.planner`)."""
+        and activation outputs, in the compute dtype). Used by the planner (:mod:`utils.command.planner`)."""
         raise NotImplementedError
 
     @classmethod
@@ -349,7 +349,7 @@ class PrunableModel:
 
     def unit_scores(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
         """Per row, one score per unit from the mask-entry ``scores [rows, entries]``: what
-        :func:`~utils.importance.build_sparsity_map` ranks."""
+        :func:`~utils.maths.importance.build_sparsity_map` ranks."""
         return torch.stack([b.unit_scores(row) for b, row in zip(self.blocks(kind), scores, strict=True)])
 
     def check_masks(self, **masks: torch.Tensor | None) -> None:
@@ -545,11 +545,13 @@ class PrunableTaskModel:
     ``base_model_class``): the verbs are the base model's, so the training code never reaches inside."""
 
     base_model_class: type[PrunableModel]
-    # The family's distillation defaults (utils.objectives): what ``--objective auto`` means, chosen by the
+    # The family's distillation defaults (utils.engine.objectives): what ``--objective auto`` means, chosen by the
     # measured table in docs/results.md; whether the first position is an attention sink whose "massive
     # activations" a hidden-state term leaves out (decoders).
     distill_objective: str = "hidden_kd"
     sink_first_token: bool = False
+    # Whether the forward pass reads ``token_type_ids`` (BERT's segments); the other families ignore them.
+    reads_token_types: bool = False
 
     @classmethod
     def unit_row_counts(cls, config) -> dict[str, int]:

@@ -5,9 +5,9 @@ Qwen3's ``self_attn.{q,k}_norm``, ``model.layers.{i}.mlp.{gate,up,down}_proj``,
 ``model.layers.{i}.{input,post_attention}_layernorm``, ``model.norm``), so a ``*ForCausalLM`` or
 ``*Model`` checkpoint of these families loads; its LM head is not used. The configuration is the
 checkpoint's own (``LlamaConfig``, ``Qwen3Config``, ...) with ``sparsity``, ``sparsity_map`` and
-``head_unit`` added. Family differences are read from the config: Qwen2 has biases on Q/K/V,
-``attention_bias`` puts them on Q/K/V/O (Llama, Qwen3), Qwen3 normalises each query and key head
-(RMSNorm over ``head_dim``) before RoPE. RoPE comes from the family's own HF rotary-embedding module
+``head_unit`` added. Family differences are declared once, in :data:`DECODER_FAMILIES`, and read
+with the config: Qwen2 has biases on Q/K/V, ``attention_bias`` puts them on Q/K/V/O (Llama, Qwen3),
+Qwen3 normalises each query and key head (RMSNorm over ``head_dim``) before RoPE. RoPE comes from the family's own HF rotary-embedding module
 (so every ``rope_scaling`` type, Llama 3's included, is computed as HF does); it acts on
 ``head_dim`` and, like the norms, is untouched by pruning.
 
@@ -35,6 +35,7 @@ token (HF's ``*ForSequenceClassification``); token heads read every token.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +48,23 @@ from .outputs import TaskOutput, sequence_loss, token_loss
 from .packing import padding_kept
 from .sparsity_map import ModelConfigError
 
-DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 HEAD_UNITS = ("group", "query")
-ROTARY = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+
+@dataclass(frozen=True)
+class DecoderFamily:
+    """What sets a decoder family apart; the one place a ``config.model_type`` is looked up."""
+
+    rotary: str  # the HF modeling module whose ``{Name}RotaryEmbedding`` computes its RoPE
+    qkv_bias: bool = False  # biases on Q, K and V whatever ``attention_bias`` says (and none on O)
+    qk_norm: bool = False  # an RMSNorm over ``head_dim`` on each query and key head before RoPE
+    layer_windows: bool = False  # ``use_sliding_window`` may apply to some layers only (``layer_types``)
+
+
+DECODER_FAMILIES = {"llama": DecoderFamily("Llama"), "mistral": DecoderFamily("Mistral"),
+                    "qwen2": DecoderFamily("Qwen2", qkv_bias=True, layer_windows=True),
+                    "qwen3": DecoderFamily("Qwen3", qk_norm=True, layer_windows=True)}
+DECODER_TYPES = tuple(DECODER_FAMILIES)
 
 
 def head_dim(config) -> int:
@@ -100,14 +115,15 @@ class SparseGQAttention(PrunableBlock):
     def __init__(self, config, query_heads: int, kv_heads: int):
         super().__init__()
         self.head_dim = head_dim(config)
-        qkv_bias = config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
-        o_bias = config.model_type != "qwen2" and bool(getattr(config, "attention_bias", False))
+        family = DECODER_FAMILIES[config.model_type]
+        qkv_bias = family.qkv_bias or bool(getattr(config, "attention_bias", False))
+        o_bias = not family.qkv_bias and bool(getattr(config, "attention_bias", False))
         hidden = config.hidden_size
         self.q_proj = new_linear(hidden, query_heads * self.head_dim, bias=qkv_bias)
         self.k_proj = new_linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = new_linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = new_linear(query_heads * self.head_dim, hidden, bias=o_bias)
-        if config.model_type == "qwen3":
+        if family.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.dropout_p = float(getattr(config, "attention_dropout", 0.0) or 0.0)
@@ -325,9 +341,9 @@ class SparseDecoderLayer(nn.Module):
 
 
 def _rotary(config) -> nn.Module:
-    family = config.model_type if config.model_type in ROTARY else "llama"
-    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-    return getattr(module, f"{ROTARY[family]}RotaryEmbedding")(config=config)
+    name = DECODER_FAMILIES[config.model_type].rotary
+    module = importlib.import_module(f"transformers.models.{name.lower()}.modeling_{name.lower()}")
+    return getattr(module, f"{name}RotaryEmbedding")(config=config)
 
 
 class SparseDecoderPreTrainedModel(PreTrainedModel):
@@ -384,7 +400,8 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         if heads % groups:
             raise ModelConfigError(f"config num_attention_heads {heads} is not a multiple of num_key_value_heads {groups}")
         types = set(getattr(config, "layer_types", None) or ())
-        if config.model_type in ("qwen2", "qwen3") and getattr(config, "use_sliding_window", False) and len(types) > 1:
+        if DECODER_FAMILIES[config.model_type].layer_windows and getattr(config, "use_sliding_window", False) \
+                and len(types) > 1:
             raise ModelConfigError("config use_sliding_window with mixed layer_types: per-layer sliding windows are "
                                    "not supported")
         config.head_unit = head_unit(config)

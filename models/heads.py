@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 class _SparseBertTaskModel(PrunableTaskModel, SparseBertPreTrainedModel):
     """Shared part of the BERT task models: the ``bert`` encoder (whose verbs they expose) and one forward."""
 
+    reads_token_types = True
+
     base_model_class = SparseBertModel
 
     def __init__(self, config: BertConfig):

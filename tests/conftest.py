@@ -21,7 +21,7 @@ from tests.helpers import (
     write_conll_task,
     write_sst2_task,
 )
-from utils.state_signature import KEY_ENV
+from utils.engine.state_signature import KEY_ENV
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
 # threads make each small matmul orders of magnitude slower.

@@ -364,9 +364,9 @@ def read_jsonl(path: Path) -> list[dict]:
 def crashing_epochs(keep: int, when=lambda epoch, call: True):
     """While open, the training loop crashes (a TypeError) after ``keep`` batches of every epoch for which
     ``when(epoch, call)`` holds, ``call`` counting the epochs begun in this block (from 1)."""
-    import utils.loop
+    import utils.engine.loop
 
-    original = utils.loop.EpochBatches.epoch
+    original = utils.engine.loop.EpochBatches.epoch
     calls = 0
 
     def epoch(self, index):
@@ -376,5 +376,5 @@ def crashing_epochs(keep: int, when=lambda epoch, call: True):
         return batches[:keep] + [None] if when(index, calls) else batches
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(utils.loop.EpochBatches, "epoch", epoch)
+        patch.setattr(utils.engine.loop.EpochBatches, "epoch", epoch)
         yield

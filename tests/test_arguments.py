@@ -9,10 +9,10 @@ import run_distillation
 import run_finetuning
 import run_maxidisc
 from tests.helpers import distill_args
-from utils.args import DataArguments, TrainingArguments, flag_values, parse_args
-from utils.cli import cli
+from utils.artifacts.students import Chain, StudentSpec
+from utils.command.args import DataArguments, TrainingArguments, flag_values, parse_args
+from utils.command.cli import cli
 from utils.errors import USER_ERRORS, ArgumentError
-from utils.students import Chain, StudentSpec
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from tests.helpers import (
     save_tiny_teacher,
     save_tiny_tokenizer,
 )
-from utils.cli import cli
+from utils.artifacts.model_io import load_model
+from utils.command.cli import cli
 from utils.errors import StageError
-from utils.model_io import load_model
 
 ONE_STEP = ("--max_steps", "1")
 

@@ -22,7 +22,7 @@ def sandwich_gradients(model_type, overrides, checkpointing: bool):
     batch = padded_batch(torch.Generator().manual_seed(2), 3, 10, {1: 6, 2: 4})
     torch.manual_seed(11)
     for level in (0, 60, 90):
-        with model.at_sparsity(level):  # as utils.step.backward_batch holds each pass's width
+        with model.at_sparsity(level):  # as utils.engine.step.backward_batch holds each pass's width
             model(**batch, labels=torch.tensor([0, 2, 1])).loss.backward()
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}, calls
 

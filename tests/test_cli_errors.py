@@ -5,7 +5,7 @@ import pytest
 import run_distillation
 import run_finetuning
 from tests.helpers import distill_args, finetune_args, save_tiny_teacher
-from utils.cli import cli
+from utils.command.cli import cli
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -59,12 +59,12 @@ def test_kd_temperature_is_refused_with_hidden_kd(sparse_teacher, sst2_task, tmp
 
 def test_a_bug_keeps_its_traceback(sparse_teacher, sst2_task, tmp_path, monkeypatch):
     # cli turns input errors into one line, but a ValueError from a bug must not read like user error
-    import utils.objectives
+    import utils.engine.objectives
 
     def broken(*args, **kwargs):
         raise ValueError("mat1 and mat2 shapes cannot be multiplied (4x32 and 37x32)")
 
-    monkeypatch.setattr(utils.objectives, "hidden_mse", broken)
+    monkeypatch.setattr(utils.engine.objectives, "hidden_mse", broken)
     with pytest.raises(ValueError, match="cannot be multiplied"):
         cli(run_distillation.main, distill_args(sparse_teacher, sst2_task, tmp_path / "bug", "90S"))
 

@@ -10,7 +10,7 @@ import pytest
 
 from data.tasks import get_task
 from tests.helpers import SHARED_DATA, import_benchmark, requires_shared_data
-from utils.plots import draw_students_through_assistants, plot_students_through_assistants, pyplot
+from utils.artifacts.plots import draw_students_through_assistants, plot_students_through_assistants, pyplot
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from data.pipelines import IGNORE_INDEX, collate, encode_dataset, make_collate
 from data.readers import ClsExample, TokenExample, read_examples
 from data.tasks import CONLL_TAGS, get_task
 from tests.helpers import FIXTURE_DATA, SHARED_DATA, requires_shared_data
-from utils.metrics import compute_metrics
+from utils.maths.metrics import compute_metrics
 
 
 def _tag_ids(*tags):

@@ -34,8 +34,8 @@ from tests.helpers import (
     sparsify_args,
     tiny_model,
 )
-from utils.cli import cli
-from utils.model_io import load_model, load_tokenizer
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.command.cli import cli
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 

@@ -58,7 +58,7 @@ def test_finetuning_two_processes_equal_one(setup):
 
 def test_distributed_evaluation_counts_each_example_once(setup, monkeypatch):
     from data.tasks import get_task
-    from utils.evaluation import collect_outputs
+    from utils.engine.evaluation import collect_outputs
 
     class FakeRun:
         rank, world_size, distributed, device, amp_dtype, is_main, fsdp = 0, 1, False, torch.device("cpu"), None, False, False

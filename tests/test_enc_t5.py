@@ -28,9 +28,9 @@ from tests.helpers import (
     sparsify_args,
     tiny_model,
 )
+from utils.artifacts.model_io import load_model
 from utils.errors import StageError
-from utils.importance import build_sparsity_map
-from utils.model_io import load_model
+from utils.maths.importance import build_sparsity_map
 
 
 def t5_batch(seed: int = 0):

@@ -9,8 +9,8 @@ import torch
 
 from tests.helpers import save_tiny_teacher
 from tools import export_onnx, latency
-from utils.checkpoint import save_model_atomic
-from utils.model_io import load_model, load_tokenizer
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.engine.checkpoint import save_model_atomic
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

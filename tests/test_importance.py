@@ -11,19 +11,17 @@ from data.readers import read_examples
 from data.tasks import get_task
 from models import SparseBertCls
 from tests.helpers import FIXTURE_DATA, make_tiny_config
+from utils.command.run import Run
+from utils.engine.importance_pass import accumulate_importance, load_importance, save_importance
 from utils.errors import StageError
-from utils.importance import (
+from utils.maths.importance import (
     DEFAULT_SPARSITIES,
-    accumulate_importance,
     build_sparsity_map,
     layer_order,
-    load_importance,
     normalize_scores,
     parse_sparsities,
     removal_count,
-    save_importance,
 )
-from utils.run import Run
 
 
 def test_normalisation_is_per_layer():

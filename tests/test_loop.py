@@ -14,8 +14,8 @@ from tests.helpers import (
     read_jsonl,
     same_weights,
 )
-from utils.batches import EpochBatches
-from utils.checkpoint import load_state
+from utils.engine.batches import EpochBatches
+from utils.engine.checkpoint import load_state
 
 
 def test_epoch_batches_cover_every_example_once_per_rank_group():
@@ -166,12 +166,12 @@ def test_best_saved_after_the_last_checkpoint_is_what_the_results_describe(spars
     # Checkpoints only at epoch ends (10 steps); the run dies right after saving best/ at step 14. The
     # resumed run's evaluations come out lower (as a nondeterministic GPU kernel could make them):
     # best/ from step 14 must stay the best, and results.json must say so.
-    import utils.evaluation
-    import utils.loop
+    import utils.engine.evaluation
+    import utils.engine.loop
 
     args = finetune_args(sparse_teacher, sst2_task, tmp_path / "ft", "--log_interval", "2",
                          "--save_steps", "1000")
-    original_save = utils.loop.save_model_atomic
+    original_save = utils.engine.loop.save_model_atomic
 
     def scripted(self, model, step):
         return {"metrics": {"acc": step / 100}, "score": step / 100}
@@ -181,13 +181,13 @@ def test_best_saved_after_the_last_checkpoint_is_what_the_results_describe(spars
         if files["selection.json"]["step"] == 14:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils.evaluation.MetricSelector, "evaluate", scripted)
-    monkeypatch.setattr(utils.loop, "save_model_atomic", save_then_die)
+    monkeypatch.setattr(utils.engine.evaluation.MetricSelector, "evaluate", scripted)
+    monkeypatch.setattr(utils.engine.loop, "save_model_atomic", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_finetuning.main(args)
     assert load_state(tmp_path / "ft")["loop"]["best_step"] == 10
-    monkeypatch.setattr(utils.loop, "save_model_atomic", original_save)
-    monkeypatch.setattr(utils.evaluation.MetricSelector, "evaluate",
+    monkeypatch.setattr(utils.engine.loop, "save_model_atomic", original_save)
+    monkeypatch.setattr(utils.engine.evaluation.MetricSelector, "evaluate",
                         lambda self, model, step: {"metrics": {"acc": 0.0}, "score": 0.0})
     results = run_finetuning.main(args)
     selection = json.loads((tmp_path / "ft" / "best" / "selection.json").read_text())
@@ -197,8 +197,8 @@ def test_best_saved_after_the_last_checkpoint_is_what_the_results_describe(spars
 
 
 def test_a_sharded_state_is_not_resumed_without_fsdp(sparse_teacher, sst2_task, tmp_path, capsys):
-    from utils.checkpoint import STATE_DIR, STATE_FILE
-    from utils.cli import cli
+    from utils.command.cli import cli
+    from utils.engine.checkpoint import STATE_DIR, STATE_FILE
 
     extra = ["--save_steps", "3", "--num_train_epochs", "2"]
     with crashing_epochs(keep=5, when=lambda epoch, call: epoch == 1), pytest.raises(TypeError):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from utils.metrics import (
+from utils.maths.metrics import (
     acc_and_f1,
     accuracy,
     binary_f1,

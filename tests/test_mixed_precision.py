@@ -39,11 +39,12 @@ from tests.helpers import (
     sparsify_args,
     tiny_model,
 )
-from utils.args import RunArguments
-from utils.cli import cli
-from utils.importance import accumulate_importance, normalize_scores
-from utils.objectives import DistillObjective, SandwichObjective
-from utils.run import Run, RunError, _amp_dtype, start_run
+from utils.command.args import RunArguments
+from utils.command.cli import cli
+from utils.command.run import Run, RunError, _amp_dtype, start_run
+from utils.engine.importance_pass import accumulate_importance
+from utils.engine.objectives import DistillObjective, SandwichObjective
+from utils.maths.importance import normalize_scores
 
 FWD_TOL = 0.03
 GRAD_TOL = 0.1

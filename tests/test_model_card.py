@@ -8,8 +8,8 @@ import pytest
 import run_minidisc
 import run_sparsification
 from tests.helpers import schedule_args, sparsify_args
-from utils.model_card import CARD_FILE, FACTS_FILE, render, update_card
-from utils.model_io import load_model
+from utils.artifacts.model_card import CARD_FILE, FACTS_FILE, render, update_card
+from utils.artifacts.model_io import load_model
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_a_local_base_model_is_not_written_as_a_hub_id(chain):
 
 
 def test_a_finished_runs_facts_for_the_card():
-    from utils.results import card_results
+    from utils.command.results import card_results
 
     maxidisc = {"best_dev": {"acc": 0.8}, "test_metrics": {"acc": 0.7}, "best_chain": "70,80,90S", "assistants": [70, 80]}
     assert card_results(maxidisc) == {"dev": {"acc": 0.8}, "test": {"acc": 0.7}, "assistants": [70, 80]}

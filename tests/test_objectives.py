@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import tiny_model
-from utils.objectives import (
+from utils.engine.objectives import (
     DistillObjective,
-    TeacherCache,
     first_token_mask,
     hidden_cosine,
     hidden_mse,
@@ -16,6 +15,7 @@ from utils.objectives import (
     select_hidden_layers,
     soft_cross_entropy,
 )
+from utils.engine.teacher_cache import TeacherCache
 
 
 @pytest.mark.parametrize("layers,expected", [
@@ -67,7 +67,7 @@ def _tiny_supernet(seed: int):
 @pytest.mark.parametrize("padding", [False, True])
 def test_sandwich_shares_embeddings_without_changing_losses_or_gradients(padding):
     """One embedding backward per batch (the sandwich) == one per width (independent passes), dropout on."""
-    from utils.objectives import DistillObjective, SandwichObjective
+    from utils.engine.objectives import DistillObjective, SandwichObjective
 
     teacher, student = _tiny_supernet(0).eval(), _tiny_supernet(1).train()
     generator = torch.Generator().manual_seed(2)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.helpers import tiny_model
-from utils.step import build_optimizer
+from utils.engine.step import build_optimizer
 
 
 @pytest.mark.parametrize("model_type,config", [

@@ -15,8 +15,15 @@ import run_minidisc
 import run_sparsification
 from models import SparseBertCls
 from tests.helpers import distill_args, finetune_args, schedule_args, sparsify_args, tiny_model
-from utils.cli import cli
-from utils.planner import DEFAULT_LEVELS, GIB, build_on_meta, fsdp_units, load_plan_config, published_names
+from utils.command.cli import cli
+from utils.command.planner import (
+    DEFAULT_LEVELS,
+    GIB,
+    build_on_meta,
+    fsdp_units,
+    load_plan_config,
+    published_names,
+)
 
 
 def hf_enct5_count(name: str, num_labels: int) -> int:

@@ -12,10 +12,17 @@ import torch
 
 import run_finetuning
 from tests.helpers import finetune_args
-from utils.checkpoint import STATE_DIR, STATE_FILE, _rng_state, load_sharded, restore_rng_state, save_sharded
-from utils.cli import cli
+from utils.command.cli import cli
+from utils.engine.checkpoint import (
+    STATE_DIR,
+    STATE_FILE,
+    _rng_state,
+    load_sharded,
+    restore_rng_state,
+    save_sharded,
+)
+from utils.engine.state_signature import KEY_ENV, SIGNATURE_FILE
 from utils.errors import RunError
-from utils.state_signature import KEY_ENV, SIGNATURE_FILE
 
 # torch.distributed.checkpoint used by one process without a process group, as here, says so
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

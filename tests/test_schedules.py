@@ -10,10 +10,10 @@ import run_maxidisc
 import run_minidisc
 from data.readers import read_examples
 from tests.helpers import crashing_epochs, read_jsonl, same_weights, schedule_args
-from utils.cli import cli
-from utils.metrics import compute_metrics
-from utils.plots import pyplot
-from utils.schedule import draw_schedule, fixed_subset, plot_schedule, schedule_panels
+from utils.artifacts.plots import pyplot
+from utils.command.cli import cli
+from utils.engine.schedule import draw_schedule, fixed_subset, plot_schedule, schedule_panels
+from utils.maths.metrics import compute_metrics
 
 
 @pytest.fixture
@@ -249,19 +249,19 @@ def test_minidisc_needs_a_sparsified_teacher(plain_teacher, short_sst2_task, tmp
 
 def scripted_sparsities(monkeypatch, scores_by_eval):
     """Make every sandwich evaluation return ``scores_by_eval[i][sparsity]`` as the acc at that sparsity."""
-    import utils.evaluation
-    import utils.schedule
+    import utils.engine.evaluation
+    import utils.engine.schedule
 
     calls = {"n": 0, "last": None}
 
     def evaluate(model, dataset, batch_size, run, desc=""):
-        s = utils.evaluation.unwrap(model).current_sparsity
+        s = utils.engine.evaluation.unwrap(model).current_sparsity
         if calls["last"] is None or s <= calls["last"]:  # sparsities are evaluated in ascending order
             calls["n"] += 1
         calls["last"] = s
         return {"acc": scores_by_eval[min(calls["n"], len(scores_by_eval)) - 1][s]}, []
 
-    monkeypatch.setattr(utils.schedule, "evaluate_predictions", evaluate)
+    monkeypatch.setattr(utils.engine.schedule, "evaluate_predictions", evaluate)
 
 
 def test_a_later_tie_keeps_the_saved_assistant(args_for, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import json
 import run_distillation
 import run_finetuning
 from tests.helpers import distill_args, finetune_args
-from utils.cli import cli
+from utils.command.cli import cli
 
 
 def test_finished_run_is_not_overwritten(sparse_teacher, sst2_task, tmp_path, capsys):

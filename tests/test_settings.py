@@ -17,9 +17,9 @@ from tests.helpers import (
     schedule_args,
     write_sst2_task,
 )
-from utils.checkpoint import load_state
-from utils.cli import cli
-from utils.fingerprint import differences, model_identity, run_settings
+from utils.artifacts.fingerprint import differences, model_identity, run_settings
+from utils.command.cli import cli
+from utils.engine.checkpoint import load_state
 
 
 def test_resuming_with_changed_settings_stops_with_one_line(sparse_teacher, sst2_task, tmp_path, capsys):
@@ -145,3 +145,9 @@ def test_resuming_on_changed_data_files_stops_with_one_line(sparse_teacher, tmp_
     assert cli(run_finetuning.main, args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "holds a run started with other settings (data_dir.train " in err, err
+
+
+def test_the_recorded_git_revision_is_read_at_the_repository_root():
+    from utils.command.run import REPO_ROOT
+
+    assert (REPO_ROOT / "run_minidisc.py").is_file() and (REPO_ROOT / "models" / "configs").is_dir()

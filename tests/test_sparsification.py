@@ -11,12 +11,12 @@ import run_distillation
 import run_sparsification
 from models import SparseBertCls
 from tests.helpers import FIXTURE_DATA, distill_args, save_tiny_teacher, sparsify_args
-from utils.cli import cli
-from utils.evaluation import collect_outputs
-from utils.importance import removal_count
-from utils.model_io import load_model, load_tokenizer
-from utils.run import Run
-from utils.task_data import load_split
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.artifacts.task_data import load_split
+from utils.command.cli import cli
+from utils.command.run import Run
+from utils.engine.evaluation import collect_outputs
+from utils.maths.importance import removal_count
 
 
 def save_teacher_with_useless_units(directory):

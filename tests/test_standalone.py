@@ -10,8 +10,8 @@ import torch
 
 from models.standalone import MODELING_FILE, modeling_source
 from tests.helpers import save_tiny_teacher
-from utils.checkpoint import save_model_atomic
-from utils.model_io import load_model, load_tokenizer
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.engine.checkpoint import save_model_atomic
 
 FAMILIES = ["sparsebert_cls", "sparsebert_ner", "sparseenct5_cls", "sparseenct5_ner", "sparsedecoder_cls",
             "sparsedecoder_ner"]

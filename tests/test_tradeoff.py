@@ -2,7 +2,7 @@
 
 import pytest
 
-from utils.tradeoff import lambda_sweep, select_assistant, tradeoff
+from utils.maths.tradeoff import lambda_sweep, select_assistant, tradeoff
 
 # P(s) from the README figure of the reference (MRPC, TA scale 0.7 ... 0.2 = sparsity 30 ... 80)
 MRPC = {30: 0.915, 40: 0.913, 50: 0.913, 60: 0.899, 70: 0.889, 80: 0.870, 90: 0.867}

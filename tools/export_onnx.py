@@ -76,7 +76,7 @@ class ExportError(UserError):
 
 def input_names(model) -> list[str]:
     """The inputs the exported graph takes: BERT's also reads segment ids."""
-    return ["input_ids", "attention_mask", *(["token_type_ids"] if model.config.model_type == "bert" else [])]
+    return ["input_ids", "attention_mask", *(["token_type_ids"] if model.reads_token_types else [])]
 
 
 class _Logits(torch.nn.Module):
@@ -230,8 +230,8 @@ def max_difference(model, session: OnnxModel, batches: Sequence[Mapping[str, tor
 
 def export_and_check(folder: Path, args) -> dict:
     """Export ``folder``'s model, check it against PyTorch and time both; the report (also written to disk)."""
-    from utils.model_card import FACTS_FILE, update_card
-    from utils.model_io import load_model, load_tokenizer
+    from utils.artifacts.model_card import FACTS_FILE, update_card
+    from utils.artifacts.model_io import load_model, load_tokenizer
 
     model_type = model_type_of(folder)
     model = load_model(model_type, str(folder)).eval()

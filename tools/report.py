@@ -8,7 +8,7 @@ measured inference latency and speedup over the teacher; the schedule picture's 
 * Scores come from the run files, never recomputed: the teacher's is ``teacher_dev`` of MiniDisc's
   ``results.json``, an assistant's is ``best_dev`` of its iteration's ``iter_k/results.json``,
   the student's is ``best_dev`` of MiniDisc's ``results.json``.
-* Sizes are counted on the saved models (loaded with :func:`utils.model_io.load_model`); students and
+* Sizes are counted on the saved models (loaded with :func:`utils.artifacts.model_io.load_model`); students and
   assistants are saved densified, so their tensors really are smaller.
 * Latency is milliseconds per batch of inference on the CPU (eval mode, no autograd): the median
   of ``--repeats`` timed passes after ``--warmup`` untimed ones. The models take turns within each
@@ -51,8 +51,8 @@ import torch
 
 from tools.export_onnx import RUNTIMES, ExportError, OnnxModel, PaddedPyTorch, agreement, export, input_names
 from tools.latency import describe_setup, dev_batches, hardware, measure_latency, random_batch, timing_setup
+from utils.artifacts.model_card import format_count
 from utils.errors import USER_ERRORS, UserError
-from utils.model_card import format_count
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ def read_minidisc_run(minidisc_dir: Path, teacher_dir: Path | None = None) -> di
 
 def build_report(args) -> dict:
     """Read the run, load every model, measure latency (unless --no_latency); the summary as a dict."""
-    from utils.model_io import load_model, load_tokenizer
-    from utils.students import describe_model
+    from utils.artifacts.model_io import load_model, load_tokenizer
+    from utils.artifacts.students import describe_model
 
     run = read_minidisc_run(Path(args.minidisc_dir), args.teacher_dir)
     models = {}
@@ -255,7 +255,7 @@ def onnx_sessions(rows, models, batches, rtol: float, setup: dict) -> dict:
 
 def add_to_cards(rows, latency: dict) -> None:
     """Write each model's measured latency into its model card (folders saved by the scripts have one)."""
-    from utils.model_card import FACTS_FILE, update_card
+    from utils.artifacts.model_card import FACTS_FILE, update_card
 
     for row in rows:
         if not (Path(row["path"]) / FACTS_FILE).is_file():
@@ -274,7 +274,7 @@ def add_to_cards(rows, latency: dict) -> None:
 def plot_tradeoff(summary: dict, path: Path) -> Path | None:
     """Dev score against total parameters and against latency, one point per model; a PNG (None without
     matplotlib)."""
-    from utils.plots import pyplot
+    from utils.artifacts.plots import pyplot
 
     plt = pyplot("trade-off")
     if plt is None:

@@ -3,7 +3,7 @@
 
 * ``moves``: every ``nn.Module.to`` call that names a device, with the bytes of the whole (not sharded)
   parameters it put there: under ``--fsdp`` a process must only ever move its own shards;
-* ``sharded``: every model :func:`utils.sharding.shard` sharded: its parameters' bytes, all of them and
+* ``sharded``: every model :func:`utils.engine.sharding.shard` sharded: its parameters' bytes, all of them and
   this process's share.
 
 On the CPU the training device is where the models are loaded, so a whole copy on it cannot be seen
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor import DTensor
 
-import utils.sharding
+import utils.engine.sharding
 
 
 def size(tensor) -> int:
@@ -30,7 +30,7 @@ def size(tensor) -> int:
 def main() -> None:
     out, script, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     moves, sharded = [], []
-    module_to, shard = torch.nn.Module.to, utils.sharding.shard
+    module_to, shard = torch.nn.Module.to, utils.engine.sharding.shard
 
     def recording_to(self, *args, **kwargs):
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
@@ -47,7 +47,7 @@ def main() -> None:
         return result
 
     torch.nn.Module.to = recording_to
-    utils.sharding.shard = recording_shard
+    utils.engine.sharding.shard = recording_shard
     try:
         importlib.import_module(script).main(argv)  # imported after the patches, so it sees them
     finally:

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 from tests.helpers import padded_batch, tiny_model
-from utils.sharding import pass_context, shard
+from utils.engine.sharding import pass_context, shard
 
 
 class Run:

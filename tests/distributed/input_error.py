@@ -6,8 +6,8 @@ import os
 import sys
 
 import run_finetuning
-import utils.run
-from utils.cli import cli
+import utils.command.run
+from utils.command.cli import cli
 from utils.errors import RunError
 
 if __name__ == "__main__":
@@ -16,5 +16,5 @@ if __name__ == "__main__":
         def refuse(options, device):
             raise RunError(f"rank {failing} cannot use this machine's set-up")
 
-        utils.run._amp_dtype = refuse
+        utils.command.run._amp_dtype = refuse
     sys.exit(cli(run_finetuning.main, argv))

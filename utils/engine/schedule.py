@@ -11,11 +11,11 @@ import math
 import random
 from pathlib import Path
 
-from utils.checkpoint import save_model_atomic
-from utils.evaluation import Selector, evaluate_predictions, unwrap
-from utils.plots import pyplot
-from utils.sharding import gathered
-from utils.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
+from utils.artifacts.plots import pyplot
+from utils.engine.checkpoint import save_model_atomic
+from utils.engine.evaluation import Selector, evaluate_predictions, unwrap
+from utils.engine.sharding import gathered
+from utils.maths.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+ARGS_FILE = "args.json"  # a run's flags and settings, written by utils.command.run
+
 
 def write_json_atomic(path: Path, payload) -> None:
     """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""

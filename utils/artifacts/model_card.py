@@ -2,11 +2,11 @@
 
 ``card.json`` holds the facts, gathered where they become known:
 
-* when the model is saved (:func:`utils.checkpoint.save_model_atomic`): what the model is (class,
+* when the model is saved (:func:`utils.engine.checkpoint.save_model_atomic`): what the model is (class,
   sparsity, heads and neurons kept per layer, parameters), the dev scores it was selected on, and
   how it was made (script, command, package versions, task, its teacher's card: the teacher's size
   and scores, the importance data, the pretrained model at the root);
-* when the run finishes (:func:`utils.results.finish`): the final dev (and test) scores and the
+* when the run finishes (:func:`utils.command.results.finish`): the final dev (and test) scores and the
   assistants on its path (MiniDisc, MaxiDisc);
 * when the main job's summary measures it (:mod:`tools.report`): latency in PyTorch and ONNX Runtime,
   with the hardware.
@@ -23,8 +23,7 @@ import shlex
 from pathlib import Path
 
 from models.standalone import auto_class
-from utils.files import write_json_atomic
-from utils.run import ARGS_FILE
+from utils.artifacts.files import ARGS_FILE, write_json_atomic
 
 CARD_FILE = "README.md"
 FACTS_FILE = "card.json"
@@ -95,7 +94,7 @@ def update_card(directory: Path, **facts) -> None:
     current = read_facts(directory)
     if current is None:
         raise FileNotFoundError(f"{Path(directory) / FACTS_FILE} does not exist: save the model with "
-                                "utils.checkpoint.save_model_atomic first")
+                                "utils.engine.checkpoint.save_model_atomic first")
     _write(directory, {**current, **facts})
 
 

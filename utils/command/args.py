@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 from data.tasks import TaskSpec, get_task, validate_selection_metric
 from models import MODEL_REGISTRY, get_model_class
+from utils.artifacts.model_io import check_model_path, model_type_for
+from utils.artifacts.students import StudentSpec
+from utils.command.planner import load_plan_config
+from utils.engine.objectives import check_temperature, resolve_objective
 from utils.errors import USER_ERRORS, ArgumentError
-from utils.model_io import check_model_path, model_type_for
-from utils.objectives import check_temperature, resolve_objective
-from utils.planner import load_plan_config
-from utils.students import StudentSpec
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
@@ -330,7 +330,7 @@ def complete_task(model: ModelArguments, data: DataArguments, checkpoint: str, c
 
     ``--data_type`` and ``--model_type`` default to what the task and the checkpoint's architecture
     call for (a given value must fit them); ``--selection_metric`` defaults to the task's. Under
-    ``dry_run`` the checkpoint may also be a published config name (:mod:`utils.planner`).
+    ``dry_run`` the checkpoint may also be a published config name (:mod:`utils.command.planner`).
 
     Raises:
         ArgumentError / StageError: a flag that does not fit the task, or a checkpoint that cannot be used.

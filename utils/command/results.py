@@ -9,16 +9,16 @@ import logging
 from pathlib import Path
 
 from data.outputs import write_conll_predictions, write_glue_submission
-from utils.checkpoint import BEST_DIR, remove_state
+from utils.artifacts.files import write_json_atomic
+from utils.artifacts.fingerprint import check_settings
+from utils.artifacts.model_card import FACTS_FILE, update_card
+from utils.artifacts.model_io import check_model_task, load_model, load_tokenizer
+from utils.artifacts.students import describe_model
+from utils.artifacts.task_data import load_split
+from utils.engine.checkpoint import BEST_DIR, remove_state
+from utils.engine.evaluation import evaluate, predict
+from utils.engine.sharding import place
 from utils.errors import StageError
-from utils.evaluation import evaluate, predict
-from utils.files import write_json_atomic
-from utils.fingerprint import check_settings
-from utils.model_card import FACTS_FILE, update_card
-from utils.model_io import check_model_task, load_model, load_tokenizer
-from utils.sharding import place
-from utils.students import describe_model
-from utils.task_data import load_split
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ how one pass of a step synchronises. Nothing downstream asks a model whether it 
 Saving goes through :func:`gathered`: every process takes part in assembling the full state dict,
 and rank 0 gets a plain (unsharded, CPU) copy of the model at its current width, which it saves
 exactly as a single-process run does. The resumable state keeps the weights and optimizer state as
-shards (:func:`utils.checkpoint.save_sharded`).
+shards (:func:`utils.engine.checkpoint.save_sharded`).
 """
 
 from __future__ import annotations

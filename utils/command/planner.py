@@ -29,9 +29,9 @@ The model is built on the meta device (shapes only, no memory) from a saved mode
     unit (embeddings, final norm, head) and two layer units (the one running and the one
     prefetched) with their whole gradients, of the student and of the teacher, in bf16 under bf16
     and fp32 otherwise; a sandwich keeps every layer of the student gathered, with its whole
-    gradient, for the step (:func:`utils.sharding.pass_context`); and the sharded AdamW step's
+    gradient, for the step (:func:`utils.engine.sharding.pass_context`); and the sharded AdamW step's
     temporary (4 bytes a parameter over the devices). Loading never holds more: the models are
-    sharded on the CPU and FSDP2 moves one unit at a time to the device (:func:`utils.sharding.place`).
+    sharded on the CPU and FSDP2 moves one unit at a time to the device (:func:`utils.engine.sharding.place`).
 
   Activation counts are an estimate for planning, not a measurement; unit sizes are those of the
   checkpoint's architecture at full width (an upper bound for a smaller student).
@@ -53,12 +53,12 @@ from transformers import AutoConfig, PretrainedConfig
 
 from models import get_model_class
 from models.sparsity_map import UNITS
+from utils.artifacts.model_io import supported_model_types
 from utils.errors import StageError
-from utils.model_io import supported_model_types
 
 logger = logging.getLogger(__name__)
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "models" / "configs"
+PUBLISHED = Path(__file__).resolve().parents[2] / "models" / "configs"
 DEFAULT_LEVELS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 GIB = 1024 ** 3
 DTYPES = {"fp32": 4, "bf16": 2}
@@ -117,7 +117,7 @@ def build_on_meta(model_type: str, config: PretrainedConfig, num_labels: int):
 
 def fsdp_units(model) -> tuple[int, int]:
     """``(root, layer)``: the parameters of FSDP2's root unit (what no layer holds: embeddings, final norm, task
-    head) and of its largest layer unit, as :func:`utils.sharding.shard` makes them, at the stored width."""
+    head) and of its largest layer unit, as :func:`utils.engine.sharding.shard` makes them, at the stored width."""
     layers = [sum(p.numel() for p in layer.parameters()) for layer in model.layer_modules()]
     return sum(p.numel() for p in model.parameters()) - sum(layers), max(layers, default=0)
 
@@ -137,7 +137,7 @@ def peak_memory(trained: int, teacher: int, activations: int, cache: int, units:
         gathered_bytes: bytes of a gathered parameter under FSDP2 (2 under bf16 mixed precision, else 4).
         autocast: bf16 autocast without sharding: the trained weights' bf16 copies live through backward.
         sandwich: several widths a step (MiniDisc): FSDP2 keeps every layer gathered, and its gradient
-            unsharded, from the step's first forward to its last backward (:func:`utils.sharding.pass_context`).
+            unsharded, from the step's first forward to its last backward (:func:`utils.engine.sharding.pass_context`).
     """
     root, layer = units
     states, frozen = 16 * trained, 4 * teacher
@@ -233,7 +233,7 @@ def format_plan(header: str, rows: list[dict], devices: int) -> str:
         "the fp32 teacher, the teacher cache, activations (an estimate); DDP/dev adds DDP's gradient buckets and, "
         "in bf16, autocast's weight copies; shard/N divides states and teacher by N and adds what FSDP2 gathers "
         "(gather: units with their whole gradients, a sandwich's whole student) and the AdamW step's temporaries "
-        "(see utils/planner.py)")
+        "(see utils/command/planner.py)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Pictures written next to the JSON of a run: the pruning curve of run_sparsification, MaxiDisc's
 search, and benchmarks/compare_schedules.py's version of the paper's figure (MiniDisc's schedule is drawn
-by :func:`utils.schedule.plot_schedule`, the main job's trade-off by :mod:`tools.report`). Plain
+by :func:`utils.engine.schedule.plot_schedule`, the main job's trade-off by :mod:`tools.report`). Plain
 matplotlib on the Agg backend, so they render without a display."""
 
 from __future__ import annotations

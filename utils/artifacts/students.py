@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.artifacts.model_io import check_model_task, load_model
 from utils.errors import ArgumentError, StageError
-from utils.model_io import check_model_task, load_model
 
 STUDENT_SPEC = re.compile(r"^(-?\d+)([LS])$")
 CHAIN = re.compile(r"^\d+(,\d+)*[LS]$")

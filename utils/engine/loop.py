@@ -1,12 +1,12 @@
 """The one training loop: train, evaluate, select, checkpoint, resume. Every script uses it.
 
-What differs between the scripts is passed in: an :class:`~utils.objectives.Objective` (how a
-batch becomes losses) and a :class:`~utils.evaluation.Selector` (how the model is evaluated,
+What differs between the scripts is passed in: an :class:`~utils.engine.objectives.Objective` (how a
+batch becomes losses) and a :class:`~utils.engine.evaluation.Selector` (how the model is evaluated,
 which score selects the best checkpoint, and which model is saved as ``best/``). The pieces live
-beside it: the data order in :mod:`utils.batches`, one optimizer step in :mod:`utils.step`, the
-model's placement (devices, DDP, FSDP2) in :mod:`utils.sharding`, evaluation and selection in
-:mod:`utils.evaluation`, the files a run keeps (``best/``, ``checkpoint/``, ``metrics.jsonl``) and
-resuming from them in :mod:`utils.checkpoint`, TensorBoard in :mod:`utils.tensorboard`.
+beside it: the data order in :mod:`utils.engine.batches`, one optimizer step in :mod:`utils.engine.step`, the
+model's placement (devices, DDP, FSDP2) in :mod:`utils.engine.sharding`, evaluation and selection in
+:mod:`utils.engine.evaluation`, the files a run keeps (``best/``, ``checkpoint/``, ``metrics.jsonl``) and
+resuming from them in :mod:`utils.engine.checkpoint`, TensorBoard in :mod:`utils.engine.tensorboard`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from utils import checkpoint
-from utils.batches import EpochBatches, to_device
-from utils.checkpoint import (
+from utils.engine import checkpoint
+from utils.engine.batches import EpochBatches, to_device
+from utils.engine.checkpoint import (
     BEST_DIR,
     METRICS_FILE,
     SELECTION_FILE,
@@ -31,10 +31,10 @@ from utils.checkpoint import (
     append_jsonl,
     save_model_atomic,
 )
-from utils.evaluation import Selector, quiet
-from utils.sharding import prepare
-from utils.step import Optimization, backward_batch, plan_steps
-from utils.tensorboard import TENSORBOARD_DIR, Scalars
+from utils.engine.evaluation import Selector, quiet
+from utils.engine.sharding import prepare
+from utils.engine.step import Optimization, backward_batch, plan_steps
+from utils.engine.tensorboard import TENSORBOARD_DIR, Scalars
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
     """Train ``model`` with ``objective``, evaluate with ``selector``, keep the best in ``output_dir/best``.
 
     Args:
-        args: the training arguments (:class:`utils.args.TrainingArguments`).
-        run: the :class:`utils.run.Run` (device, ranks, precision, seed, settings).
-        model: the model to train (bare module; placed here by :func:`utils.sharding.prepare`, with the
+        args: the training arguments (:class:`utils.command.args.TrainingArguments`).
+        run: the :class:`utils.command.run.Run` (device, ranks, precision, seed, settings).
+        model: the model to train (bare module; placed here by :func:`utils.engine.sharding.prepare`, with the
             objective's teacher under ``--fsdp``).
         train_dataset: an encoded dataset with ``lengths`` and ``collate_fn``.
         objective: how a batch becomes losses (one backward per pass).
@@ -127,7 +127,7 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
 class _Stage:
     """One call of :func:`train`: what it holds from step to step, and what it does at a step, an
     evaluation and a checkpoint. ``state``, ``losses`` and ``best_record`` come from
-    :func:`utils.checkpoint.resume`."""
+    :func:`utils.engine.checkpoint.resume`."""
 
     def __init__(self, args, run, placed, optimization: Optimization, objective, selector: Selector, tokenizer,
                  output_dir: Path, settings: dict, steps_per_epoch: int, total_steps: int):
@@ -210,7 +210,7 @@ class _Stage:
         state.eval_seconds += time.time() - started
 
     def checkpoint(self) -> None:
-        """Save the resumable state (:func:`utils.checkpoint.save_state`)."""
+        """Save the resumable state (:func:`utils.engine.checkpoint.save_state`)."""
         checkpoint.save_state(self.output_dir / STATE_DIR, self.placed, self.optimization, self.state, self.selector,
                               self.losses, self.run, self.settings,
                               {"best_record": self.best_record, "objective": self.objective.state_dict()})

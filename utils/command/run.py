@@ -4,7 +4,7 @@ A run owns ``--output_dir`` literally. Its files:
 
 * ``args.json``  every argument, package versions, git revision, world size;
 * ``log.txt``    the console log (appended to when a run resumes);
-* ``metrics.jsonl``, ``results.json``, ``best/``, ``checkpoint/``: written by :mod:`utils.loop`.
+* ``metrics.jsonl``, ``results.json``, ``best/``, ``checkpoint/``: written by :mod:`utils.engine.loop`.
 
 Only rank 0 writes. A finished run (``results.json`` present) is never overwritten without
 ``--overwrite_output_dir``; an interrupted one (``checkpoint/`` present) is resumed.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -24,19 +23,18 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from utils.args import flag_values
+from utils.artifacts.files import ARGS_FILE, write_json_atomic
+from utils.artifacts.fingerprint import check_settings, run_settings
+from utils.command.args import flag_values
+from utils.engine.checkpoint import set_seed
 from utils.errors import USER_ERRORS, RunError
-from utils.files import write_json_atomic
-from utils.fingerprint import check_settings, run_settings
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ARGS_FILE = "args.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "scipy", "seqeval", "safetensors")
 
 
@@ -52,7 +50,7 @@ class Run:
         fsdp: whether models are sharded across the processes (``--fsdp`` with several of them).
         resume: True when ``checkpoint/`` was found and training continues from it.
         seed: the run's seed (data order, initialisation, dropout).
-        settings: what the run's results depend on (:func:`utils.fingerprint.run_settings`).
+        settings: what the run's results depend on (:func:`utils.artifacts.fingerprint.run_settings`).
     """
 
     output_dir: Path
@@ -83,13 +81,6 @@ class Run:
         """Write ``output_dir/name`` atomically (rank 0 only)."""
         if self.is_main:
             write_json_atomic(self.output_dir / name, payload)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
 
 
 def git_revision() -> str | None:
@@ -206,7 +197,7 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
 def start_run(args, script: str, resumable: bool = True, training: bool = True) -> Run:
     """Set up processes, device, output folder, logging, seeds and ``args.json`` for one script run.
 
-    ``args`` is the script's parsed arguments (:func:`utils.args.parse_args`); its ``run`` group says
+    ``args`` is the script's parsed arguments (:func:`utils.command.args.parse_args`); its ``run`` group says
     where and how to run, and every flag goes into ``args.json`` and the run's settings.
 
     ``training`` False (``--do_test``/``--do_infer`` alone) scores an existing model: the folder's

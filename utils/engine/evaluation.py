@@ -11,9 +11,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from utils.batches import to_device
-from utils.metrics import compute_metrics
-from utils.sharding import filler_batches
+from utils.engine.batches import to_device
+from utils.engine.sharding import filler_batches
+from utils.maths.metrics import compute_metrics
 
 
 def unwrap(model):

@@ -26,13 +26,12 @@ import torch
 import torch.distributed as dist
 
 from models.standalone import write_standalone
+from utils.artifacts.files import write_json_atomic
+from utils.artifacts.fingerprint import check_settings
+from utils.artifacts.model_card import save_card
+from utils.engine.loop_state import LoopState, RunningMean
+from utils.engine.state_signature import sign_folder, verify_folder
 from utils.errors import RunError
-from utils.files import write_json_atomic
-from utils.fingerprint import check_settings
-from utils.loop_state import LoopState, RunningMean
-from utils.model_card import save_card
-from utils.run import set_seed
-from utils.state_signature import sign_folder, verify_folder
 
 BEST_DIR = "best"
 SHARDED_PREFIX = "sharded-step-"
@@ -47,7 +46,7 @@ logger = logging.getLogger(__name__)
 def save_model_atomic(model, tokenizer, directory: Path, files: dict | None = None, run_dir: Path | None = None) -> None:
     """Save ``model`` (+ tokenizer, + JSON ``files`` {name: payload}) so ``directory`` is never half-written;
     with the modeling file and ``auto_map`` that let transformers load it alone (:mod:`models.standalone`),
-    and its model card (:mod:`utils.model_card`; how it was made is read from ``run_dir``'s ``args.json``).
+    and its model card (:mod:`utils.artifacts.model_card`; how it was made is read from ``run_dir``'s ``args.json``).
 
     The new copy is written beside the target and swapped in by renames; if a crash interrupts
     the swap, :func:`recover_model_dir` restores the previous copy.
@@ -90,6 +89,14 @@ def _rng_state() -> dict:
     return state
 
 
+def set_seed(seed: int) -> None:
+    """Seed every random generator a run draws from (Python, NumPy, torch on the CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
 def restore_rng_state(state: dict) -> None:
     """Restore what :func:`_rng_state` returned."""
     version, internal, gauss = state["python"]
@@ -104,8 +111,8 @@ def restore_rng_state(state: dict) -> None:
 
 def save_state(path: Path, placed, optimization, state: LoopState, selector, losses: RunningMean, run,
                settings: dict, extra: dict) -> None:
-    """Write the resumable state of the :class:`~utils.sharding.Placed` model and its
-    :class:`~utils.step.Optimization`; a finished run keeps only its counters and selection (no weights).
+    """Write the resumable state of the :class:`~utils.engine.sharding.Placed` model and its
+    :class:`~utils.engine.step.Optimization`; a finished run keeps only its counters and selection (no weights).
 
     Each process's random state and running training loss are gathered, so every rank resumes its own.
     """
@@ -140,7 +147,7 @@ def save_state(path: Path, placed, optimization, state: LoopState, selector, los
 
 def save_sharded(path: Path, module, optimizer) -> None:
     """Every process writes its shards of ``module`` (FSDP2) and ``optimizer`` into ``path``; rank 0 then
-    signs the folder (:mod:`utils.state_signature`), as its metadata is a pickle."""
+    signs the folder (:mod:`utils.engine.state_signature`), as its metadata is a pickle."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 

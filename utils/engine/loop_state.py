@@ -1,5 +1,5 @@
 """Where a training stage is: its counters and its running training loss, both saved with the resumable
-state (:mod:`utils.checkpoint`) so that a resumed stage continues exactly."""
+state (:mod:`utils.engine.checkpoint`) so that a resumed stage continues exactly."""
 
 from __future__ import annotations
 
