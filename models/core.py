@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import operator
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -494,27 +494,28 @@ class PrunableModel:
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer's activations in backward instead of keeping them (non-reentrant
         ``torch.utils.checkpoint``, RNG state preserved, so dropout draws the same masks). The widths a
-        layer reads are module state set before the forward; a sandwich runs each width's backward
-        before the next ``sparsify``, so recomputation sees the width of its own pass."""
+        layer reads are module state set before the forward; a sandwich runs each width's forward and
+        backward inside one ``at_sparsity``, so recomputation sees the width of its own pass."""
         self.checkpoint_layers = enabled
 
     def compile_layers(self) -> None:
         """``torch.compile`` every transformer layer, with dynamic shapes: one graph serves every sequence
         length and token count, and (the widths being ints on the blocks, left unspecialised) every
         width of a sandwich; a width of 0 or 1 still compiles its own graph. The first steps pay the
-        compilation; on CUDA the fused kernels pay it back, on the CPU see docs/runs.md."""
-        import torch._dynamo
-
-        torch._dynamo.config.allow_unspec_int_on_nn_module = True
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compilation; on CUDA the fused kernels pay it back, on the CPU see docs/runs.md. The compiler settings
+        this needs apply only while the model's own layers run (:meth:`call_layer`), never to the process."""
         for layer in self.layer_modules():
             layer.compile(dynamic=True)
+        self.compiled_layers = True
 
     def call_layer(self, layer, *args):
-        """``layer(*args)``, checkpointed in training when :meth:`set_gradient_checkpointing` is on."""
-        if getattr(self, "checkpoint_layers", False) and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, *args, use_reentrant=False)
-        return layer(*args)
+        """``layer(*args)``, checkpointed in training when :meth:`set_gradient_checkpointing` is on; a compiled
+        layer runs with the compiler settings of :meth:`compile_layers`."""
+        settings = _compiled_layer_settings() if getattr(self, "compiled_layers", False) else nullcontext()
+        with settings:
+            if getattr(self, "checkpoint_layers", False) and self.training and torch.is_grad_enabled():
+                return checkpoint(layer, *args, use_reentrant=False)
+            return layer(*args)
 
     def prunable_parameter_counts(self) -> tuple[int, int]:
         """``(now, stored)`` parameter counts of the linears every block's units live in."""
@@ -533,6 +534,15 @@ class PrunableModel:
             use (embeddings, norms and task head included).
         """
         return _count_parameters(self, self)
+
+
+def _compiled_layer_settings():
+    """Dynamo's settings for compiled layers: the widths (ints on the blocks) stay unspecialised, and a
+    sandwich's widths and lengths may recompile a layer more often than the default limit allows."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True,
+                                      recompile_limit=max(torch._dynamo.config.recompile_limit, 64))
 
 
 def _count_parameters(model: nn.Module, pruned: PrunableModel) -> dict[str, int]:

@@ -46,3 +46,13 @@ def test_compiled_sandwich_step_equals_eager(model_type, overrides):
     assert compiled.keys() == eager.keys()
     for name, grad in eager.items():
         torch.testing.assert_close(compiled[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_compiling_the_layers_leaves_the_process_compiler_settings_alone():
+    import torch._dynamo
+
+    before = (torch._dynamo.config.allow_unspec_int_on_nn_module, torch._dynamo.config.recompile_limit)
+    model = tiny_model("sparsebert_cls", 3, levels=(60, 90), seed=4)
+    model.compile_layers()
+    assert model.base_model.compiled_layers
+    assert (torch._dynamo.config.allow_unspec_int_on_nn_module, torch._dynamo.config.recompile_limit) == before
