@@ -278,6 +278,9 @@ class PrunableModel:
     # Whether a config of lower depth than its map may drop the map's extra rows (True when every row
     # is a layer's, so the bottom layers' rows are the first ones).
     rows_are_layers: bool = True
+    # Whether the forward pass reads ``token_type_ids`` (a family that is its own task model, as EncT5's,
+    # says it here; the others on their task models, :class:`PrunableTaskModel`).
+    reads_token_types: bool = False
 
     @classmethod
     def unit_row_counts(cls, config) -> dict[str, int]:

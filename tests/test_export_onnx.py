@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.helpers import save_tiny_teacher
+from models import MODEL_REGISTRY
+from tests.helpers import save_tiny_teacher, tiny_model
 from tools import export_onnx, latency
 from utils.artifacts.model_io import load_model, load_tokenizer
 from utils.engine.checkpoint import save_model_atomic
@@ -49,6 +50,12 @@ def check_family(tmp_path, model_type):
                                         "sparsedecoder_ner"])
 def test_every_family_exports(tmp_path, model_type):
     check_family(tmp_path, model_type)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_REGISTRY))
+def test_only_bert_exports_take_segment_ids(model_type):
+    names = export_onnx.input_names(tiny_model(model_type, 3))
+    assert names == ["input_ids", "attention_mask", *(["token_type_ids"] if "bert" in model_type else [])]
 
 
 def test_a_folder_without_a_project_model_is_refused(tmp_path, capsys):
