@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         selector = MetricSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run)
         result = train(training, run, student, data["train"], objective, selector, tokenizer, run.output_dir,
                        resume=run.resume)
-        summary = train_summary(result, model_type)
+        summary = train_summary(result, model_type).to_json()
     results = finish(args, run, task, run.output_dir, summary)
     end_run(run)
     return results

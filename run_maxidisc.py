@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from utils.artifacts.fingerprint import settings_key
@@ -125,14 +125,13 @@ def run_chain(args, run, tokenizer, data, chain: Chain, chain_dir: Path, reuse_d
         key = stage_key(parent_key, spec, run)
         settings = stage_settings(run, key=key)
         marker = {"key": key, "student": str(spec), "chain": name, "teacher": teacher_path}
-        summary = read_stage(stage_dir, settings)
-        source = None if summary else find_finished_stage(reuse_dir, key, stage_dir)
-        if summary is None and source is not None:
+        stage = read_stage(stage_dir, settings)
+        source = None if stage else find_finished_stage(reuse_dir, key, stage_dir)
+        if stage is None and source is not None:
             logger.info("stage %s of %s: reusing the finished stage %s", spec, name, source)
-            summary = {**json.loads((source / "results.json").read_text()), "reused_from": str(source),
-                       "settings": settings}
-            close_stage(run, stage_dir, summary, {STAGE_FILE: {**marker, "reused_from": str(source)}})
-        elif summary is None:
+            stage = replace(read_stage(source), reused_from=str(source), settings=settings)
+            close_stage(run, stage_dir, stage, {STAGE_FILE: {**marker, "reused_from": str(source)}})
+        elif stage is None:
             logger.info("stage %d/%d of %s: %s → %s", k, len(chain), name, teacher_path, spec)
             teacher = load_teacher(model_type, teacher_path, task)
             student = build_student(model_type, teacher_path, spec, task)
@@ -141,22 +140,22 @@ def run_chain(args, run, tokenizer, data, chain: Chain, chain_dir: Path, reuse_d
                                       args.training.per_device_eval_batch_size, run)
             result = train(args.training, run, student, data["train"], objective, selector, tokenizer, stage_dir,
                            resume=True, extra_state={"key": key})
-            summary = {**train_summary(result, model_type), "student": str(spec), "key": key,
-                       "model_dir": str(stage_dir / BEST_DIR), "settings": settings}
-            close_stage(run, stage_dir, summary, {STAGE_FILE: marker})
-        stages.append(summary)
-        teacher_path = summary["model_dir"]
+            stage = replace(train_summary(result, model_type), student=str(spec), key=key,
+                            model_dir=str(stage_dir / BEST_DIR), settings=settings)
+            close_stage(run, stage_dir, stage, {STAGE_FILE: marker})
+        stages.append(stage)
+        teacher_path = stage.model_dir
         parent_key = key
-    trained = [s for s in stages if "reused_from" not in s]
+    trained = [s for s in stages if s.reused_from is None]
     assistants = [] if chain.target.sparsity is None else [spec.sparsity for spec in chain.assistants]
-    return {**{k: v for k, v in stages[-1].items() if k != "settings"}, "chain": name, "student_dir": teacher_path,
-            "assistants": assistants,
-            "reused_from": [s["reused_from"] for s in stages if "reused_from" in s],
+    return {**{k: v for k, v in stages[-1].to_json().items() if k not in ("settings", "reused_from")},
+            "chain": name, "student_dir": teacher_path, "assistants": assistants,
+            "reused_from": [s.reused_from for s in stages if s.reused_from is not None],
             "cost": {"stages_trained": len(trained), "stages_reused": len(stages) - len(trained),
-                     "steps": sum(s["train"]["steps"] for s in trained),
-                     "seconds": round(sum(s["train"]["seconds"] for s in trained), 2),
-                     "steps_incl_reused": sum(s["train"]["steps"] for s in stages),
-                     "seconds_incl_reused": round(sum(s["train"]["seconds"] for s in stages), 2)}}
+                     "steps": sum(s.train["steps"] for s in trained),
+                     "seconds": round(sum(s.train["seconds"] for s in trained), 2),
+                     "steps_incl_reused": sum(s.train["steps"] for s in stages),
+                     "seconds_incl_reused": round(sum(s.train["seconds"] for s in stages), 2)}}
 
 
 def main(argv=None) -> dict:

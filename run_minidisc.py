@@ -33,13 +33,19 @@ from utils.command.args import (
 )
 from utils.command.cli import cli
 from utils.command.planner import dry_run
-from utils.command.results import close_stage, finish, read_stage, stage_settings, train_summary
+from utils.command.results import StageResult, close_stage, finish, read_stage, stage_settings, train_summary
 from utils.command.run import end_run, start_run
 from utils.engine.checkpoint import BEST_DIR
 from utils.engine.evaluation import MetricSelector, evaluate
 from utils.engine.loop import train
 from utils.engine.objectives import SandwichObjective, build_distill_objective
-from utils.engine.schedule import PREDICTIONS_FILE, SandwichSelector, fixed_subset, plot_schedule
+from utils.engine.schedule import (
+    PREDICTIONS_FILE,
+    SandwichSelector,
+    ScheduleRecord,
+    fixed_subset,
+    plot_schedule,
+)
 from utils.engine.sharding import place
 from utils.errors import StageError
 
@@ -51,8 +57,8 @@ class Arguments(DistillScriptArguments):
     schedule: ScheduleArguments
 
 
-def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iteration: int, data) -> dict:
-    """Train one iteration from ``teacher_path`` into ``stage_dir``; return its summary with the schedule."""
+def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iteration: int, data) -> StageResult:
+    """Train one iteration from ``teacher_path`` into ``stage_dir``; return what it produced, with its schedule."""
     task, model_type, schedule_args, training = args.task, args.model.model_type, args.schedule, args.training
     final = iteration == schedule_args.target_iteration
     teacher = place(load_teacher(model_type, teacher_path, task), run)
@@ -86,16 +92,14 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
         training = replace(training, max_steps=schedule_args.search_max_steps)
     result = train(training, run, model, data["train"], objective, selector, tokenizer, stage_dir, resume=True,
                    extra_state={"iteration": iteration})
-    summary = {**train_summary(result, model_type), "settings": stage_settings(run, iteration=iteration)}
-    if isinstance(selector, SandwichSelector):
-        schedule = selector.summary()
-    else:
-        schedule = {"selected": schedule_args.target_sparsity}
-    schedule.update(iteration=iteration, teacher=teacher_path, teacher_sparsity=teacher_sparsity,
-                    mode="alone" if isinstance(selector, MetricSelector) else "sandwich")
-    schedule["role"] = "student" if schedule["selected"] == schedule_args.target_sparsity else "assistant"
-    summary["schedule"] = schedule
-    return summary
+    search = selector.summary() if isinstance(selector, SandwichSelector) else {
+        "selected": schedule_args.target_sparsity}
+    schedule = ScheduleRecord(iteration=iteration, teacher=teacher_path, teacher_sparsity=teacher_sparsity,
+                              mode="alone" if isinstance(selector, MetricSelector) else "sandwich",
+                              role="student" if search["selected"] == schedule_args.target_sparsity else "assistant",
+                              **search)
+    return replace(train_summary(result, model_type), settings=stage_settings(run, iteration=iteration),
+                   schedule=schedule)
 
 
 def main(argv=None) -> dict:
@@ -131,20 +135,20 @@ def main(argv=None) -> dict:
                 logger.info("iteration %d already finished in %s: reusing it", k, stage_dir)
             iterations.append(stage)
             teacher_path = str(stage_dir / BEST_DIR)
-            if stage["schedule"]["role"] == "student":
+            if stage.schedule.role == "student":
                 break
-        schedule = [it["schedule"] for it in iterations]
+        schedule = [it.schedule.to_json() for it in iterations]
         if run.is_main:
             write_json_atomic(run.output_dir / "schedule.json", {"metric": metric, "lam": schedule_args.lam,
                                                                  "iterations": schedule})
             plot_schedule(schedule, run.output_dir / "schedule.png", metric,
-                          student_score=(iterations[-1].get("best_dev") or {}).get(metric),
+                          student_score=(iterations[-1].best_dev or {}).get(metric),
                           teacher_score=teacher_dev.get(metric))
         student_dir = Path(teacher_path)
-        assistants = [s["selected"] for s in schedule if s["role"] == "assistant"]
-        last = {key: value for key, value in iterations[-1].items() if key != "settings"}
+        assistants = [it.schedule.selected for it in iterations if it.schedule.role == "assistant"]
+        last = {key: value for key, value in iterations[-1].to_json().items() if key != "settings"}
         summary = {**last, "teacher_dev": teacher_dev, "assistants": assistants, "schedule": schedule,
-                   "iterations": [{k: it[k] for k in ("best_step", "best_score", "best_dev", "model", "train")}
+                   "iterations": [{k: getattr(it, k) for k in ("best_step", "best_score", "best_dev", "model", "train")}
                                   for it in iterations]}
         summary["paths"] = {**summary["paths"], "student": str(student_dir),
                             "schedule": str(run.output_dir / "schedule.json")}

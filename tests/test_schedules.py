@@ -12,6 +12,7 @@ from data.readers import read_examples
 from tests.helpers import crashing_epochs, read_jsonl, same_weights, schedule_args
 from utils.artifacts.plots import pyplot
 from utils.command.cli import cli
+from utils.command.results import StageResult, read_stage
 from utils.engine.schedule import draw_schedule, fixed_subset, plot_schedule, schedule_panels
 from utils.maths.metrics import compute_metrics
 
@@ -38,6 +39,11 @@ def test_minidisc_two_iterations(args_for, tmp_path):
     assert {int(s): v["score"] for s, v in first["performance"].items()} == best_p
     assert len(first["lambda_sweep"]) > 3
     assert (out / "schedule.png").stat().st_size > 1000
+    # in memory a stage is typed (sparsities are ints), and it is written back exactly as it was read
+    stage = read_stage(out / "iter_1")
+    assert stage.schedule.role == "assistant" and set(stage.schedule.performance) == set(first["candidates"])
+    assert stage.to_json() == json.loads((out / "iter_1" / "results.json").read_text())
+    assert StageResult.from_json(stage.to_json()) == stage
     assert sorted(p.name for p in (out / "iter_1" / "export").iterdir()) == [f"{s}S" for s in (50, 60, 70, 80, 85, 90, 95)]
     # the saved assistant is physically pruned to the chosen width
     assistant = json.loads((out / "iter_1" / "best" / "config.json").read_text())

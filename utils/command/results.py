@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from data.outputs import write_conll_predictions, write_glue_submission
@@ -17,6 +18,7 @@ from utils.artifacts.students import describe_model
 from utils.artifacts.task_data import load_split
 from utils.engine.checkpoint import BEST_DIR, remove_state
 from utils.engine.evaluation import evaluate, predict
+from utils.engine.schedule import ScheduleRecord
 from utils.engine.sharding import place
 from utils.errors import StageError
 
@@ -32,9 +34,15 @@ def final_model_dir(eval_model_path: str | None, default: Path) -> Path:
     return path
 
 
+def read_results(output_dir: Path) -> dict | None:
+    """A finished run's ``results.json`` (what :func:`finish` wrote), or None."""
+    path = Path(output_dir) / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def trained_model_dir(output_dir: Path) -> Path:
     """The model a finished run produced: its results' student (MiniDisc, MaxiDisc), else ``best/``."""
-    results = read_stage(output_dir) or {}
+    results = read_results(output_dir) or {}
     recorded = results.get("paths", {}).get("student")
     return Path(recorded) if recorded else Path(output_dir) / BEST_DIR
 
@@ -72,21 +80,61 @@ def test_and_infer(args, run, task, output_dir: Path, model_dir: Path | None = N
     return report
 
 
-def train_summary(result, model_type: str) -> dict:
-    """The results.json entries of one training stage: best dev metrics, model size, cost, paths."""
+@dataclass
+class StageResult:
+    """One finished training stage: a script's run, a MiniDisc iteration or a MaxiDisc stage. Its best
+    evaluation (step, score, dev metrics), the model it saved (``model``: sizes), what training cost
+    (``train``) and where things are (``paths``); a stage of a schedule also records the ``settings`` it was
+    trained under, a MaxiDisc stage its ``student``, ``key`` and ``model_dir`` (and ``reused_from`` when it
+    was taken from another run), a MiniDisc iteration its ``schedule`` entry.
+
+    Written as the stage's ``results.json`` by :meth:`to_json` (the optional fields only when set) and read
+    back by :meth:`from_json`.
+    """
+
+    best_step: int
+    best_score: float
+    best_dev: dict | None
+    model: dict | None
+    train: dict
+    paths: dict
+    settings: dict | None = None
+    student: str | None = None
+    key: str | None = None
+    model_dir: str | None = None
+    reused_from: str | None = None
+    schedule: ScheduleRecord | None = None
+
+    def to_json(self) -> dict:
+        record = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+                  or f.default is MISSING}
+        if self.schedule is not None:
+            record["schedule"] = self.schedule.to_json()
+        return record
+
+    @classmethod
+    def from_json(cls, payload: dict) -> StageResult:
+        record = dict(payload)
+        if record.get("schedule") is not None:
+            record["schedule"] = ScheduleRecord.from_json(record["schedule"])
+        return cls(**record)
+
+
+def train_summary(result, model_type: str) -> StageResult:
+    """What one training stage produced (see :class:`StageResult`): best dev metrics, model size, cost, paths."""
     best = load_model(model_type, str(result.best_dir)) if result.best_dir.is_dir() else None
     record = result.best_record or {}
-    return {
-        "best_step": result.best_step,
-        "best_score": result.best_score,
-        "best_dev": record["sparsities"][str(record["choice"])] if "sparsities" in record else record.get("metrics"),
-        "model": describe_model(best) if best is not None else None,
-        "train": {"steps": result.steps, "epochs": result.epochs_run, "seconds": result.train_seconds,
-                  "eval_seconds": result.eval_seconds,
-                  "examples_per_second": result.examples_per_second, "stop_reason": result.stop_reason,
-                  **result.objective_stats},
-        "paths": {"best": str(result.best_dir)},
-    }
+    return StageResult(
+        best_step=result.best_step,
+        best_score=result.best_score,
+        best_dev=record["sparsities"][str(record["choice"])] if "sparsities" in record else record.get("metrics"),
+        model=describe_model(best) if best is not None else None,
+        train={"steps": result.steps, "epochs": result.epochs_run, "seconds": result.train_seconds,
+               "eval_seconds": result.eval_seconds,
+               "examples_per_second": result.examples_per_second, "stop_reason": result.stop_reason,
+               **result.objective_stats},
+        paths={"best": str(result.best_dir)},
+    )
 
 
 def finish(args, run, task, output_dir: Path, summary: dict, model_dir: Path | None = None) -> dict:
@@ -99,7 +147,7 @@ def finish(args, run, task, output_dir: Path, summary: dict, model_dir: Path | N
     if args.training.do_train:
         results = {"task": task.name, "selection_metric": args.training.selection_metric, **summary}
     else:
-        results = read_stage(output_dir) or {"task": task.name}
+        results = read_results(output_dir) or {"task": task.name}
     results.update(test_and_infer(args, run, task, output_dir, model_dir))
     results["paths"] = {**results.get("paths", {}), "output_dir": str(output_dir)}
     run.write_json("results.json", results)
@@ -127,7 +175,7 @@ def stage_settings(run, **stage) -> dict:
     return {"run": run.settings, "stage": stage}
 
 
-def read_stage(stage_dir: Path, settings: dict | None = None) -> dict | None:
+def read_stage(stage_dir: Path, settings: dict | None = None) -> StageResult | None:
     """The results of a finished stage (``stage_dir/results.json``), or None if it has not finished.
 
     With ``settings``, a finished stage must have been trained under them.
@@ -141,16 +189,16 @@ def read_stage(stage_dir: Path, settings: dict | None = None) -> dict | None:
     results = json.loads(path.read_text())
     if settings is not None:
         check_settings(results.get("settings"), settings, stage_dir, "finished stage")
-    return results
+    return StageResult.from_json(results)
 
 
-def close_stage(run, stage_dir: Path, summary: dict, files: dict | None = None) -> None:
+def close_stage(run, stage_dir: Path, stage: StageResult, files: dict | None = None) -> None:
     """Mark a stage of a schedule finished: ``results.json`` (+ JSON ``files`` {name: payload}, written
     first), and no resumable state left behind."""
     if run.is_main:
         Path(stage_dir).mkdir(parents=True, exist_ok=True)
         for name, payload in (files or {}).items():
             write_json_atomic(Path(stage_dir) / name, payload)
-        write_json_atomic(Path(stage_dir) / "results.json", summary)
+        write_json_atomic(Path(stage_dir) / "results.json", stage.to_json())
         remove_state(stage_dir)
     run.barrier()

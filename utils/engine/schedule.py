@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from utils.artifacts.plots import pyplot
@@ -21,6 +22,48 @@ logger = logging.getLogger(__name__)
 
 SUBSET_SEED = 0  # the dev subset of --search_eval_samples: the same examples in every run and seed
 PREDICTIONS_FILE = "dev_predictions.jsonl"
+
+
+@dataclass
+class ScheduleRecord:
+    """One iteration of MiniDisc's schedule (an entry of ``schedule.json``): its teacher, how it trained
+    (``mode``: the sandwich, or the student distilled ``alone``), what it selected and in which ``role``
+    (an ``assistant`` for the next iteration, or the ``student``); for a sandwich, what the choice was read
+    from (:meth:`SandwichSelector.summary`: the candidates, P(s) with its step, τ(s), the λ sweep).
+
+    Kept typed in memory and written as JSON (str sparsity keys) only by :meth:`to_json`.
+    """
+
+    iteration: int
+    teacher: str
+    teacher_sparsity: int
+    mode: str
+    selected: int
+    role: str
+    candidates: list[int] | None = None
+    evaluated: list[int] | None = None
+    performance: dict[int, dict] | None = None  # s -> {"score": P(s), "step": the step that reached it}
+    tradeoff: dict[int, float] | None = None
+    lam: float | None = None
+    range: list[int] | None = None
+    selected_score: float | None = None
+    selected_step: int | None = None
+    lambda_sweep: list[dict] | None = None
+
+    def to_json(self) -> dict:
+        record = {key: value for key, value in asdict(self).items() if value is not None}
+        for key in ("performance", "tradeoff"):
+            if key in record:
+                record[key] = {str(s): value for s, value in record[key].items()}
+        return record
+
+    @classmethod
+    def from_json(cls, payload: dict) -> ScheduleRecord:
+        record = dict(payload)
+        for key in ("performance", "tradeoff"):
+            if record.get(key) is not None:
+                record[key] = {int(s): value for s, value in record[key].items()}
+        return cls(**record)
 
 
 def fixed_subset(num_examples: int, size: int) -> list[int]:
@@ -133,14 +176,14 @@ class SandwichSelector(Selector):
                                                                   state["selected_step"])
 
     def summary(self, lams=DEFAULT_LAMBDA_GRID) -> dict:
-        """P(s) with the step that reached it, τ(s), the saved choice with its score and step, and the λ
-        sweep (JSON-able)."""
+        """The fields of a :class:`ScheduleRecord` this selector knows: P(s) with the step that reached it,
+        τ(s), the saved choice with its score and step, and the λ sweep."""
         return {
             "candidates": self.sparsities,
             "evaluated": self.evaluated,
-            "performance": {str(s): {"score": self.performance[s], "step": self.performance_step[s]}
+            "performance": {s: {"score": self.performance[s], "step": self.performance_step[s]}
                             for s in sorted(self.performance)},
-            "tradeoff": {str(s): round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
+            "tradeoff": {s: round(tradeoff(p, s, self.lam), 6) for s, p in sorted(self.performance.items())
                          if self.low <= s <= self.target},
             "lam": self.lam,
             "range": [self.low, self.target],
