@@ -1,4 +1,4 @@
-"""benchmarks/compare_schedules.py: the paper's experiment computed from synthetic rows (Spearman's ρ, paired
+"""benchmarks/compare_schedules.py and its analysis (benchmarks/schedule_report.py): the paper's experiment computed from synthetic rows (Spearman's ρ, paired
 t intervals, the majority-class floor and its flags, the report), and one tiny run of the whole benchmark."""
 
 import argparse
@@ -12,6 +12,9 @@ from data.tasks import get_task
 from tests.helpers import SHARED_DATA, import_benchmark, requires_shared_data
 from utils.artifacts.plots import draw_students_through_assistants, plot_students_through_assistants, pyplot
 
+common = import_benchmark("common")
+schedule_report = import_benchmark("schedule_report")  # the analysis and report: pure functions of the rows
+
 
 @pytest.fixture(scope="module")
 def compare():
@@ -19,23 +22,23 @@ def compare():
 
 
 def test_chain_assistant(compare):
-    assert compare.chain_assistant("70,90S") == 70
-    assert compare.chain_assistant("60,80,90S") == 60
-    assert compare.chain_assistant("90S") is None
+    assert schedule_report.chain_assistant("70,90S") == 70
+    assert schedule_report.chain_assistant("60,80,90S") == 60
+    assert schedule_report.chain_assistant("90S") is None
 
 
 def test_candidate_rows_join_minidiscs_first_iteration_with_maxidiscs_paths(compare):
     first = {"performance": {"50": 0.80, "60": 0.79, "70": 0.77, "90": 0.70},
              "tradeoff": {"50": 0.90, "60": 0.91, "70": 0.91, "90": 0.88}}
     paths = {"50,90S": 0.74, "70,90S": 0.76, "85,90S": 0.75, "90S": 0.73}
-    rows = compare.candidate_rows(first, paths, low=50, target=90)
+    rows = schedule_report.candidate_rows(first, paths, low=50, target=90)
     # the target (90) is no assistant, 85 has a student but no P, 60 a P but no student
     assert rows == [{"assistant": 50, "P": 0.80, "tau": 0.90, "student": 0.74},
                     {"assistant": 60, "P": 0.79, "tau": 0.91, "student": None},
                     {"assistant": 70, "P": 0.77, "tau": 0.91, "student": 0.76},
                     {"assistant": 85, "P": None, "tau": None, "student": 0.75}]
-    assert [r["assistant"] for r in compare.candidate_rows(first, paths, low=60, target=85)] == [60, 70]
-    assert compare.candidate_rows(None, None, 50, 90) == []
+    assert [r["assistant"] for r in schedule_report.candidate_rows(first, paths, low=60, target=85)] == [60, 70]
+    assert schedule_report.candidate_rows(None, None, 50, 90) == []
 
 
 @pytest.mark.parametrize("x,y,expected", [
@@ -49,7 +52,7 @@ def test_candidate_rows_join_minidiscs_first_iteration_with_maxidiscs_paths(comp
     ([1, None, 2, 3, 4], [1, 5, 2, math.nan, 3], 1.0),
 ])
 def test_rank_correlation(compare, x, y, expected):
-    rho, note = compare.rank_correlation(x, y)
+    rho, note = common.rank_correlation(x, y)
     assert rho == pytest.approx(expected) and note == ""
 
 
@@ -63,66 +66,66 @@ def test_rank_correlation(compare, x, y, expected):
 def test_rank_correlation_is_nan_with_its_reason_never_a_crash(compare, x, y, needle):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scipy warns on constant input: it must never be reached
-        rho, note = compare.rank_correlation(x, y, ("τ(s)", "the student's score"))
+        rho, note = common.rank_correlation(x, y, ("τ(s)", "the student's score"))
     assert math.isnan(rho) and note == needle
 
 
 def test_t_interval_against_hand_computed_values(compare):
     # mean 2, sd 1, t(0.975; 2 df) = 4.302653: 2 ± 4.302653/√3
-    d = compare.t_interval([1.0, 2.0, 3.0])
+    d = schedule_report.t_interval([1.0, 2.0, 3.0])
     assert (d["n"], d["mean"]) == (3, 2.0)
     assert d["low"] == pytest.approx(2 - 2.484138, abs=1e-6) and d["high"] == pytest.approx(2 + 2.484138, abs=1e-6)
     # mean 0.02, sd √(0.001/4) = 0.0158114, t(0.975; 4 df) = 2.776445: half width 0.0196324
-    d = compare.t_interval([0.01, 0.02, 0.00, 0.03, 0.04])
+    d = schedule_report.t_interval([0.01, 0.02, 0.00, 0.03, 0.04])
     assert d["low"] == pytest.approx(0.02 - 0.0196324, abs=1e-7) and d["high"] == pytest.approx(0.0396324, abs=1e-7)
     # a 90% interval is narrower: t(0.95; 4 df) = 2.131847
-    assert compare.t_interval([0.01, 0.02, 0.00, 0.03, 0.04], 0.90)["high"] == pytest.approx(
+    assert schedule_report.t_interval([0.01, 0.02, 0.00, 0.03, 0.04], 0.90)["high"] == pytest.approx(
         0.02 + 2.131847 * 0.0158114 / math.sqrt(5), abs=1e-7)
-    assert compare.t_interval([0.5, 0.5, 0.5]) == {"n": 3, "mean": 0.5, "low": 0.5, "high": 0.5}
-    one = compare.t_interval([0.3])
+    assert schedule_report.t_interval([0.5, 0.5, 0.5]) == {"n": 3, "mean": 0.5, "low": 0.5, "high": 0.5}
+    one = schedule_report.t_interval([0.3])
     assert one["mean"] == 0.3 and math.isnan(one["low"]) and math.isnan(one["high"])
-    assert math.isnan(compare.t_interval([])["mean"])
+    assert math.isnan(schedule_report.t_interval([])["mean"])
 
 
 def test_paired_differences_pair_by_seed(compare):
     rows = [{"method": "minidisc", "seed": 1, "score": 0.80}, {"method": "direct", "seed": 1, "score": 0.75},
             {"method": "minidisc", "seed": 2, "score": 0.70}, {"method": "direct", "seed": 2, "score": 0.72},
             {"method": "minidisc", "seed": 3, "score": 0.90}]  # seed 3 has no direct run: no pair
-    assert compare.paired_differences(rows, "minidisc", "direct") == {1: pytest.approx(0.05), 2: pytest.approx(-0.02)}
-    assert compare.paired_differences(rows, "minidisc", "maxidisc") == {}
+    assert schedule_report.paired_differences(rows, "minidisc", "direct") == {1: pytest.approx(0.05), 2: pytest.approx(-0.02)}
+    assert schedule_report.paired_differences(rows, "minidisc", "maxidisc") == {}
 
 
 def test_majority_floor_of_known_label_lists(compare):
     mrpc, sst2 = get_task("mrpc"), get_task("sst2")
     # 68 of 100 paraphrases: always 1 gives acc 0.68 and F1 2·0.68/1.68
     labels = [1] * 68 + [0] * 32
-    assert compare.majority_floor(mrpc, labels, "acc_and_f1") == pytest.approx((0.68 + 1.36 / 1.68) / 2)
-    assert compare.majority_floor(mrpc, labels, "acc") == pytest.approx(0.68)
+    assert schedule_report.majority_floor(mrpc, labels, "acc_and_f1") == pytest.approx((0.68 + 1.36 / 1.68) / 2)
+    assert schedule_report.majority_floor(mrpc, labels, "acc") == pytest.approx(0.68)
     # the majority is 0 here: acc 0.7, and F1 0 (no positive predicted)
-    assert compare.majority_floor(mrpc, [0] * 7 + [1] * 3, "acc_and_f1") == pytest.approx(0.35)
+    assert schedule_report.majority_floor(mrpc, [0] * 7 + [1] * 3, "acc_and_f1") == pytest.approx(0.35)
     # a tie takes the better constant: always 1 gives (0.5 + 2/3) / 2, always 0 only 0.25
-    assert compare.majority_floor(mrpc, [0, 1, 0, 1], "acc_and_f1") == pytest.approx((0.5 + 2 / 3) / 2)
-    assert compare.majority_floor(sst2, [0, 1, 1, 0, 1], "acc") == pytest.approx(0.6)
-    assert compare.majority_floor(get_task("stsb"), [0.5, 4.0, 2.5], "corr") == 0.0
+    assert schedule_report.majority_floor(mrpc, [0, 1, 0, 1], "acc_and_f1") == pytest.approx((0.5 + 2 / 3) / 2)
+    assert schedule_report.majority_floor(sst2, [0, 1, 1, 0, 1], "acc") == pytest.approx(0.6)
+    assert schedule_report.majority_floor(get_task("stsb"), [0.5, 4.0, 2.5], "corr") == 0.0
     with pytest.raises(ValueError, match="no majority-class floor"):
-        compare.majority_floor(get_task("conll"), [[0, 1]], "f1")
+        schedule_report.majority_floor(get_task("conll"), [[0, 1]], "f1")
 
 
 @requires_shared_data
 def test_majority_floor_of_the_real_mrpc_dev_set_is_the_documented_74_80(compare):
     task = get_task("mrpc")
-    labels = compare.dev_labels(task, str(SHARED_DATA / "glue"), None)
+    labels = common.dev_labels(task, str(SHARED_DATA / "glue"), None)
     assert len(labels) == 408
-    assert compare.majority_floor(task, labels, "acc_and_f1") == pytest.approx(0.7480, abs=5e-5)
-    assert len(compare.dev_labels(task, str(SHARED_DATA / "glue"), 100)) == 100
+    assert schedule_report.majority_floor(task, labels, "acc_and_f1") == pytest.approx(0.7480, abs=5e-5)
+    assert len(common.dev_labels(task, str(SHARED_DATA / "glue"), 100)) == 100
 
 
 def test_at_floor_is_within_two_points_or_below(compare):
-    assert compare.at_floor(0.748, 0.748) and compare.at_floor(0.768, 0.748) and compare.at_floor(0.70, 0.748)
-    assert not compare.at_floor(0.7681, 0.748)
-    assert compare.floor_mark([0.748, 0.80, 0.76], 0.748) == "⚠ 2/3"
-    assert compare.floor_mark([0.80, 0.81], 0.748) == "no"
-    assert compare.floor_mark([0.80], None) == "—"
+    assert schedule_report.at_floor(0.748, 0.748) and schedule_report.at_floor(0.768, 0.748) and schedule_report.at_floor(0.70, 0.748)
+    assert not schedule_report.at_floor(0.7681, 0.748)
+    assert schedule_report.floor_mark([0.748, 0.80, 0.76], 0.748) == "⚠ 2/3"
+    assert schedule_report.floor_mark([0.80, 0.81], 0.748) == "no"
+    assert schedule_report.floor_mark([0.80], None) == "—"
 
 
 def synthetic_rows() -> list[dict]:
@@ -150,7 +153,7 @@ def synthetic_rows() -> list[dict]:
 
 def test_analyse_and_report_synthetic_seeds(compare):
     rows = synthetic_rows()
-    analysis = compare.analyse(rows, low=50, target=90)
+    analysis = schedule_report.analyse(rows, low=50, target=90)
     assert set(analysis["candidates"]) == {1, 2, 3}
     assert [c["assistant"] for c in analysis["candidates"][1]] == [50, 70, 80]
     rho = analysis["correlations"]["minidisc"]
@@ -166,7 +169,7 @@ def test_analyse_and_report_synthetic_seeds(compare):
 
     args = argparse.Namespace(task_name="mrpc", target_sparsity=90, trunc_sparsity=50, lam=0.2, profile="cpu",
                               seeds=[1, 2, 3], methods=["direct", "minidisc", "minidisc_sampled", "maxidisc"])
-    text = compare.report(rows, analysis, args, "acc_and_f1", floor=0.748)
+    text = schedule_report.report(rows, analysis, args, "acc_and_f1", floor=0.748)
     lines = text.splitlines()
     assert "floor (majority class, or chance) 74.80" in lines[0]
     direct_row = next(line for line in lines if line.startswith("| direct |"))
@@ -182,8 +185,8 @@ def test_analyse_and_report_synthetic_seeds(compare):
     assert any("fewer than 5 seeds" in line for line in lines)
     assert lines[-1].startswith("- paper (BERT-base") and "direct student 86.70" in lines[-1]
     assert "best through an assistant 87.40 at scale 0.3 (70S)" in lines[-1]
-    assert "no paper" not in text and not compare.paper_lines("sst2", "gpu")
-    assert "this profile uses the reference's budgets" in compare.paper_lines("mrpc", "gpu")[0]
+    assert "no paper" not in text and not schedule_report.paper_lines("sst2", "gpu")
+    assert "this profile uses the reference's budgets" in schedule_report.paper_lines("mrpc", "gpu")[0]
     # nan has no JSON: compare.json gets null where the report says nan
     assert json.loads(json.dumps(compare.json_ready(analysis), allow_nan=False))["correlations"]["minidisc"]["3"][
         "rho"] is None
@@ -265,7 +268,7 @@ def test_minidisc_alone_differs_from_minidisc_only_in_its_final_iteration(compar
     rows = synthetic_rows()
     rows += [{**r, "method": "minidisc_alone", "score": r["score"] + 0.005 * r["seed"]}
              for r in rows if r["method"] == "minidisc"]
-    analysis = compare.analyse(rows, low=50, target=90)
+    analysis = schedule_report.analyse(rows, low=50, target=90)
     final = analysis["differences"]["minidisc_alone − minidisc"]
     assert final["per_seed"] == {1: pytest.approx(0.005), 2: pytest.approx(0.01), 3: pytest.approx(0.015)}
     assert "minidisc_alone" in analysis["correlations"]
