@@ -1,5 +1,6 @@
-"""benchmarks/compare_schedules.py and its analysis (benchmarks/schedule_report.py): the paper's experiment computed from synthetic rows (Spearman's ρ, paired
-t intervals, the majority-class floor and its flags, the report), and one tiny run of the whole benchmark."""
+"""benchmarks/compare_schedules.py and its analysis (benchmarks/schedule_report.py): the paper's experiment
+computed from synthetic rows (Spearman's ρ, paired t intervals, the majority-class floor and its flags, the
+report), and one tiny run of the whole benchmark."""
 
 import argparse
 import json
