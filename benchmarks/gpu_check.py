@@ -88,7 +88,8 @@ def measure(model_type, config, precision, args, device, rank, world, sandwich: 
     objective = TaskObjective()
     if sandwich:
         teacher = build(model_type, config, device).eval()
-        objective = SandwichObjective(DistillObjective(teacher, "hidden_kd", 1.0, False, sharded=args.fsdp), list(LEVELS))
+        distill = DistillObjective(teacher, "hidden_kd", 1.0, False, sharded=args.fsdp)
+        objective = SandwichObjective(distill, list(LEVELS))
     if args.fsdp:
         for model in [student, *objective.frozen_models()]:
             shard(model, run)

@@ -48,10 +48,10 @@ def backward_batch(objective, placed, batch: dict, group_size: int = 1, sync: bo
 
     Each pass's loss is divided by ``group_size`` (the batches accumulated into this optimizer step)
     and backpropagated before the next pass runs, so only one pass's activations are alive at a time.
-    A pass that trains a width of its own (:meth:`~utils.engine.objectives.Objective.width`) runs, forward and
-    backward, inside ``at_sparsity`` of it. Gradients are synchronised only by the last pass of a batch with ``sync`` (the last of its group);
-    under FSDP2 that pass also reshards, so parameters are gathered once per step
-    (:meth:`~utils.engine.sharding.Placed.pass_context`).
+    A pass that trains a width of its own (:meth:`~utils.engine.objectives.Objective.width`) runs, forward
+    and backward, inside ``at_sparsity`` of it. Gradients are synchronised only by the last pass of a batch
+    with ``sync`` (the last of its group); under FSDP2 that pass also reshards, so parameters are gathered
+    once per step (:meth:`~utils.engine.sharding.Placed.pass_context`).
     """
     autocast = autocast or nullcontext()
     with autocast:
