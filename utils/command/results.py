@@ -183,10 +183,9 @@ def read_stage(stage_dir: Path, settings: dict | None = None) -> StageResult | N
     Raises:
         SettingsMismatch: the stage finished under other settings.
     """
-    path = Path(stage_dir) / "results.json"
-    if not path.exists():
+    results = read_results(stage_dir)
+    if results is None:
         return None
-    results = json.loads(path.read_text())
     if settings is not None:
         check_settings(results.get("settings"), settings, stage_dir, "finished stage")
     return StageResult.from_json(results)
