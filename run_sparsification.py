@@ -42,7 +42,7 @@ from utils.engine.importance_pass import (
     importance_record,
     load_importance,
 )
-from utils.engine.sharding import gathered, place, unsharded
+from utils.engine.sharding import place, to_save, unsharded
 from utils.errors import ArgumentError, StageError
 from utils.maths.importance import DEFAULT_SPARSITIES, build_sparsity_map, normalize_scores, parse_sparsities
 
@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
     teacher = place(teacher, run)
     curve = pruning_curve(teacher, dev, levels, options.per_device_eval_batch_size, run)
     model_dir = run.output_dir / MODEL_DIR
-    plain = gathered(teacher) if run.fsdp else teacher  # every process takes part in gathering
+    plain = to_save(teacher, run.fsdp)  # every process takes part in gathering
     if run.is_main:
         record = importance_record(scores["head"], scores["neuron"], scores["split"], scores["num_examples"])
         save_model_atomic(plain, tokenizer, model_dir, {IMPORTANCE_FILE: record}, run_dir=run.output_dir)

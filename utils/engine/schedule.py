@@ -15,7 +15,7 @@ from pathlib import Path
 from utils.artifacts.plots import pyplot
 from utils.engine.checkpoint import save_model_atomic
 from utils.engine.evaluation import Selector, evaluate_predictions, unwrap
-from utils.engine.sharding import gathered
+from utils.engine.sharding import to_save
 from utils.maths.tradeoff import DEFAULT_LAMBDA_GRID, lambda_sweep, select_assistant, tradeoff
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class SandwichSelector(Selector):
         else:
             choice, score = self.target, self.performance[self.target]
         if self.export_dir is not None and improved:
-            source = gathered(module) if self.run.fsdp else module  # every rank takes part in gathering
+            source = to_save(module, self.run.fsdp)  # every rank takes part in gathering
             for s in improved if self.run.is_main else ():
                 save_model_atomic(self._densified(source, s), self.tokenizer, self.export_dir / f"{s}S",
                                   {"selection.json": {"step": step, "sparsity": s, "metrics": per_sparsity[s]}},

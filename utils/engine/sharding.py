@@ -93,9 +93,8 @@ class Placed:
         return self.model.no_sync() if self.distributed and not last else nullcontext()
 
     def plain(self):
-        """The model to save: a plain CPU copy on rank 0 when sharded (a collective: every rank calls it; None on
-        the others), else the module itself."""
-        return gathered(self.module) if self.sharded else self.module
+        """The model to save (:func:`to_save`)."""
+        return to_save(self.module, self.sharded)
 
 
 def prepare(model, run, frozen=()) -> Placed:
@@ -177,6 +176,12 @@ def gathered(model):
     main = dist.get_rank() == 0
     state = _full_state(model, keep=main)
     return _plain_copy(model, state) if main else None
+
+
+def to_save(model, sharded: bool):
+    """The model to save: a plain CPU copy on rank 0 when ``sharded`` (a collective: every rank calls it; None
+    on the others), else ``model`` itself."""
+    return gathered(model) if sharded else model
 
 
 def filler_batches(num_examples: int, world_size: int, batch_size: int, batches: int) -> int:
