@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from utils.artifacts.files import write_json_atomic
+from utils.engine.evaluation import quiet
 from utils.engine.sharding import filler_batches
 from utils.errors import StageError
 from utils.maths.importance import NORM_EPS
@@ -59,8 +59,7 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
         batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     skipped = 0
-    quiet = not (run.is_main and sys.stderr.isatty())
-    for indices in tqdm(batches, desc="importance", leave=False, disable=quiet):
+    for indices in tqdm(batches, desc="importance", leave=False, disable=quiet(run)):
         filler = indices is None
         indices = [0] if filler else indices
         batch = {k: v.to(run.device) for k, v in dataset.collate_fn([dataset[i] for i in indices]).items()}
