@@ -32,6 +32,7 @@ from utils.engine.checkpoint import (
     save_model_atomic,
 )
 from utils.engine.evaluation import Selector, quiet
+from utils.engine.loop_state import LoopState, RunningMean
 from utils.engine.sharding import prepare
 from utils.engine.step import Optimization, backward_batch, plan_steps
 from utils.engine.tensorboard import TENSORBOARD_DIR, Scalars
@@ -92,21 +93,20 @@ def train(args, run, model, train_dataset, objective, selector: Selector, tokeni
                            run.world_size, args.group_by_length)
     steps_per_epoch, total_steps = plan_steps(len(sampler), args)
     optimization = Optimization.build(placed.module, args, run, total_steps)
-    stage = _Stage(args, run, placed, optimization, objective, selector, tokenizer, output_dir,
-                   settings={"run": run.settings, "stage": extra_state or {}},
-                   steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    stage.state, stage.losses, stage.best_record = checkpoint.resume(output_dir, resume, run, stage.settings, placed,
-                                                                     optimization, selector, objective)
+    settings = {"run": run.settings, "stage": extra_state or {}}
+    state, losses, best_record = checkpoint.resume(output_dir, resume, run, settings, placed, optimization, selector,
+                                                   objective)
     logger.info("training: %d examples, %d steps/epoch, %d steps, batch %d × %d processes × %d accumulation",
                 len(train_dataset), steps_per_epoch, total_steps, args.per_device_train_batch_size,
                 run.world_size, args.num_grad_accum_steps)
-    state = stage.state
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=quiet(run))
-    stage.scalars = Scalars(output_dir / TENSORBOARD_DIR if args.report_to == "tensorboard" and run.is_main else None)
+    scalars = Scalars(output_dir / TENSORBOARD_DIR if args.report_to == "tensorboard" and run.is_main else None)
+    stage = _Stage(args, run, placed, optimization, objective, selector, tokenizer, output_dir, settings,
+                   steps_per_epoch, total_steps, state, losses, best_record, scalars)
     while not state.finished and not state.stop_reason and state.step < total_steps:
         stage.train_epoch(sampler.epoch(state.epoch), train_dataset, progress)
     progress.close()
-    stage.scalars.close()
+    scalars.close()
     if not state.finished:
         if state.last_eval_step != state.step:
             stage.evaluate()
@@ -130,13 +130,14 @@ class _Stage:
     :func:`utils.engine.checkpoint.resume`."""
 
     def __init__(self, args, run, placed, optimization: Optimization, objective, selector: Selector, tokenizer,
-                 output_dir: Path, settings: dict, steps_per_epoch: int, total_steps: int):
+                 output_dir: Path, settings: dict, steps_per_epoch: int, total_steps: int, state: LoopState,
+                 losses: RunningMean, best_record: dict | None, scalars: Scalars):
         self.args, self.run, self.placed, self.optimization = args, run, placed, optimization
         self.objective, self.selector, self.tokenizer, self.output_dir = objective, selector, tokenizer, output_dir
         self.settings, self.steps_per_epoch, self.total_steps = settings, steps_per_epoch, total_steps
+        self.state, self.losses, self.best_record, self.scalars = state, losses, best_record, scalars
         self.patience_steps = max(1, math.ceil(args.num_patience_epochs * steps_per_epoch))
         self.autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
-        self.state = self.losses = self.best_record = self.scalars = None
 
     def train_epoch(self, batches: list[list[int]], dataset, progress) -> None:
         """The epoch's batches from where the state stands, until it ends, the step budget is spent or
