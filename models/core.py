@@ -1,17 +1,9 @@
-"""The prunable core every model family builds on: blocks of prunable units, and the verbs over them.
+"""The prunable core every model family builds on: the verbs of pruning over a model's blocks of units.
 
-A *unit* is what pruning removes at once: an attention head (its rows of Q, K and V, with their
-biases, and its columns of the output projection) or an FFN neuron (its row of each input
-projection, two of them when the FFN is gated, and its column of the output projection). A family
-declares its units and writes its forwards; the verbs are written once, here.
+A family declares its units in blocks (:class:`~models.units.PrunableBlock`: which mask entries make up a
+unit, and where they live in which tensors) and writes its forwards; the verbs are written once, here and
+in :mod:`models.units`.
 
-* :class:`PrunableBlock` is a module holding one set of units: it declares, as class attributes, the
-  ``unit_kind`` (``"head"`` or ``"neuron"``), the linears whose output rows are the units
-  (``unit_rows``), those whose input columns are (``unit_cols``) and any integer buffers with one
-  entry per unit that must follow a reorder (``unit_index``, e.g. T5's original head ids). Unit ``i``
-  is rows ``[i·size, (i+1)·size)``. Its forward uses the leading ``kept`` units through
-  :meth:`~PrunableBlock.rows` and :meth:`~PrunableBlock.cols` (views of the stored weights, so
-  gradients reach the full tensors).
 * :class:`PrunableModel` is the base model's mixin: the blocks of each kind, in module order, are its
   *unit rows* (row ``r`` of a ``head_mask`` and of a sparsity map's ``"head"`` entry is the ``r``-th
   head block), and it implements ``reorder``, ``sparsify``, ``densify``, ``drop_layers``,
@@ -19,6 +11,7 @@ declares its units and writes its forwards; the verbs are written once, here.
   says which config fields hold the full unit counts (``unit_config``), which holds its depth
   (``depth_config``), how many rows of each kind a config builds (:meth:`~PrunableModel.unit_row_counts`)
   and how to keep its bottom layers (:meth:`~PrunableModel._keep_layers`).
+* :class:`PrunableTaskModel` is a task model's mixin over its base model: the same verbs, the base model's.
 
 The configuration carries ``sparsity`` (the level the stored weights are pruned to, 0 = none) and
 ``sparsity_map`` (:mod:`models.sparsity_map`); only the verbs write them.
@@ -28,24 +21,16 @@ from __future__ import annotations
 
 import logging
 import operator
-import warnings
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .sparsity_map import UNITS, ModelConfigError, normalize_sparsity_map, truncate_sparsity_map
+from .units import PrunableBlock
 
 logger = logging.getLogger(__name__)
-
-
-def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
-    """``nn.Linear`` that may have zero rows or columns (an emptied block) without torch's init warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
-        return nn.Linear(in_features, out_features, bias=bias)
 
 
 class Normalization(nn.Module):
@@ -83,162 +68,6 @@ def init_standard(module: nn.Module, std: float) -> bool:
             nn.init.zeros_(module.weight[module.padding_idx])
         return True
     return False
-
-
-def rows_linear(linear: nn.Linear, x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``linear`` restricted to its first ``rows`` outputs: ``[..., in] -> [..., rows]``."""
-    if rows == linear.out_features:
-        return linear(x)
-    return F.linear(x, linear.weight[:rows], None if linear.bias is None else linear.bias[:rows])
-
-
-def cols_linear(linear: nn.Linear, x: torch.Tensor, cols: int) -> torch.Tensor:
-    """``linear`` restricted to its first ``cols`` inputs: ``[..., cols] -> [..., out]``."""
-    if cols == linear.in_features:
-        return linear(x)
-    return F.linear(x, linear.weight[:, :cols], linear.bias)
-
-
-def _shrink_linear(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> None:
-    """Replace ``linear``'s parameters by new contiguous tensors holding the leading ``rows x cols`` block."""
-    rows = linear.out_features if rows is None else rows
-    cols = linear.in_features if cols is None else cols
-    weight = linear.weight.detach()[:rows, :cols].clone(memory_format=torch.contiguous_format)
-    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
-    if linear.bias is not None:
-        bias = linear.bias.detach()[:rows].clone()
-        linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
-    linear.out_features, linear.in_features = rows, cols
-
-
-class PrunableBlock(nn.Module):
-    """A module holding one set of prunable units (see the module docstring).
-
-    Subclasses set the class attributes ``unit_kind``, ``unit_rows``, ``unit_cols`` (submodule paths
-    of ``nn.Linear``) and ``unit_index`` (buffer names), and call ``self.init_units(size)`` once their
-    linears exist. Unit ``i`` is rows (or columns) ``[i·size, (i+1)·size)`` of each linear, where
-    ``size`` is ``unit_size``, or ``unit_sizes[name]`` for a linear whose units are wider (a KV group
-    is ``g`` query heads in Q and O but one head in K and V). ``kept`` is the number of units the
-    forward uses now (the leading ones). ``min_units`` is how many units a sparsity map built from
-    importance must leave the block.
-
-    Importance is scored per *mask entry* (one per unit here; a GQA attention scores query heads
-    whatever its unit): :meth:`order_from_scores` turns a row of mask-entry scores into the order
-    :meth:`reorder_units` takes, and :meth:`unit_scores` into one score per unit for the global ranking.
-    """
-
-    unit_kind: str = ""
-    unit_rows: tuple[str, ...] = ()
-    unit_cols: tuple[str, ...] = ()
-    unit_index: tuple[str, ...] = ()
-    min_units: int = 0
-
-    def init_units(self, size: int = 1, sizes: dict[str, int] | None = None) -> None:
-        """Record the unit size (rows per unit, per linear where ``sizes`` says) and use every stored unit."""
-        self.unit_size = size
-        self.unit_sizes = dict(sizes or {})
-        self.kept = self.physical_units
-
-    def size_of(self, name: str) -> int:
-        """Rows (or columns) one unit has in the linear ``name``."""
-        return self.unit_sizes.get(name, self.unit_size)
-
-    @property
-    def physical_units(self) -> int:
-        """The number of units the stored weights hold."""
-        name = self.unit_rows[0]
-        return self.get_submodule(name).out_features // self.size_of(name)
-
-    @property
-    def mask_entries(self) -> int:
-        """Entries of this block's row of a mask (and of an importance table) at the stored width."""
-        return self.physical_units
-
-    @property
-    def kept_width(self) -> int:
-        """Rows (of ``unit_rows``) or columns (of ``unit_cols``) in use: ``kept · unit_size``."""
-        return self.kept * self.unit_size
-
-    def width(self, name: str) -> int:
-        """Rows (or columns) of the linear ``name`` in use."""
-        return self.kept * self.size_of(name)
-
-    def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """The linear ``name`` (one of ``unit_rows``) restricted to the kept units' rows: ``[..., in] -> [..., width]``."""
-        return rows_linear(self.get_submodule(name), x, self.width(name))
-
-    def cols(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """The linear ``name`` (one of ``unit_cols``) restricted to the kept units' columns: ``[..., width] -> [..., out]``."""
-        return cols_linear(self.get_submodule(name), x, self.width(name))
-
-    def index(self, name: str) -> torch.Tensor:
-        """The kept entries of the per-unit buffer ``name``."""
-        return getattr(self, name)[:self.kept]
-
-    def order_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """The order :meth:`reorder_units` takes for this block's mask-entry ``scores``: most important first
-        (stable: ties keep their index order)."""
-        return torch.argsort(scores, descending=True, stable=True)
-
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """One score per unit from the mask-entry ``scores``, in the order :meth:`order_from_scores` gives."""
-        return scores.gather(0, self.order_from_scores(scores))
-
-    def _slices(self, name: str, units: torch.Tensor) -> torch.Tensor:
-        """Row (or column) indices of ``units`` in the linear ``name``: ``[len(units) · size]``."""
-        size = self.size_of(name)
-        return units if size == 1 else (units[:, None] * size + torch.arange(size)).flatten()
-
-    @torch.no_grad()
-    def reorder_units(self, order: torch.Tensor) -> None:
-        """Permute the stored units so that new unit ``i`` is old unit ``order[i]`` (function unchanged)."""
-        device = self.get_submodule(self.unit_rows[0]).weight.device
-        for name in self.unit_rows:
-            linear, index = self.get_submodule(name), self._slices(name, order).to(device)
-            linear.weight.copy_(linear.weight[index])
-            if linear.bias is not None:
-                linear.bias.copy_(linear.bias[index])
-        for name in self.unit_cols:
-            linear, index = self.get_submodule(name), self._slices(name, order).to(device)
-            linear.weight.copy_(linear.weight[:, index])
-        for name in self.unit_index:
-            buffer = getattr(self, name)
-            buffer.copy_(buffer[order.to(buffer.device)])
-
-    def densify_units(self) -> None:
-        """Replace the unit tensors by new ones holding the kept units only."""
-        for name in self.unit_rows:
-            _shrink_linear(self.get_submodule(name), rows=self.width(name))
-        for name in self.unit_cols:
-            _shrink_linear(self.get_submodule(name), cols=self.width(name))
-        for name in self.unit_index:
-            setattr(self, name, getattr(self, name)[:self.kept].clone())
-
-    def projection_flops(self, tokens: int) -> int:
-        """Forward FLOPs of the unit linears over ``tokens`` tokens at the kept width (2 per multiply-add)."""
-        macs = sum(self.width(name) * self.get_submodule(name).in_features for name in self.unit_rows)
-        macs += sum(self.width(name) * self.get_submodule(name).out_features for name in self.unit_cols)
-        return 2 * tokens * macs
-
-    def attention_flops(self, queries: int, keys: int) -> int:
-        """Forward FLOPs of the scores and the weighted sum of ``queries`` over ``keys`` at the kept heads."""
-        return 4 * queries * keys * self.kept_width
-
-    def unit_parameters(self) -> list[nn.Parameter]:
-        """The stored parameters of the linears the units live in (of ``unit_rows`` and ``unit_cols``)."""
-        return [p for name in self.unit_rows + self.unit_cols for p in self.get_submodule(name).parameters()]
-
-    def unit_parameter_count(self) -> int:
-        """Parameters of the linears the units live in at the kept units. An output projection's bias
-        counts at full size: it stays when every unit goes."""
-        count = 0
-        for name in self.unit_rows:
-            linear = self.get_submodule(name)
-            count += self.width(name) * (linear.in_features + (linear.bias is not None))
-        for name in self.unit_cols:
-            linear = self.get_submodule(name)
-            count += self.width(name) * linear.out_features + (0 if linear.bias is None else linear.bias.numel())
-        return count
 
 
 def prepare_sparsity_config(config, row_counts: dict[str, int], drop_extra_rows: bool) -> None:
@@ -371,7 +200,7 @@ class PrunableModel:
 
     def heads_in_use(self) -> int:
         """Attention heads in use over every row (query heads of a GQA attention, whatever its unit)."""
-        return sum(getattr(block, "kept_heads", block.kept) for block in self.blocks("head"))
+        return sum(block.kept_entry_count for block in self.blocks("head"))
 
     def min_kept(self) -> dict[str, list[int]]:
         """Units per row that pruning must leave (the blocks' ``min_units``): ``{"head": [...], "neuron": [...]}``."""

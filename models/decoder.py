@@ -43,10 +43,11 @@ from torch import nn
 from transformers import AutoConfig, LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .core import Normalization, PrunableBlock, PrunableModel, PrunableTaskModel, init_standard, new_linear
+from .core import Normalization, PrunableModel, PrunableTaskModel, init_standard
 from .outputs import TaskOutput, sequence_loss, token_loss
 from .packing import padding_kept
 from .sparsity_map import ModelConfigError
+from .units import PrunableBlock, Span, new_linear
 
 HEAD_UNITS = ("group", "query")
 
@@ -59,11 +60,13 @@ class DecoderFamily:
     qkv_bias: bool = False  # biases on Q, K and V whatever ``attention_bias`` says (and none on O)
     qk_norm: bool = False  # an RMSNorm over ``head_dim`` on each query and key head before RoPE
     layer_windows: bool = False  # ``use_sliding_window`` may apply to some layers only (``layer_types``)
+    fused: bool = False  # Q, K and V in one ``qkv_proj``, gate and up in one ``gate_up_proj`` (Phi-3)
 
 
 DECODER_FAMILIES = {"llama": DecoderFamily("Llama"), "mistral": DecoderFamily("Mistral"),
                     "qwen2": DecoderFamily("Qwen2", qkv_bias=True, layer_windows=True),
-                    "qwen3": DecoderFamily("Qwen3", qk_norm=True, layer_windows=True)}
+                    "qwen3": DecoderFamily("Qwen3", qk_norm=True, layer_windows=True),
+                    "phi3": DecoderFamily("Phi3", fused=True)}
 DECODER_TYPES = tuple(DECODER_FAMILIES)
 
 
@@ -96,7 +99,11 @@ class RMSNorm(Normalization):
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``x [B, H, T, d]`` with ``cos``/``sin [B, T, d]``: ``x·cos + (-x₂, x₁)·sin`` over the two halves."""
+    """RoPE on ``x [B, H, T, d]`` with ``cos``/``sin [B, T, r]``: ``x·cos + (-x₂, x₁)·sin`` over the two halves of
+    the first ``r`` channels; the others pass (a ``partial_rotary_factor`` below 1, as Phi-4-mini's)."""
+    if cos.shape[-1] < x.shape[-1]:
+        rotary = cos.shape[-1]
+        return torch.cat((rotate(x[..., :rotary], cos, sin), x[..., rotary:]), dim=-1)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
@@ -110,7 +117,6 @@ class SparseGQAttention(PrunableBlock):
     """
 
     unit_kind = "head"
-    unit_cols = ("o_proj",)
 
     def __init__(self, config, query_heads: int, kv_heads: int):
         super().__init__()
@@ -118,169 +124,61 @@ class SparseGQAttention(PrunableBlock):
         family = DECODER_FAMILIES[config.model_type]
         qkv_bias = family.qkv_bias or bool(getattr(config, "attention_bias", False))
         o_bias = not family.qkv_bias and bool(getattr(config, "attention_bias", False))
-        hidden = config.hidden_size
-        self.q_proj = new_linear(hidden, query_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = new_linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = new_linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = new_linear(query_heads * self.head_dim, hidden, bias=o_bias)
+        hidden, d = config.hidden_size, self.head_dim
+        self.fused = family.fused
+        if self.fused:
+            self.qkv_proj = new_linear(hidden, (query_heads + 2 * kv_heads) * d, bias=qkv_bias)
+        else:
+            self.q_proj = new_linear(hidden, query_heads * d, bias=qkv_bias)
+            self.k_proj = new_linear(hidden, kv_heads * d, bias=qkv_bias)
+            self.v_proj = new_linear(hidden, kv_heads * d, bias=qkv_bias)
+        self.o_proj = new_linear(query_heads * d, hidden, bias=o_bias)
         if family.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
         self.dropout_p = float(getattr(config, "attention_dropout", 0.0) or 0.0)
         self.set_head_unit(head_unit(config))
-
-    # ---- geometry -------------------------------------------------------------------------------------
 
     def set_head_unit(self, unit: str) -> None:
         """Make a head unit a KV group (``"group"``) or a slot of query heads (``"query"``); every unit kept."""
         self.head_unit = unit
-        d, g = self.head_dim, self.group_size
-        if unit == "group":
-            self.unit_rows = ("q_proj", "k_proj", "v_proj")
-            self.init_units(d, {"q_proj": g * d, "o_proj": g * d})
-        else:
-            self.unit_rows = ("q_proj",)
-            self.init_units(d)
+        self.init_units()
+
+    @property
+    def query_heads(self) -> int:
+        """Stored query heads."""
+        return self.o_proj.in_features // self.head_dim
 
     @property
     def kv_heads(self) -> int:
         """Stored KV heads."""
+        if self.fused:
+            return (self.qkv_proj.out_features // self.head_dim - self.query_heads) // 2
         return self.k_proj.out_features // self.head_dim
 
-    @property
-    def group_size(self) -> int:
-        """Stored query heads per KV head."""
-        return self.q_proj.out_features // self.k_proj.out_features if self.k_proj.out_features else 0
+    def unit_layout(self):
+        """Entries are query heads, ``g`` to a KV head: a unit is a group's heads (``"group"``) or the ``r``-th
+        head of every group (``"query"``); Q rows and O columns per head, K and V rows per group."""
+        d, groups = self.head_dim, self.kv_heads
+        g = self.query_heads // groups if groups else 0
+        heads = torch.arange(groups * g).view(groups, g)
+        units = heads if self.head_unit == "group" else heads.T
+        q, k, v = ("qkv_proj",) * 3 if self.fused else ("q_proj", "k_proj", "v_proj")
+        k_start, v_start = ((groups * g * d, (groups * g + groups) * d) if self.fused else (0, 0))
+        return units, (Span(q, 0, d), Span(k, 0, d, k_start, max(g, 1)), Span(v, 0, d, v_start, max(g, 1)),
+                       Span("o_proj", 1, d))
 
-    @property
-    def physical_units(self) -> int:
-        return self.kv_heads if self.head_unit == "group" else self.group_size
-
-    @property
-    def mask_entries(self) -> int:
-        return self.q_proj.out_features // self.head_dim
-
-    @property
-    def kept_heads(self) -> int:
-        """Query heads in use."""
-        return self.kept * (self.group_size if self.head_unit == "group" else self.kv_heads)
-
-    @property
-    def kept_kv_heads(self) -> int:
-        """KV heads in use."""
-        return self.kept if self.head_unit == "group" else self.kv_heads
-
-    @property
-    def kept_width(self) -> int:
-        return self.kept_heads * self.head_dim
-
-    def kept_head_ids(self) -> torch.Tensor:
-        """Stored query heads in use, in GQA order: ``[kept_heads]``."""
-        g = self.group_size
-        if self.head_unit == "group":
-            return torch.arange(self.kept * g)
-        return (torch.arange(self.kv_heads)[:, None] * g + torch.arange(self.kept)).flatten()
-
-    def _query_rows(self) -> torch.Tensor:
-        """Rows of ``q_proj`` (columns of ``o_proj``) in use, cached per kept count and device."""
-        key = (self.kept, self.q_proj.weight.device)
-        if getattr(self, "_rows_cache", (None, None))[0] != key:
-            heads = self.kept_head_ids()
-            rows = (heads[:, None] * self.head_dim + torch.arange(self.head_dim)).flatten()
-            self._rows_cache = (key, rows.to(self.q_proj.weight.device))
-        return self._rows_cache[1]
-
-    def _gathered(self) -> bool:
-        return self.head_unit == "query" and self.kept != self.group_size
-
-    def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        if name != "q_proj" or not self._gathered():
-            return super().rows(name, x) if name in self.unit_rows else self.get_submodule(name)(x)
-        rows = self._query_rows()
-        bias = None if self.q_proj.bias is None else self.q_proj.bias.index_select(0, rows)
-        return F.linear(x, self.q_proj.weight.index_select(0, rows), bias)
-
-    def cols(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        if not self._gathered():
-            return super().cols(name, x)
-        return F.linear(x, self.o_proj.weight.index_select(1, self._query_rows()), self.o_proj.bias)
-
-    def width(self, name: str) -> int:
-        if name in ("q_proj", "o_proj"):
-            return self.kept_width
-        return self.kept_kv_heads * self.head_dim
-
-    # ---- importance and reordering ---------------------------------------------------------------------
-
-    def order_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """Query heads, groups by summed score first, then each group's heads by score (both descending)."""
-        by_group = scores.view(self.kv_heads, self.group_size)
-        within = torch.argsort(by_group, dim=1, descending=True, stable=True)
-        groups = torch.argsort(by_group.sum(1), descending=True, stable=True)
-        heads = groups[:, None] * self.group_size + within[groups]
-        return heads.flatten()
-
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """Group sums (``"group"``) or slot sums (``"query"``), in the order of :meth:`order_from_scores`."""
-        ordered = scores.gather(0, self.order_from_scores(scores)).view(self.kv_heads, self.group_size)
-        return ordered.sum(1) if self.head_unit == "group" else ordered.sum(0)
-
-    @torch.no_grad()
-    def reorder_units(self, order: torch.Tensor) -> None:
-        """Permute query heads by ``order`` (over stored query heads), which must move whole groups: the
-        heads in each new group come from one old group, whose K and V rows follow."""
-        g, d = self.group_size, self.head_dim
-        groups = order.view(self.kv_heads, g) // g
-        if not torch.equal(groups, groups[:, :1].expand_as(groups)):
-            raise ValueError(f"head order {order.tolist()} mixes query heads of different KV groups "
-                             f"(groups of {g}): not a valid grouped-query layout")
-        device = self.q_proj.weight.device
-        heads = ((order[:, None] * d) + torch.arange(d)).flatten().to(device)
-        kv = ((groups[:, 0][:, None] * d) + torch.arange(d)).flatten().to(device)
-        for linear, index in ((self.q_proj, heads), (self.k_proj, kv), (self.v_proj, kv)):
-            linear.weight.copy_(linear.weight[index])
-            if linear.bias is not None:
-                linear.bias.copy_(linear.bias[index])
-        self.o_proj.weight.copy_(self.o_proj.weight[:, heads])
-
-    def densify_units(self) -> None:
-        if not self._gathered():
-            super().densify_units()
-            return
-        rows = self._query_rows()
-        with torch.no_grad():
-            for linear, dim in ((self.q_proj, 0), (self.o_proj, 1)):
-                weight = linear.weight.detach().index_select(dim, rows).contiguous()
-                requires_grad = linear.weight.requires_grad
-                linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
-                if dim == 0 and linear.bias is not None:
-                    linear.bias = nn.Parameter(linear.bias.detach().index_select(0, rows), requires_grad=requires_grad)
-            self.q_proj.out_features = self.o_proj.in_features = len(rows)
-        self._rows_cache = (None, None)
-
-    def projection_flops(self, tokens: int) -> int:
-        hidden = self.q_proj.in_features
-        return 2 * tokens * hidden * (2 * self.kept_width + 2 * self.kept_kv_heads * self.head_dim)
-
-    def unit_parameter_count(self) -> int:
-        """Q, K, V and O at the kept heads (K and V whole in ``"query"`` mode: they are not pruned)."""
-        hidden, q, kv = self.q_proj.in_features, self.kept_width, self.kept_kv_heads * self.head_dim
-        count = hidden * (2 * q + 2 * kv)
-        if self.q_proj.bias is not None:
-            count += q + 2 * kv
-        return count + (0 if self.o_proj.bias is None else hidden)
-
-    def unit_parameters(self) -> list[nn.Parameter]:
-        return [p for linear in (self.q_proj, self.k_proj, self.v_proj, self.o_proj) for p in linear.parameters()]
-
-    # ---- forward ----------------------------------------------------------------------------------------
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K and V at the kept heads: ``[B, T, kept query heads · d]``, ``[B, T, kept KV heads · d]`` twice."""
+        if self.fused:
+            return self.rows("qkv_proj", x).split(self.span_widths()[:3], dim=-1)
+        return self.rows("q_proj", x), self.rows("k_proj", x), self.rows("v_proj", x)
 
     def forward(self, x, cos, sin, mask=None, head_mask=None) -> torch.Tensor:
         batch, length = x.shape[:2]
         d = self.head_dim
-        query = self.rows("q_proj", x).view(batch, length, -1, d)
-        key = self.rows("k_proj", x).view(batch, length, -1, d)
-        value = self.rows("v_proj", x).view(batch, length, -1, d).transpose(1, 2)
+        query, key, value = (part.view(batch, length, -1, d) for part in self.project(x))
+        value = value.transpose(1, 2)
         if hasattr(self, "q_norm"):
             query, key = self.q_norm(query), self.k_norm(key)
         query, key = rotate(query.transpose(1, 2), cos, sin), rotate(key.transpose(1, 2), cos, sin)
@@ -288,29 +186,44 @@ class SparseGQAttention(PrunableBlock):
                                                  dropout_p=self.dropout_p if self.training else 0.0,
                                                  is_causal=mask is None and length > 1, enable_gqa=True)
         if head_mask is not None:
-            ids = self.kept_head_ids().to(head_mask.device)
+            ids = self.kept_entries().to(head_mask.device)
             context = context * head_mask.index_select(0, ids).to(context.dtype).view(1, -1, 1, 1)
         return self.cols("o_proj", context.transpose(1, 2).reshape(batch, length, self.kept_width))
 
 
 class SparseSwiGLU(PrunableBlock):
-    """``down_proj(act(gate_proj x) · up_proj x)`` over the kept neurons; ``forward(x, neuron_mask) -> [B, T, d]``."""
+    """``down_proj(act(gate x) · up x)`` over the kept neurons, the gate and up projections separate
+    (``gate_proj``, ``up_proj``) or fused (``gate_up_proj``, gate rows first); ``forward(x, neuron_mask) ->
+    [B, T, d]``."""
 
     unit_kind = "neuron"
-    unit_rows = ("gate_proj", "up_proj")
-    unit_cols = ("down_proj",)
 
     def __init__(self, config, neurons: int):
         super().__init__()
         bias = bool(getattr(config, "mlp_bias", False))
-        self.gate_proj = new_linear(config.hidden_size, neurons, bias=bias)
-        self.up_proj = new_linear(config.hidden_size, neurons, bias=bias)
+        self.fused = DECODER_FAMILIES[config.model_type].fused
+        if self.fused:
+            self.gate_up_proj = new_linear(config.hidden_size, 2 * neurons, bias=bias)
+        else:
+            self.gate_proj = new_linear(config.hidden_size, neurons, bias=bias)
+            self.up_proj = new_linear(config.hidden_size, neurons, bias=bias)
         self.down_proj = new_linear(neurons, config.hidden_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
         self.init_units()
 
+    def unit_layout(self):
+        """One channel per unit: a row of the gate and of the up projection, a column of ``down_proj``."""
+        neurons = self.down_proj.in_features
+        gate, up = ("gate_up_proj", "gate_up_proj") if self.fused else ("gate_proj", "up_proj")
+        return torch.arange(neurons).view(neurons, 1), (Span(gate, 0), Span(up, 0, start=neurons if self.fused else 0),
+                                                        Span("down_proj", 1))
+
     def forward(self, x: torch.Tensor, neuron_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.act_fn(self.rows("gate_proj", x)) * self.rows("up_proj", x)
+        if self.fused:
+            gate, up = self.rows("gate_up_proj", x).chunk(2, dim=-1)
+        else:
+            gate, up = self.rows("gate_proj", x), self.rows("up_proj", x)
+        hidden = self.act_fn(gate) * up
         if neuron_mask is not None:
             hidden = hidden * neuron_mask[:self.kept].to(hidden.dtype)
         return self.cols("down_proj", hidden)
@@ -326,15 +239,19 @@ class SparseDecoderLayer(nn.Module):
         self.mlp = SparseSwiGLU(config, neurons)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.resid_pdrop = float(getattr(config, "resid_pdrop", 0.0) or 0.0)  # Phi-3's dropout on each sublayer
+
+    def _dropout(self, update: torch.Tensor) -> torch.Tensor:
+        return F.dropout(update, self.resid_pdrop, training=True) if self.training and self.resid_pdrop else update
 
     def forward(self, x, cos, sin, mask, head_mask=None, neuron_mask=None) -> torch.Tensor:
         attention, mlp = self.self_attn, self.mlp
         if attention.kept:
-            x = x + attention(self.input_layernorm(x), cos, sin, mask, head_mask)
+            x = x + self._dropout(attention(self.input_layernorm(x), cos, sin, mask, head_mask))
         elif attention.o_proj.bias is not None:
             x = x + attention.o_proj.bias
         if mlp.kept:
-            x = x + mlp(self.post_attention_layernorm(x), neuron_mask)
+            x = x + self._dropout(mlp(self.post_attention_layernorm(x), neuron_mask))
         elif mlp.down_proj.bias is not None:
             x = x + mlp.down_proj.bias
         return x
@@ -410,7 +327,7 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         layers = []
         for units, neurons in zip(widths["head"], widths["neuron"], strict=True):
-            query, kv = (units * g, units) if config.head_unit == "group" else (units * groups, groups)
+            query, kv = (units * g, units) if config.head_unit == "group" else (units * groups, groups if units else 0)
             layers.append(SparseDecoderLayer(config, query, kv, neurons))
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -516,7 +433,7 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
             cost["forward_flops"] += (attention.projection_flops(seq_len) + mlp.projection_flops(seq_len)
                                       + attention.attention_flops(seq_len, seq_len))
             cost["stream_elements"] += 4 * self.config.hidden_size * seq_len
-            kv = attention.kept_kv_heads * attention.head_dim
+            kv = attention.span_widths()[1]
             cost["projection_elements"] += (2 * attention.kept_width + 2 * kv + 4 * mlp.kept) * seq_len
         return cost
 

@@ -47,9 +47,10 @@ from torch import nn
 from transformers import PreTrainedModel, T5Config
 from transformers.activations import ACT2FN
 
-from .core import Normalization, PrunableBlock, PrunableModel, new_linear
+from .core import Normalization, PrunableModel
 from .outputs import TaskOutput, sequence_loss, token_loss
 from .packing import padding_kept
+from .units import PrunableBlock, new_linear
 
 
 class T5Norm(Normalization):

@@ -9,7 +9,7 @@ HF BERT checkpoint loads. The configuration is a plain
 * ``config.sparsity`` (``int``): the sparsity level the physical weights are pruned to (0 = none);
 * ``config.sparsity_map``: see :mod:`models.sparsity_map`.
 
-BERT on the prunable core (:mod:`models.core`): each layer's attention is a block of head units
+BERT on the prunable core (:mod:`models.core`, :mod:`models.units`): each layer's attention is a block of head units
 (Q/K/V rows and ``attention.output.dense`` columns) and each layer is a block of neuron units
 (``intermediate.dense`` rows and ``output.dense`` columns); the verbs (``reorder``, ``sparsify``,
 ``densify``, ``drop_layers``, the counts) are the core's. ``head_mask [L, H]`` and ``neuron_mask
@@ -43,10 +43,11 @@ from torch import nn
 from transformers import BertConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .core import PrunableBlock, PrunableModel, cols_linear, init_standard, new_linear
+from .core import PrunableModel, init_standard
 from .fast_ops import FastDropout, attention, residual_linear
 from .packing import HiddenStates, PaddedBatch, TokenPacking, padding_kept
 from .sparsity_map import ModelConfigError
+from .units import PrunableBlock, cols_linear, new_linear
 
 
 class SparseBertEmbeddings(nn.Module):

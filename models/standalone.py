@@ -26,7 +26,7 @@ from pathlib import Path
 
 MODELING_FILE = "modeling_minidisc.py"
 # This package's modules, each after the ones it imports.
-MODULES = ("sparsity_map", "fast_ops", "packing", "core", "outputs", "sparse_bert", "heads", "enc_t5", "decoder")
+MODULES = ("sparsity_map", "fast_ops", "packing", "units", "core", "outputs", "sparse_bert", "heads", "enc_t5", "decoder")
 # Names every module may define for itself.
 PER_MODULE = frozenset({"logger"})
 AUTO_CLASSES = {"Cls": "AutoModelForSequenceClassification", "Ner": "AutoModelForTokenClassification"}

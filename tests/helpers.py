@@ -123,7 +123,7 @@ def save_tiny_t5_pretrained(directory: Path, gated: bool = False, seed: int = 0)
 
 
 def make_tiny_decoder_config(family: str = "llama", **overrides):
-    """A tiny decoder LLM of ``family`` (llama, mistral, qwen2, qwen3): 3 layers, hidden 48, 6 query heads over
+    """A tiny decoder LLM of ``family`` (llama, mistral, qwen2, qwen3, phi3): 3 layers, hidden 48, 6 query heads over
     2 KV heads of head dim 8 (Qwen3: 12, set apart from hidden / heads), SwiGLU 37, vocabulary 101."""
     from transformers import AutoConfig
 

@@ -44,7 +44,7 @@ def test_another_architecture_is_refused_by_name(kind, sst2_task, tmp_path, caps
     assert cli(run_finetuning.main, finetune_args(checkpoint, sst2_task, tmp_path / "out", *ONE_STEP)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"error: --model_name_or_path {checkpoint} is a {kind} checkpoint (config model_type "
-                        f"'{kind}'); supported: bert, llama, mistral, qwen2, qwen3, t5")
+                        f"'{kind}'); supported: bert, llama, mistral, phi3, qwen2, qwen3, t5")
     assert not (tmp_path / "out").exists()
     assert cli(run_distillation.main, distill_args(checkpoint, sst2_task, tmp_path / "d", "90S")) == 2
     assert f"--teacher_model_path {checkpoint} is a {kind} checkpoint" in capsys.readouterr().err

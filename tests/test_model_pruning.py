@@ -8,12 +8,13 @@ from tests.helpers import padded_batch, random_sparsity_map, tiny_config, tiny_m
 
 MODEL_TYPES = sorted(MODEL_REGISTRY)
 LEVELS = (30, 60, 90)
-# Every family and head, both T5 FFNs, every decoder family and both GQA head units: (model type, overrides).
+# Every family and head, both T5 FFNs, every decoder family (Phi-3's fused tensors too) and both GQA head units: (model type, overrides).
 VARIANTS = [(t, {}) for t in MODEL_TYPES] + [
     ("sparseenct5_cls", {"gated": True}), ("sparseenct5_ner", {"gated": True}),
     ("sparsedecoder_cls", {"head_unit": "query"}), ("sparsedecoder_ner", {"head_unit": "query"}),
     ("sparsedecoder_cls", {"family": "qwen2"}), ("sparsedecoder_cls", {"family": "qwen3", "head_unit": "query"}),
-    ("sparsedecoder_cls", {"family": "mistral"}),
+    ("sparsedecoder_cls", {"family": "mistral"}), ("sparsedecoder_cls", {"family": "phi3"}),
+    ("sparsedecoder_ner", {"family": "phi3", "head_unit": "query"}),
 ]
 VARIANT_IDS = [t + "".join(f"-{v}" if v is not True else f"-{k}" for k, v in o.items()) for t, o in VARIANTS]
 variants = pytest.mark.parametrize(("model_type", "overrides"), VARIANTS, ids=VARIANT_IDS)
@@ -108,10 +109,10 @@ def test_reorder_preserves_outputs(model_type, overrides):
     with torch.no_grad():
         before = model(**inputs)
     first = model.base_model.blocks("head")[0]
-    rows_before = first.get_submodule(first.unit_rows[0]).weight.clone()
+    rows_before = first.get_submodule(first.spans[0].linear).weight.clone()
     head_order, neuron_order = random_orders(model, "head"), list(random_orders(model, "neuron"))
     model.reorder(head_order, neuron_order)
-    assert not torch.equal(rows_before, first.get_submodule(first.unit_rows[0]).weight)
+    assert not torch.equal(rows_before, first.get_submodule(first.spans[0].linear).weight)
     with torch.no_grad():
         after = model(**inputs)
     assert_same_output(before, after)
