@@ -5,9 +5,8 @@
 'SparseBertCls'
 """
 
-from .decoder import SparseDecoderCls, SparseDecoderNer
 from .enc_t5 import SparseEncT5Cls, SparseEncT5Ner
-from .heads import SparseBertCls, SparseBertNer
+from .heads import SparseBertCls, SparseBertNer, SparseDecoderCls, SparseDecoderNer
 from .outputs import TaskOutput
 from .packing import HiddenStates
 from .sparse_bert import SparseBertModel

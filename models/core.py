@@ -11,7 +11,7 @@ in :mod:`models.units`.
   says which config fields hold the full unit counts (``unit_config``), which holds its depth
   (``depth_config``), how many rows of each kind a config builds (:meth:`~PrunableModel.unit_row_counts`)
   and how to keep its bottom layers (:meth:`~PrunableModel._keep_layers`).
-* :class:`PrunableTaskModel` is a task model's mixin over its base model: the same verbs, the base model's.
+* :class:`~models.task.TaskModel` is a task model over its base model: the same verbs, the base model's.
 
 The configuration carries ``sparsity`` (the level the stored weights are pruned to, 0 = none) and
 ``sparsity_map`` (:mod:`models.sparsity_map`); only the verbs write them.
@@ -108,7 +108,7 @@ class PrunableModel:
     # is a layer's, so the bottom layers' rows are the first ones).
     rows_are_layers: bool = True
     # Whether the forward pass reads ``token_type_ids`` (a family that is its own task model, as EncT5's,
-    # says it here; the others on their task models, :class:`PrunableTaskModel`).
+    # says it here; the others on their task models, :class:`~models.task.TaskModel`).
     reads_token_types: bool = False
 
     @classmethod
@@ -365,7 +365,7 @@ class PrunableModel:
             projections of every FFN); ``total`` counts every parameter the current model holds for
             use (embeddings, norms and task head included).
         """
-        return _count_parameters(self, self)
+        return count_parameters(self, self)
 
 
 def _compiled_layer_settings():
@@ -377,114 +377,6 @@ def _compiled_layer_settings():
                                       recompile_limit=max(torch._dynamo.config.recompile_limit, 64))
 
 
-def _count_parameters(model: nn.Module, pruned: PrunableModel) -> dict[str, int]:
+def count_parameters(model: nn.Module, pruned: PrunableModel) -> dict[str, int]:
     current, stored = pruned.prunable_parameter_counts()
     return {"prunable": current, "total": sum(p.numel() for p in model.parameters()) - stored + current}
-
-
-class PrunableTaskModel:
-    """Mixin for a task model that wraps a :class:`PrunableModel` (its HF ``base_model``, of class
-    ``base_model_class``): the verbs are the base model's, so the training code never reaches inside."""
-
-    base_model_class: type[PrunableModel]
-    # The family's distillation defaults (utils.engine.objectives): what ``--objective auto`` means, chosen by the
-    # measured table in docs/results.md; whether the first position is an attention sink whose "massive
-    # activations" a hidden-state term leaves out (decoders).
-    distill_objective: str = "hidden_kd"
-    sink_first_token: bool = False
-    # Whether the forward pass reads ``token_type_ids`` (BERT's segments); the other families ignore them.
-    reads_token_types: bool = False
-
-    @classmethod
-    def unit_row_counts(cls, config) -> dict[str, int]:
-        """Rows of each kind a model of ``config`` has; see :meth:`PrunableModel.unit_row_counts`."""
-        return cls.base_model_class.unit_row_counts(config)
-
-    @classmethod
-    def full_units(cls, config) -> dict[str, int]:
-        """Units per block before any pruning; see :meth:`PrunableModel.full_units`."""
-        return cls.base_model_class.full_units(config)
-
-    @property
-    def current_sparsity(self) -> int:
-        """The sparsity level the model is currently sliced to."""
-        return self.base_model.current_sparsity
-
-    @property
-    def depth(self) -> int:
-        """The number of layers."""
-        return self.base_model.depth
-
-    def reorder(self, head_order=None, neuron_order=None) -> None:
-        """Permute heads and neurons per row; see :meth:`PrunableModel.reorder`."""
-        self.base_model.reorder(head_order, neuron_order)
-
-    def available_sparsities(self) -> list[int]:
-        """Levels :meth:`sparsify` accepts; see :meth:`PrunableModel.available_sparsities`."""
-        return self.base_model.available_sparsities()
-
-    def sparsify(self, sparsity: int) -> None:
-        """Slice to ``sparsity`` (virtual pruning); see :meth:`PrunableModel.sparsify`."""
-        self.base_model.sparsify(sparsity)
-
-    @contextmanager
-    def at_sparsity(self, sparsity: int):
-        """Sliced to ``sparsity`` inside a ``with`` block; see :meth:`PrunableModel.at_sparsity`."""
-        with self.base_model.at_sparsity(sparsity):
-            yield self
-
-    def densify(self) -> None:
-        """Physically prune to the current slice; see :meth:`PrunableModel.densify`."""
-        self.base_model.densify()
-
-    def drop_layers(self, num_layers: int) -> None:
-        """Keep the bottom ``num_layers`` layers; see :meth:`PrunableModel.drop_layers`."""
-        self.base_model.drop_layers(num_layers)
-
-    def kept_widths(self) -> dict[str, list[int]]:
-        """Units used now per row: ``{"head": [...], "neuron": [...]}``."""
-        return self.base_model.kept_widths()
-
-    def unit_shape(self) -> dict[str, tuple[int, int]]:
-        """``{kind: (rows, full units per row)}``; see :meth:`PrunableModel.unit_shape`."""
-        return self.base_model.unit_shape()
-
-    def mask_shape(self) -> dict[str, tuple[int, int]]:
-        """``{kind: (rows, full mask entries per row)}``; see :meth:`PrunableModel.mask_shape`."""
-        return self.base_model.mask_shape()
-
-    def unit_orders(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
-        """Per-row orders from mask-entry scores; see :meth:`PrunableModel.unit_orders`."""
-        return self.base_model.unit_orders(kind, scores)
-
-    def unit_scores(self, kind: str, scores: torch.Tensor) -> torch.Tensor:
-        """Per-row unit scores from mask-entry scores; see :meth:`PrunableModel.unit_scores`."""
-        return self.base_model.unit_scores(kind, scores)
-
-    def heads_in_use(self) -> int:
-        """Attention heads in use; see :meth:`PrunableModel.heads_in_use`."""
-        return self.base_model.heads_in_use()
-
-    def min_kept(self) -> dict[str, list[int]]:
-        """Units per row that pruning must leave; see :meth:`PrunableModel.min_kept`."""
-        return self.base_model.min_kept()
-
-    def count_parameters(self) -> dict[str, int]:
-        """Like :meth:`PrunableModel.count_parameters`, the task head included in ``total``."""
-        return _count_parameters(self, self.base_model)
-
-    def training_cost(self, seq_len: int) -> dict[str, int]:
-        """FLOPs and saved activations per sequence; see :meth:`PrunableModel.training_cost`."""
-        return self.base_model.training_cost(seq_len)
-
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each layer in backward; see :meth:`PrunableModel.set_gradient_checkpointing`."""
-        self.base_model.set_gradient_checkpointing(enabled)
-
-    def compile_layers(self) -> None:
-        """Compile every transformer layer; see :meth:`PrunableModel.compile_layers`."""
-        self.base_model.compile_layers()
-
-    def layer_modules(self) -> list[nn.Module]:
-        """The transformer layers; see :meth:`PrunableModel.layer_modules`."""
-        return self.base_model.layer_modules()

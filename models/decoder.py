@@ -1,15 +1,17 @@
-"""Decoder LLMs on the prunable core: Llama, Mistral, Qwen2 and Qwen3, with grouped-query attention.
+"""Decoder LLMs on the prunable core: Llama, Mistral, Qwen2, Qwen3 and Phi-3, with grouped-query attention.
 
-Parameter names are HF's (``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj``,
-Qwen3's ``self_attn.{q,k}_norm``, ``model.layers.{i}.mlp.{gate,up,down}_proj``,
-``model.layers.{i}.{input,post_attention}_layernorm``, ``model.norm``), so a ``*ForCausalLM`` or
-``*Model`` checkpoint of these families loads; its LM head is not used. The configuration is the
-checkpoint's own (``LlamaConfig``, ``Qwen3Config``, ...) with ``sparsity``, ``sparsity_map`` and
-``head_unit`` added. Family differences are declared once, in :data:`DECODER_FAMILIES`, and read
-with the config: Qwen2 has biases on Q/K/V, ``attention_bias`` puts them on Q/K/V/O (Llama, Qwen3),
-Qwen3 normalises each query and key head (RMSNorm over ``head_dim``) before RoPE. RoPE comes from the family's own HF rotary-embedding module
-(so every ``rope_scaling`` type, Llama 3's included, is computed as HF does); it acts on
-``head_dim`` and, like the norms, is untouched by pruning.
+Parameter names are HF's (``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj`` or Phi-3's
+fused ``qkv_proj``, Qwen3's ``self_attn.{q,k}_norm``, ``model.layers.{i}.mlp.{gate,up,down}_proj`` or Phi-3's
+fused ``gate_up_proj``, ``model.layers.{i}.{input,post_attention}_layernorm``, ``model.norm``), so a
+``*ForCausalLM`` or ``*Model`` checkpoint of these families loads; its LM head is not used. The configuration is
+the checkpoint's own (``LlamaConfig``, ``Qwen3Config``, ...) with ``sparsity``, ``sparsity_map`` and
+``head_unit`` added. Family differences are declared once, in :data:`DECODER_FAMILIES`: Qwen2 has biases on
+Q/K/V, ``attention_bias`` puts them on Q/K/V/O (Llama, Qwen3), Qwen3 normalises each query and key head
+(RMSNorm over ``head_dim``) before RoPE, Phi-3 fuses its projections (the units are index sets at offsets of
+the fused tensors, :mod:`models.units`, so nothing is split or joined) and drops each sublayer's output
+(``resid_pdrop``). RoPE comes from the family's own HF rotary-embedding module (so every ``rope_scaling`` type
+and a ``partial_rotary_factor`` are computed as HF does) and, like the norms, is untouched by pruning. The task
+models on this decoder are in :mod:`models.heads`.
 
 Units. FFN neurons are SwiGLU channels: a row of ``gate_proj`` and of ``up_proj`` and a column of
 ``down_proj``. Attention heads are grouped: ``num_key_value_heads`` KV heads each serve
@@ -19,7 +21,8 @@ Units. FFN neurons are SwiGLU channels: a row of ``gate_proj`` and of ``up_proj`
 * ``"group"``: a KV group, i.e. one KV head (its K and V rows) with its ``g`` query heads (their Q
   rows and O columns). A layer keeps its first ``m`` groups: ``m·g`` query heads over ``m`` KV heads.
 * ``"query"``: a *slot* ``r``: the ``r``-th query head of every group (``num_key_value_heads`` query
-  heads). A layer keeps its first ``k`` slots: ``k`` query heads in every group, every KV head kept.
+  heads). A layer keeps its first ``k`` slots: ``k`` query heads in every group, every KV head kept (none
+  once no slot is left).
   The kept Q rows are not a prefix of the stored tensor, so they are gathered with an index.
 
 Either way every layer stays a valid GQA layer. Importance is scored per query head; a group's
@@ -43,8 +46,7 @@ from torch import nn
 from transformers import AutoConfig, LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .core import Normalization, PrunableModel, PrunableTaskModel, init_standard
-from .outputs import TaskOutput, sequence_loss, token_loss
+from .core import Normalization, PrunableModel, init_standard
 from .packing import padding_kept
 from .sparsity_map import ModelConfigError
 from .units import PrunableBlock, Span, new_linear
@@ -302,8 +304,8 @@ class SparseDecoderPreTrainedModel(PreTrainedModel):
 class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
     """The prunable decoder: ``embed_tokens``, ``layers``, ``norm`` (no LM head).
 
-    ``forward(input_ids [B, T], attention_mask [B, T], head_mask [L, H], neuron_mask [L, I]) -> the
-    L + 1 hidden states [B, T, d]`` (the embeddings, each layer's output, the last after ``norm``;
+    ``forward(input_ids [B, T], attention_mask [B, T], token_type_ids (unused), head_mask [L, H], neuron_mask
+    [L, I]) -> the L + 1 hidden states [B, T, d]`` (the embeddings, each layer's output, the last after ``norm``;
     zero at padding).
     """
 
@@ -402,7 +404,8 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         """The token embeddings ``[B, T, d]``; pass back as ``forward(..., embedding_output=...)``."""
         return self.embed_tokens(input_ids)
 
-    def forward(self, input_ids, attention_mask=None, head_mask=None, neuron_mask=None, embedding_output=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None, neuron_mask=None,
+                embedding_output=None):
         self.check_masks(head_mask=head_mask, neuron_mask=neuron_mask)
         hidden = self.embed_tokens(input_ids) if embedding_output is None else embedding_output
         batch, length = input_ids.shape
@@ -436,80 +439,3 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
             kv = attention.span_widths()[1]
             cost["projection_elements"] += (2 * attention.kept_width + 2 * kv + 4 * mlp.kept) * seq_len
         return cost
-
-
-class _SparseDecoderTaskModel(PrunableTaskModel, SparseDecoderPreTrainedModel):
-    """Shared part of the decoder task models: the ``model`` decoder (whose verbs they expose) and one forward."""
-
-    base_model_class = SparseDecoderModel
-    distill_objective = "hidden_cos"  # pre-norm: raw residual states (docs/results.md, the objectives table)
-    sink_first_token = True
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.model = SparseDecoderModel(config)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def set_head_unit(self, unit: str) -> None:
-        """Choose the head unit; see :meth:`SparseDecoderModel.set_head_unit`."""
-        self.model.set_head_unit(unit)
-
-    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        return self.model.embed(input_ids)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, head_mask=None,
-                neuron_mask=None, embedding_output=None) -> TaskOutput:
-        """``input_ids [B, T]`` (``token_type_ids`` is accepted and unused) -> :class:`TaskOutput`;
-        ``head_mask [L, num_attention_heads]`` (one entry per query head), ``neuron_mask [L, I]``."""
-        states = self.model(input_ids, attention_mask, head_mask, neuron_mask, embedding_output)
-        logits = self.logits_from(states, attention_mask)
-        loss = None if labels is None else self.task_loss(logits, labels)
-        return TaskOutput(logits=logits, hidden_states=states, loss=loss)
-
-
-class SparseDecoderCls(_SparseDecoderTaskModel):
-    """Sequence classification or regression from the last real token: ``score`` (Linear, no bias), as HF's
-    ``*ForSequenceClassification``."""
-
-    data_type = "decoder_cls"
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
-        self.post_init()
-
-    def logits_from(self, states, attention_mask) -> torch.Tensor:
-        last = states[-1]
-        if attention_mask is None:
-            index = torch.full((last.shape[0],), last.shape[1] - 1, device=last.device)
-        else:
-            positions = torch.arange(last.shape[1], device=last.device)
-            index = (attention_mask.long() * positions).argmax(-1)
-        return self.score(last[torch.arange(last.shape[0], device=last.device), index])
-
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sequence_loss(logits, labels)
-
-
-class SparseDecoderNer(_SparseDecoderTaskModel):
-    """Token tagging: ``dropout`` then ``score`` (Linear) on every token, as HF's ``*ForTokenClassification``."""
-
-    data_type = "decoder_ner"
-
-    def __init__(self, config):
-        super().__init__(config)
-        dropout = getattr(config, "classifier_dropout", None)
-        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def logits_from(self, states, attention_mask) -> torch.Tensor:
-        return self.score(self.dropout(states[-1]))
-
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return token_loss(logits, labels)

@@ -48,7 +48,7 @@ from transformers import PreTrainedModel, T5Config
 from transformers.activations import ACT2FN
 
 from .core import Normalization, PrunableModel
-from .outputs import TaskOutput, sequence_loss, token_loss
+from .outputs import TaskOutput, task_loss
 from .packing import padding_kept
 from .units import PrunableBlock, new_linear
 
@@ -280,7 +280,8 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
     depth_config = "num_layers"
     rows_are_layers = False  # the decoder's rows follow the encoder's
     has_decoder = True
-    distill_objective = "hidden_cos"  # pre-norm: raw residual states (see PrunableTaskModel)
+    token_level = False
+    distill_objective = "hidden_cos"  # pre-norm: raw residual states (see models.task.TaskModel)
     # T5 checkpoints hold decoder blocks beyond the first, an LM head and tied embedding copies: unused here.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.block\.[1-9]", r"^lm_head\.", r"embed_tokens\.",
                                           r"EncDecAttention\.relative_attention_bias"]
@@ -425,7 +426,7 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
         without a decoder) multiply each head's context and each FFN activation."""
         states, mask = self.encode(input_ids, attention_mask, head_mask, neuron_mask, embedding_output)
         logits = self.logits_from(states, mask, head_mask, neuron_mask)
-        loss = None if labels is None else self.task_loss(logits, labels)
+        loss = None if labels is None else task_loss(logits, labels, self.token_level)
         return TaskOutput(logits=logits, hidden_states=states, loss=loss)
 
 
@@ -443,14 +444,13 @@ class SparseEncT5Cls(SparseEncT5PreTrainedModel):
     def logits_from(self, states, mask, head_mask=None, neuron_mask=None) -> torch.Tensor:
         return self.classifier(self.decode(states[-1], mask, head_mask, neuron_mask))
 
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sequence_loss(logits, labels)
 
 
 class SparseEncT5Ner(SparseEncT5PreTrainedModel):
     """EncT5 token tagging: ``classifier`` = dropout, then linear, on every encoder final state (no decoder)."""
 
     data_type = "enct5_ner"
+    token_level = True
     has_decoder = False
     _keys_to_ignore_on_load_unexpected = SparseEncT5PreTrainedModel._keys_to_ignore_on_load_unexpected + [
         r"^decoder\.", r"^decoder_input"]
@@ -463,5 +463,3 @@ class SparseEncT5Ner(SparseEncT5PreTrainedModel):
     def logits_from(self, states, mask, head_mask=None, neuron_mask=None) -> torch.Tensor:
         return self.classifier(states[-1])
 
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return token_loss(logits, labels)

@@ -1,138 +1,103 @@
-"""Task models on the SparseBERT encoder (sequence classification/regression and token tagging).
+"""The task models of the families that wrap a backbone: each declares its backbone and its head.
 
-The BERT task models expose the pruning verbs of their encoder (:class:`~models.core.PrunableTaskModel`),
-so the training loop never reaches into ``model.bert``.
+The forward, the loss, the embeddings and the pruning verbs are :class:`~models.task.TaskModel`'s. The heads'
+parameter names are those of the checkpoints they load: BERT's ``cls.*`` as in the MiniDisc authors'
+published teachers, the decoders' ``score`` as in HF's ``*ForSequenceClassification`` and
+``*ForTokenClassification``.
 """
-
-import logging
 
 import torch
 from torch import nn
 from transformers import BertConfig
 
-from .core import PrunableTaskModel
-from .outputs import TaskOutput, sequence_loss, token_loss
+from .decoder import SparseDecoderModel, SparseDecoderPreTrainedModel
 from .sparse_bert import SparseBertModel, SparseBertPreTrainedModel
+from .task import TaskModel
 
-logger = logging.getLogger(__name__)
 
-
-class _SparseBertTaskModel(PrunableTaskModel, SparseBertPreTrainedModel):
-    """Shared part of the BERT task models: the ``bert`` encoder (whose verbs they expose) and one forward."""
-
+class _BertTask(TaskModel, SparseBertPreTrainedModel):
+    backbone_class = SparseBertModel
     reads_token_types = True
-
-    base_model_class = SparseBertModel
-
-    def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = SparseBertModel(config)
 
     @property
     def classifier_dropout(self) -> float:
         dropout = getattr(self.config, "classifier_dropout", None)
         return self.config.hidden_dropout_prob if dropout is None else dropout
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.bert.get_input_embeddings()
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.bert.set_input_embeddings(value)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        neuron_mask: torch.Tensor | None = None,
-        embedding_output: torch.Tensor | None = None,
-    ) -> TaskOutput:
-        """Encode, then the head's ``logits_from`` the hidden states and, with ``labels``, its ``task_loss``."""
-        hidden_states = self.encode(input_ids, attention_mask, token_type_ids, head_mask, neuron_mask,
-                                    embedding_output)
-        logits = self.logits_from(hidden_states)
-        loss = None if labels is None else self.task_loss(logits, labels)
-        return TaskOutput(logits=logits, hidden_states=hidden_states, loss=loss)
-
-    def logits_from(self, hidden_states) -> torch.Tensor:
-        """The task logits from the L + 1 hidden states."""
-        raise NotImplementedError
-
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The task loss of ``logits`` against gold ``labels``."""
-        raise NotImplementedError
-
-    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """The embeddings before dropout, to share between forwards; see :meth:`SparseBertModel.embed`."""
-        return self.bert.embed(input_ids, attention_mask, token_type_ids)
-
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None, head_mask=None, neuron_mask=None,
-               embedding_output=None):
-        """Run the encoder; returns the L + 1 hidden states ``[B, T, hidden]``."""
-        return self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            head_mask=head_mask,
-            neuron_mask=neuron_mask,
-            embedding_output=embedding_output,
-        )
-
-
-class SparseBertCls(_SparseBertTaskModel):
+class SparseBertCls(_BertTask):
     """Sequence classification (``num_labels > 1``) or regression (``num_labels == 1``).
 
     Head (``cls``): the final hidden state of [CLS] (position 0) -> Linear(H, H) -> tanh -> Dropout
-    -> Linear(H, num_labels); parameter names ``cls.0.*`` and ``cls.3.*`` as in the authors'
-    published teachers. There is no pooler.
-
-    ``forward(input_ids [B, T], attention_mask [B, T], token_type_ids [B, T], labels, head_mask [L, H],
-    neuron_mask [L, I], embedding_output) -> TaskOutput`` with ``logits [B, num_labels]``. ``labels`` is a
-    LongTensor ``[B]`` (cross-entropy) or, for regression, a FloatTensor ``[B]`` (MSE on the squeezed
-    logits).
+    -> Linear(H, num_labels); parameter names ``cls.0.*`` and ``cls.3.*``. There is no pooler. ``labels`` is
+    a LongTensor ``[B]`` (cross-entropy) or, for regression, a FloatTensor ``[B]`` (MSE on the squeezed logits).
     """
 
     data_type = "bert_cls"
 
-    def __init__(self, config: BertConfig):
-        super().__init__(config)
+    def build_head(self, config: BertConfig) -> None:
         hidden = config.hidden_size
-        self.cls = nn.Sequential(
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Dropout(self.classifier_dropout),
-            nn.Linear(hidden, config.num_labels),
-        )
-        self.post_init()
+        self.cls = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(self.classifier_dropout),
+                                 nn.Linear(hidden, config.num_labels))
 
-    def logits_from(self, hidden_states) -> torch.Tensor:
-        return self.cls(hidden_states[-1][:, 0])
-
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sequence_loss(logits, labels)
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        return self.cls(states[-1][:, 0])
 
 
-class SparseBertNer(_SparseBertTaskModel):
-    """Token tagging (NER): ``cls`` = Dropout -> Linear(H, num_labels) on every token.
-
-    ``forward(...) -> TaskOutput`` with ``logits [B, T, num_labels]``. ``labels`` is a
-    LongTensor ``[B, T]`` holding -100 at positions not scored (padding, special tokens and every
-    sub-word but a word's first); the loss is the token cross-entropy over the scored positions.
-    """
+class SparseBertNer(_BertTask):
+    """Token tagging (NER): ``cls`` = Dropout -> Linear(H, num_labels) on every token. ``labels`` is a LongTensor
+    ``[B, T]`` holding -100 at positions not scored (padding, special tokens and every sub-word but a word's
+    first)."""
 
     data_type = "bert_ner"
+    token_level = True
 
-    def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.cls = nn.Sequential(
-            nn.Dropout(self.classifier_dropout), nn.Linear(config.hidden_size, config.num_labels)
-        )
-        self.post_init()
+    def build_head(self, config: BertConfig) -> None:
+        self.cls = nn.Sequential(nn.Dropout(self.classifier_dropout), nn.Linear(config.hidden_size, config.num_labels))
 
-    def logits_from(self, hidden_states) -> torch.Tensor:
-        return self.cls(hidden_states[-1])
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        return self.cls(states[-1])
 
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return token_loss(logits, labels)
+
+class _DecoderTask(TaskModel, SparseDecoderPreTrainedModel):
+    backbone_class = SparseDecoderModel
+    distill_objective = "hidden_cos"  # pre-norm: raw residual states (docs/results.md, the objectives table)
+    sink_first_token = True
+
+    def set_head_unit(self, unit: str) -> None:
+        """Choose the head unit; see :meth:`~models.decoder.SparseDecoderModel.set_head_unit`."""
+        self.model.set_head_unit(unit)
+
+
+class SparseDecoderCls(_DecoderTask):
+    """Sequence classification or regression from the last real token: ``score`` (Linear, no bias), as HF's
+    ``*ForSequenceClassification``."""
+
+    data_type = "decoder_cls"
+
+    def build_head(self, config) -> None:
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        last = states[-1]
+        if attention_mask is None:
+            index = torch.full((last.shape[0],), last.shape[1] - 1, device=last.device)
+        else:
+            positions = torch.arange(last.shape[1], device=last.device)
+            index = (attention_mask.long() * positions).argmax(-1)
+        return self.score(last[torch.arange(last.shape[0], device=last.device), index])
+
+
+class SparseDecoderNer(_DecoderTask):
+    """Token tagging: ``dropout`` then ``score`` (Linear) on every token, as HF's ``*ForTokenClassification``."""
+
+    data_type = "decoder_ner"
+    token_level = True
+
+    def build_head(self, config) -> None:
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        return self.score(self.dropout(states[-1]))

@@ -36,3 +36,8 @@ def sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token cross-entropy of ``logits [B, T, C]`` over the positions where ``labels [B, T]`` is not -100."""
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, token_level: bool) -> torch.Tensor:
+    """:func:`token_loss` for a tagging model (``token_level``), else :func:`sequence_loss`."""
+    return token_loss(logits, labels) if token_level else sequence_loss(logits, labels)

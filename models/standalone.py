@@ -26,7 +26,8 @@ from pathlib import Path
 
 MODELING_FILE = "modeling_minidisc.py"
 # This package's modules, each after the ones it imports.
-MODULES = ("sparsity_map", "fast_ops", "packing", "units", "core", "outputs", "sparse_bert", "heads", "enc_t5", "decoder")
+MODULES = ("sparsity_map", "fast_ops", "packing", "units", "core", "outputs", "task", "sparse_bert", "enc_t5", "decoder",
+           "heads")
 # Names every module may define for itself.
 PER_MODULE = frozenset({"logger"})
 AUTO_CLASSES = {"Cls": "AutoModelForSequenceClassification", "Ner": "AutoModelForTokenClassification"}
