@@ -128,8 +128,21 @@ class PrunableModel:
         """Per sequence of ``seq_len`` tokens at the current widths: ``forward_flops`` of the transformer
         blocks, and the elements a training step keeps for backward, split into ``stream_elements``
         (residual stream and norm inputs, fp32 under autocast) and ``projection_elements`` (projection
-        and activation outputs, in the compute dtype). Used by the planner (:mod:`utils.command.planner`)."""
-        raise NotImplementedError
+        and activation outputs, in the compute dtype). Used by the planner (:mod:`utils.command.planner`).
+
+        Computed from the blocks' declarations: each block's projections (and an attention's scores over
+        ``seq_len`` keys, the whole square as a masked kernel computes it), what each keeps
+        (:meth:`~models.units.PrunableBlock.saved_elements`), and 4 stream tensors per layer (block and
+        norm inputs). A family whose blocks do not all run on every token (EncT5's decoder) overrides it."""
+        cost = {"forward_flops": 0, "stream_elements": 0, "projection_elements": 0}
+        for kind in UNITS:
+            for block in self.blocks(kind):
+                cost["forward_flops"] += block.projection_flops(seq_len)
+                if kind == "head":
+                    cost["forward_flops"] += block.attention_flops(seq_len, seq_len)
+                cost["projection_elements"] += block.saved_elements(seq_len)
+        cost["stream_elements"] = 4 * self.config.hidden_size * seq_len * len(self.layer_modules())
+        return cost
 
     @classmethod
     def full_units(cls, config) -> dict[str, int]:

@@ -199,6 +199,7 @@ class SparseSwiGLU(PrunableBlock):
     [B, T, d]``."""
 
     unit_kind = "neuron"
+    activation_copies = 1  # gate, up, the activation and the product are kept
 
     def __init__(self, config, neurons: int):
         super().__init__()
@@ -425,17 +426,3 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
             keep = attention_mask.bool()[:, :, None]
             states = [torch.where(keep, state, torch.zeros((), dtype=state.dtype)) for state in states]
         return tuple(states)
-
-    def training_cost(self, seq_len: int) -> dict[str, int]:
-        """Per layer and token: Q/K/V/O and SwiGLU projections, attention over ``seq_len`` keys (the whole
-        square, as a masked kernel computes it); kept for backward: 4 stream tensors, Q, K, V, the
-        context, and the gate, up, activation and product of the FFN."""
-        cost = {"forward_flops": 0, "stream_elements": 0, "projection_elements": 0}
-        for layer in self.layers:
-            attention, mlp = layer.self_attn, layer.mlp
-            cost["forward_flops"] += (attention.projection_flops(seq_len) + mlp.projection_flops(seq_len)
-                                      + attention.attention_flops(seq_len, seq_len))
-            cost["stream_elements"] += 4 * self.config.hidden_size * seq_len
-            kv = attention.span_widths()[1]
-            cost["projection_elements"] += (2 * attention.kept_width + 2 * kv + 4 * mlp.kept) * seq_len
-        return cost

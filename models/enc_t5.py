@@ -161,6 +161,7 @@ class SparseT5FFN(PrunableBlock):
     def __init__(self, config: T5Config, num_neurons: int):
         super().__init__()
         self.gated = config.is_gated_act
+        self.activation_copies = int(self.gated)  # a gated FFN also keeps its activation for backward
         self.unit_rows = ("wi_0", "wi_1") if self.gated else ("wi",)
         for name in self.unit_rows:
             setattr(self, name, new_linear(config.d_model, num_neurons, bias=False))
@@ -319,8 +320,8 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
         return tables + [block for stack in stacks for block in stack.block]
 
     def training_cost(self, seq_len: int) -> dict[str, int]:
-        """Encoder blocks as BERT's layers (a gated FFN keeps 4 tensors of its width, a ReLU one 2); the
-        decoder block runs on one position, except the cross-attention keys and values over every token."""
+        """Encoder blocks as :meth:`PrunableModel.training_cost` counts them; the decoder block runs on one
+        position, except the cross-attention keys and values over every token."""
         d = self.config.d_model
         cost = {"forward_flops": 0, "stream_elements": 0, "projection_elements": 0}
         for block in self.encoder.block:
@@ -328,7 +329,7 @@ class SparseEncT5PreTrainedModel(PrunableModel, PreTrainedModel):
             cost["forward_flops"] += (attention.projection_flops(seq_len) + ffn.projection_flops(seq_len)
                                       + attention.attention_flops(seq_len, seq_len))
             cost["stream_elements"] += 4 * d * seq_len
-            cost["projection_elements"] += (4 * attention.kept_width + (4 if ffn.gated else 2) * ffn.kept) * seq_len
+            cost["projection_elements"] += attention.saved_elements(seq_len) + ffn.saved_elements(seq_len)
         if self.has_decoder:
             block = self.decoder.block[0]
             attention, cross, ffn = (block.layer[0].SelfAttention, block.layer[1].EncDecAttention,

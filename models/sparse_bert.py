@@ -393,16 +393,3 @@ class SparseBertModel(PrunableModel, SparseBertPreTrainedModel):
 
     def layer_modules(self) -> list[nn.Module]:
         return list(self.encoder.layer)
-
-    def training_cost(self, seq_len: int) -> dict[str, int]:
-        """Per layer and token: Q/K/V/output and FFN projections, attention over ``seq_len`` keys; kept
-        for backward: 4 stream tensors (block inputs, LayerNorm inputs), Q, K, V, the context, and the
-        FFN pre- and post-activation."""
-        cost = {"forward_flops": 0, "stream_elements": 0, "projection_elements": 0}
-        for layer in self.layers:
-            attention = layer.attention
-            cost["forward_flops"] += (attention.projection_flops(seq_len) + layer.projection_flops(seq_len)
-                                      + attention.attention_flops(seq_len, seq_len))
-            cost["stream_elements"] += 4 * self.config.hidden_size * seq_len
-            cost["projection_elements"] += (4 * attention.kept_width + 2 * layer.kept) * seq_len
-        return cost

@@ -94,7 +94,8 @@ class PrunableBlock(nn.Module):
     integer buffers with one entry per mask entry that follow a reorder (T5's original head ids). It calls
     :meth:`init_units` once its linears exist, and again whenever its layout changes. ``kept`` is the number
     of units the forward uses now (the leading ones); ``min_units`` how many a sparsity map built from
-    importance must leave it.
+    importance must leave it; ``activation_copies`` how many tensors of its width it keeps for backward
+    beyond its spans' (:meth:`saved_elements`).
     """
 
     unit_kind: str = ""
@@ -102,6 +103,7 @@ class PrunableBlock(nn.Module):
     unit_cols: tuple[str, ...] = ()
     unit_index: tuple[str, ...] = ()
     min_units: int = 0
+    activation_copies: int = 0
 
     def unit_layout(self) -> tuple[torch.Tensor, tuple[Span, ...]]:
         """``(units [units, entries per unit], spans)`` at the stored widths; the default is one entry per unit,
@@ -291,6 +293,11 @@ class PrunableBlock(nn.Module):
     def attention_flops(self, queries: int, keys: int) -> int:
         """Forward FLOPs of the scores and the weighted sum of ``queries`` over ``keys`` at the kept heads."""
         return 4 * queries * keys * self.kept_width
+
+    def saved_elements(self, tokens: int) -> int:
+        """Elements a training step keeps for backward over ``tokens`` tokens: each span's kept outputs (or
+        inputs), and ``activation_copies`` more of the first span's width (a gated FFN keeps its activation)."""
+        return tokens * (sum(self.span_widths()) + self.activation_copies * self.kept_width)
 
     def unit_parameters(self) -> list[nn.Parameter]:
         """The stored parameters of the linears the units live in."""
