@@ -71,6 +71,10 @@ class SparsificationArguments:
                                 help="Decoder LLMs with grouped-query attention: what a sparsity level removes heads "
                                 "by, whole KV groups (a KV head with its query heads) or query heads within groups "
                                 "(every group keeps as many; all KV heads stay). Default: the teacher's, else group.")
+    uniform_widths: bool = arg(False, help="Every layer keeps as many heads (KV groups, or query heads per group) and "
+                               "neurons at each level, its own most important ones, instead of a global ranking. A "
+                               "decoder LLM pruned so saves as its family's stock architecture (loads without "
+                               "trust_remote_code).")
     levels: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
@@ -166,7 +170,7 @@ def main(argv=None) -> dict:
     teacher.config.sparsity = 0
     teacher.config.sparsity_map = build_sparsity_map(
         teacher.unit_scores("head", scores["head"]), teacher.unit_scores("neuron", scores["neuron"]), levels,
-        options.neuron_multiple, teacher.min_kept())
+        options.neuron_multiple, teacher.min_kept(), uniform=options.uniform_widths)
     teacher.config.importance_split = scores["split"]
     teacher.config.importance_samples = scores["num_examples"]
     teacher.config.neuron_multiple = options.neuron_multiple
@@ -186,6 +190,7 @@ def main(argv=None) -> dict:
                        "reused": options.reuse_importance, "seconds": importance_seconds},
         "sparsities": list(levels),
         "neuron_multiple": options.neuron_multiple,
+        "uniform_widths": options.uniform_widths,
         "sparsity_map": {str(s): {unit: {str(k): v for k, v in counts.items()} for unit, counts in entry.items()}
                          for s, entry in teacher.config.sparsity_map.items()},
         "teacher_dev": teacher_dev,

@@ -77,6 +77,15 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+STOCK_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+def full_size(config, field: str) -> int:
+    """The unpruned value of one of :data:`STOCK_FIELDS`: from ``config.pruned_from`` when the checkpoint was saved
+    as a stock architecture (its stock fields then hold the pruned sizes, :mod:`models.standalone`)."""
+    return (getattr(config, "pruned_from", None) or {}).get(field, getattr(config, field))
+
+
 def head_unit(config) -> str:
     """The config's head unit (``"group"`` when unset)."""
     unit = getattr(config, "head_unit", None) or "group"
@@ -316,7 +325,7 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         super().__init__(config)
         if config.model_type not in DECODER_TYPES:
             raise ModelConfigError(f"config model_type {config.model_type!r}: expected one of {', '.join(DECODER_TYPES)}")
-        groups, heads = config.num_key_value_heads, config.num_attention_heads
+        groups, heads = full_size(config, "num_key_value_heads"), full_size(config, "num_attention_heads")
         if heads % groups:
             raise ModelConfigError(f"config num_attention_heads {heads} is not a multiple of num_key_value_heads {groups}")
         types = set(getattr(config, "layer_types", None) or ())
@@ -346,14 +355,14 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
     @classmethod
     def full_units(cls, config) -> dict[str, int]:
         """KV groups (``"group"``) or query heads per group (``"query"``) per layer, and FFN channels."""
-        groups = config.num_key_value_heads
-        units = groups if head_unit(config) == "group" else config.num_attention_heads // groups
-        return {"head": units, "neuron": config.intermediate_size}
+        groups, heads = full_size(config, "num_key_value_heads"), full_size(config, "num_attention_heads")
+        units = groups if head_unit(config) == "group" else heads // groups
+        return {"head": units, "neuron": full_size(config, "intermediate_size")}
 
     @classmethod
     def full_mask_entries(cls, config) -> dict[str, int]:
         """A head mask has one entry per query head."""
-        return {"head": config.num_attention_heads, "neuron": config.intermediate_size}
+        return {"head": full_size(config, "num_attention_heads"), "neuron": full_size(config, "intermediate_size")}
 
     def set_head_unit(self, unit: str) -> None:
         """Choose what a head unit is (``"group"`` or ``"query"``) on the full, unpruned model.
@@ -368,6 +377,15 @@ class SparseDecoderModel(PrunableModel, SparseDecoderPreTrainedModel):
         self.config.head_unit = unit
         for block in self.blocks("head"):
             block.set_head_unit(unit)
+
+    def stock_sizes(self) -> dict[str, int] | None:
+        """The stock config fields of the stored widths when every layer has the same, nonzero ones (a student of
+        uniform widths): its family's own HF classes then hold it. None otherwise."""
+        sizes = {(layer.self_attn.query_heads, layer.self_attn.kv_heads, layer.mlp.down_proj.in_features)
+                 for layer in self.layers}
+        if len(sizes) != 1 or 0 in next(iter(sizes)):
+            return None
+        return {**dict(zip(STOCK_FIELDS, sizes.pop(), strict=True)), "head_dim": head_dim(self.config)}
 
     def _keep_layers(self, num_layers: int) -> None:
         self.layers = self.layers[:num_layers]

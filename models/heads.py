@@ -68,6 +68,10 @@ class _DecoderTask(TaskModel, SparseDecoderPreTrainedModel):
         """Choose the head unit; see :meth:`~models.decoder.SparseDecoderModel.set_head_unit`."""
         self.model.set_head_unit(unit)
 
+    def stock_sizes(self) -> dict[str, int] | None:
+        """The stock config fields of a uniform-width model; see :meth:`~models.decoder.SparseDecoderModel.stock_sizes`."""
+        return self.model.stock_sizes()
+
 
 class SparseDecoderCls(_DecoderTask):
     """Sequence classification or regression from the last real token: ``score`` (Linear, no bias), as HF's

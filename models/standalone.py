@@ -41,6 +41,17 @@ def auto_class(model_class: type) -> str:
     raise TypeError(f"{model_class.__name__} is not a task model (expected a name ending in Cls or Ner)")
 
 
+def stock_class(model_type: str, model_class: type) -> str:
+    """The name of transformers' own class of ``model_type`` for the task of ``model_class`` (what a stock
+    checkpoint's ``architectures`` names, e.g. ``LlamaForSequenceClassification``)."""
+    from transformers.models.auto import modeling_auto
+
+    task = auto_class(model_class).removeprefix("AutoModelFor")
+    names = {"SequenceClassification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+             "TokenClassification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES}[task]
+    return names[model_type]
+
+
 def _top_level_names(tree: ast.Module) -> set[str]:
     names = set()
     for node in tree.body:
@@ -82,11 +93,27 @@ def modeling_source(package: Path = Path(__file__).parent, modules: tuple[str, .
 
 
 def write_standalone(directory: Path, model) -> None:
-    """Write :data:`MODELING_FILE` into the saved model folder ``directory`` and point its config's
-    ``auto_map`` at ``model``'s class in it."""
+    """Make the saved model folder ``directory`` load with transformers alone.
+
+    A decoder whose layers all have the same widths (``model.stock_sizes()``: a student of ``--uniform_widths``,
+    or any full-width decoder) is its family's stock architecture: its config gets the pruned sizes in the stock
+    fields (``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size``, ``head_dim``) and the full
+    ones in ``pruned_from`` (which this project reads back), and no code: ``AutoModelFor...`` loads it without
+    ``trust_remote_code``, and so do tools that read stock checkpoints. Any other model gets
+    :data:`MODELING_FILE` and ``auto_map`` naming ``model``'s class in it."""
     directory = Path(directory)
-    (directory / MODELING_FILE).write_text(modeling_source())
     config_file = directory / "config.json"
     config = json.loads(config_file.read_text())
-    config["auto_map"] = {auto_class(type(model)): f"{MODELING_FILE.removesuffix('.py')}.{type(model).__name__}"}
+    sizes = model.stock_sizes() if hasattr(model, "stock_sizes") else None
+    if sizes is None:
+        (directory / MODELING_FILE).write_text(modeling_source())
+        config["auto_map"] = {auto_class(type(model)): f"{MODELING_FILE.removesuffix('.py')}.{type(model).__name__}"}
+    else:
+        full = {**{field: config[field] for field in sizes if field in config}, **(config.get("pruned_from") or {})}
+        config.pop("auto_map", None)
+        config.pop("pruned_from", None)
+        if any(full.get(field, value) != value for field, value in sizes.items()):
+            config["pruned_from"] = {field: full[field] for field in sizes if field in full and field != "head_dim"}
+        config.update(sizes)
+        config["architectures"] = [stock_class(config["model_type"], type(model))]
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

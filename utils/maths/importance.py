@@ -16,7 +16,10 @@ Rounding rules (documented because they decide the exact counts):
   reported the nominal level only):
   report the kept counts, never the level alone. Heads are never rounded;
 * ties in the global ranking go to the lower (layer, position) first, so the result is
-  deterministic.
+  deterministic;
+* with ``uniform`` there is no global ranking: every row of a kind loses ``round(s · N / 100)`` of its
+  ``N`` units (neurons rounded to ``m`` as above), its least important ones, so every layer keeps as many
+  (a decoder student of uniform widths is a stock architecture, :mod:`models.standalone`).
 
 Example::
 
@@ -117,12 +120,25 @@ def removed_per_layer(scores: torch.Tensor, level: int, multiple: int = 1,
     return {row: n for row, n in enumerate(per_row) if n > 0}
 
 
+def removed_uniformly(scores: torch.Tensor, level: int, multiple: int = 1,
+                      min_kept: list[int] | None = None) -> dict[int, int]:
+    """``{row: n_removed}`` when every row of ``scores [rows, N]`` loses ``removal_count(level, N)`` units (rounded
+    to ``multiple``), capped so that every row keeps the largest of ``min_kept``: the same count in every row."""
+    num_rows, size = scores.shape
+    count = removal_count(level, size)
+    if multiple > 1:
+        count = min(round(Fraction(count, multiple)) * multiple, size)
+    count = min(count, size - max(min_kept or [0]))
+    return {row: count for row in range(num_rows)} if count > 0 else {}
+
+
 def build_sparsity_map(
     head_scores: torch.Tensor,
     neuron_scores: torch.Tensor,
     levels: Iterable[int],
     neuron_multiple: int = 1,
     min_kept: dict[str, list[int]] | None = None,
+    uniform: bool = False,
 ) -> SparsityMap:
     """The sparsity map ``{s: {"head": {row: n}, "neuron": {row: n}}}`` from normalised scores.
 
@@ -133,7 +149,8 @@ def build_sparsity_map(
     reordering give the same map. Because one ranking serves every level, the maps are nested: a unit
     removed at ``s`` is removed at every higher level (with ``neuron_multiple`` too, since its rounding
     is monotone). ``min_kept`` (``{"head": [per row], "neuron": [per row]}``, a model's
-    ``min_kept()``) protects each row's most important units from removal.
+    ``min_kept()``) protects each row's most important units from removal. ``uniform``: every row of a kind
+    loses as many units (:func:`removed_uniformly`) instead of the globally least important ones.
 
     Raises:
         ValueError: for a level outside 0–99, ``neuron_multiple < 1`` or malformed scores.
@@ -148,8 +165,9 @@ def build_sparsity_map(
     for level in sorted(set(levels)):
         if not 0 <= level <= 99:
             raise ValueError(f"sparsity level {level} is not between 0 and 99")
+        remove = removed_uniformly if uniform else removed_per_layer
         result[level] = {
-            "head": removed_per_layer(head_scores, level, min_kept=min_kept.get("head")),
-            "neuron": removed_per_layer(neuron_scores, level, neuron_multiple, min_kept.get("neuron")),
+            "head": remove(head_scores, level, min_kept=min_kept.get("head")),
+            "neuron": remove(neuron_scores, level, neuron_multiple, min_kept.get("neuron")),
         }
     return result
