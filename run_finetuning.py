@@ -61,8 +61,11 @@ def main(argv=None) -> dict:
         path = args.finetune.model_name_or_path
         tokenizer = load_tokenizer(path)
         data = load_train_and_dev(args.data, task, tokenizer)
-        model = load_model(args.model.model_type, path, new_head=True, num_labels=task.num_labels,
-                           finetuning_task=task.name, id2label=dict(enumerate(task.labels or ("score",))))
+        # A language model keeps the checkpoint's own head (its next-token logits); a task gets a new one.
+        head = {} if task.is_lm_task else {"num_labels": task.num_labels,
+                                           "id2label": dict(enumerate(task.labels or ("score",)))}
+        model = load_model(args.model.model_type, path, new_head=not task.is_lm_task, finetuning_task=task.name,
+                           **head)
         selector = MetricSelector(data["dev"], training.selection_metric, training.per_device_eval_batch_size, run)
         result = train(training, run, model, data["train"], TaskObjective(), selector, tokenizer, run.output_dir,
                        resume=run.resume)

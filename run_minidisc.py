@@ -57,8 +57,10 @@ class Arguments(DistillScriptArguments):
     schedule: ScheduleArguments
 
 
-def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iteration: int, data) -> StageResult:
-    """Train one iteration from ``teacher_path`` into ``stage_dir``; return what it produced, with its schedule."""
+def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iteration: int, data,
+                  scale: float = 1.0) -> StageResult:
+    """Train one iteration from ``teacher_path`` into ``stage_dir``; return what it produced, with its schedule.
+    ``scale`` turns the dev metric into P(s) (:class:`~utils.engine.schedule.SandwichSelector`)."""
     task, model_type, schedule_args, training = args.task, args.model.model_type, args.schedule, args.training
     final = iteration == schedule_args.target_iteration
     teacher = place(load_teacher(model_type, teacher_path, task), run)
@@ -85,7 +87,7 @@ def run_iteration(args, run, tokenizer, teacher_path: str, stage_dir: Path, iter
                                     export_dir=stage_dir / "export" if schedule_args.export_all else None,
                                     tokenizer=tokenizer,
                                     predictions_path=stage_dir / PREDICTIONS_FILE
-                                    if schedule_args.record_predictions else None)
+                                    if schedule_args.record_predictions else None, scale=scale)
         logger.info("iteration %d: sandwich over sparsities %s from a %dS teacher", iteration, sparsities,
                     teacher_sparsity)
     if not final and schedule_args.search_max_steps:
@@ -123,13 +125,15 @@ def main(argv=None) -> dict:
         teacher_dev = evaluate(place(teacher, run), data["dev"], training.per_device_eval_batch_size, run,
                                "teacher")
         logger.info("teacher dev: %s", teacher_dev)
+        # P(s) of a language model is the teacher's perplexity over the student's (its metric is 1 / perplexity)
+        scale = teacher_dev["perplexity"] if task.is_lm_task else 1.0
         del teacher
         iterations = []
         for k in range(1, schedule_args.target_iteration + 1):
             stage_dir = run.output_dir / f"iter_{k}"
             stage = read_stage(stage_dir, stage_settings(run, iteration=k))
             if stage is None:
-                stage = run_iteration(args, run, tokenizer, teacher_path, stage_dir, k, data)
+                stage = run_iteration(args, run, tokenizer, teacher_path, stage_dir, k, data, scale)
                 close_stage(run, stage_dir, stage)
             else:
                 logger.info("iteration %d already finished in %s: reusing it", k, stage_dir)

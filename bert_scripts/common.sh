@@ -13,7 +13,8 @@
 #   DATA_DIR      prepared data root, holding {task}/ [REPO/datasets]
 #   OUTPUT_ROOT   runs go to OUTPUT_ROOT/{task}/{stage} [REPO/outputs]
 #   MODEL         pretrained model fine-tuned by run_finetuning_* [bert-base-uncased; conll: bert-base-cased]
-#   FAMILY        decoder: MODEL is a decoder LLM (Llama, Mistral, Qwen2/3): sparsedecoder_* model types [bert]
+#   FAMILY        decoder: MODEL is a decoder LLM (Llama, Mistral, Qwen2/3, Phi-3): sparsedecoder_* model types
+#                 (task lm: sparsedecoder_lm, the only family it takes) [bert]
 #   TEACHER_PATH  teacher of the stage [the previous stage's output, see below]
 #   STUDENT       run_distillation_*: student spec, kL or sS [90S]
 #   TA_PATH       run_maxidisc_*: assistant chain ending in the student [80,90S]
@@ -71,6 +72,10 @@ task_settings() {
     mnli | mnlimm) BATCH=32 LR=2e-5 LOG_INTERVAL=3000 ;;
     # Ours: the offline Pang & Lee corpus (3,200 training sentences, test labels kept).
     polarity) BATCH=16 LR=3e-5 LOG_INTERVAL=50 PREDICT=--do_test ;;
+    # Ours: a decoder LLM compressed as a language model on plain text (python -m data.prepare lm).
+    lm) BATCH=8 LR=1e-4 LOG_INTERVAL=100 PREDICT=--do_test FT_EPOCHS=1
+        [[ "${FAMILY:-bert}" == decoder ]] || die "task lm is for decoder LLMs: set FAMILY=decoder"
+        MODEL_TYPE=sparsedecoder_lm DATA_TYPE=decoder_lm BASE_MODEL=HuggingFaceTB/SmolLM2-135M ;;
     *) die "unknown task '$1'" ;;
   esac
   if [[ "${FAMILY:-bert}" == decoder ]]; then

@@ -9,6 +9,9 @@
 #   MODEL=bert-base-uncased bash bert_scripts/run_main_job.sh   # BERT from the hub instead of MiniLM
 #   MODEL=smollm2 bash bert_scripts/run_main_job.sh    # the decoder LLM SmolLM2-135M (PyPI GGUF wheel); quick:
 #                                                      # about 45 min on 2 CPU cores, in bf16
+#   MODEL=smollm2 TASK=lm bash bert_scripts/run_main_job.sh   # SmolLM2 compressed as a language model on
+#                       # WikiText-2 (PyPI wheel): no fine-tuning, importance from the LM loss, uniform widths,
+#                       # MiniDisc to a 50S student in its stock architecture; perplexity and greedy samples
 #
 # Outputs: outputs/main_job_{profile}/polarity/{finetune,sparsify,minidisc_90S,...} (OUTPUT_ROOT to
 # change). A stage whose results.json exists is reused, an interrupted one resumes; FRESH=1 redoes
@@ -17,12 +20,34 @@ JOB_OUTPUT_ROOT="${OUTPUT_ROOT:-}"  # common.sh defaults OUTPUT_ROOT to outputs/
 source "$(dirname "$0")/common.sh"
 
 PROFILE="${PROFILE:-quick}"
-TASK=polarity
+TASK="${TASK:-polarity}"
 LLM=""
 if [[ "${MODEL:-}" == smollm2 ]]; then LLM=smollm2; fi
+[[ "$TASK" == polarity || ( "$TASK" == lm && "$LLM" == smollm2 ) ]] ||
+  die "TASK=$TASK: expected polarity, or lm with MODEL=smollm2"
+LM=""
+if [[ "$TASK" == lm ]]; then LM=lm; fi
+TARGET=90
 # Budgets on top of the task's settings in common.sh (appended last, so they win); SANDWICH: MiniDisc's only.
 SANDWICH=()
-case "$LLM$PROFILE" in
+case "$LLM$LM$PROFILE" in
+  smollm2lmquick)  # SmolLM2 as a language model on 2 CPU cores, bf16: blocks of 64 tokens, a map of uniform
+    # widths from 10 to 50S, a short sandwich over 30-50S to choose the assistant, then the 50S student alone
+    TARGET=50
+    DATA=(--max_length 64 --max_eval_samples 64 --use_bf16 --per_device_eval_batch_size 16)
+    SPARSIFY=(--uniform_widths --sparsities 10,20,30,40,50 --importance_split train --importance_samples 64)
+    MINIDISC=(--max_steps 300 --search_max_steps 40 --log_interval 50 --learning_rate 3e-4
+              --per_device_train_batch_size 8)
+    SANDWICH=(--trunc_sparsity 30 --final_student alone)
+    REPORT=(--repeats 3 --batch_size 8 --num_batches 2) ;;
+  smollm2lmsmoke)
+    TARGET=50
+    DATA=(--max_length 32 --max_eval_samples 4 --max_train_samples 16 --use_bf16)
+    SPARSIFY=(--uniform_widths --sparsities 30,50 --importance_split train --importance_samples 4)
+    MINIDISC=(--max_steps 2 --log_interval 2 --per_device_train_batch_size 4) SANDWICH=(--trunc_sparsity 30)
+    REPORT=(--repeats 1 --warmup 0 --num_batches 1 --batch_size 2 --new_tokens 4) ;;
+  smollm2lmfull)
+    TARGET=50 DATA=(--use_bf16) SPARSIFY=(--uniform_widths) MINIDISC=() REPORT=(--repeats 20) ;;
   smollm2quick)  # a 135M decoder on 2 CPU cores: bf16 autocast (about 2x fp32 there), step budgets, dev
     # subsets, and candidate assistants from 70S (the wider ones cost most and are not chosen at λ = 0.2);
     # MiniDisc: a short sandwich (150 steps) to choose the assistant, then the student distilled alone from
@@ -74,13 +99,14 @@ elif [[ "$LLM" == smollm2 ]]; then
   announce "fetching SmolLM2-135M-Instruct (GGUF, dequantised once) into $MODEL"
   "$PYTHON" -m tools.assets smollm2 --output_dir "$MODEL"
   export FAMILY=decoder
-  if [[ -z "$JOB_OUTPUT_ROOT" ]]; then JOB_OUTPUT_ROOT="$REPO_ROOT/outputs/main_job_${PROFILE}_smollm2"; fi
+  if [[ -z "$JOB_OUTPUT_ROOT" ]]; then JOB_OUTPUT_ROOT="$REPO_ROOT/outputs/main_job_${PROFILE}_smollm2${LM:+_lm}"; fi
 fi
 export MODEL
 export OUTPUT_ROOT="${JOB_OUTPUT_ROOT:-$REPO_ROOT/outputs/main_job_$PROFILE}"
 announce "main job, profile $PROFILE: outputs in $OUTPUT_ROOT"
 
-if [[ -f "$DATA_DIR/$TASK/train.tsv" && -f "$DATA_DIR/$TASK/dev.tsv" && -f "$DATA_DIR/$TASK/test.tsv" ]]; then
+if compgen -G "$DATA_DIR/$TASK/train.*" >/dev/null && compgen -G "$DATA_DIR/$TASK/dev.*" >/dev/null &&
+   compgen -G "$DATA_DIR/$TASK/test.*" >/dev/null; then
   announce "$TASK data already in $DATA_DIR/$TASK"
 else
   announce "preparing the $TASK corpus into $DATA_DIR"
@@ -99,11 +125,19 @@ stage() {
   bash "$REPO_ROOT/bert_scripts/$script" "$@"
 }
 
-stage "1/3 fine-tuning $(basename "$MODEL") on $TASK" finetune "run_finetuning_$TASK.sh" "${DATA[@]}" "${FINETUNE[@]}"
-stage "2/3 sparsifying the teacher" sparsify "run_sparsification_$TASK.sh" "${DATA[@]}" "${SPARSIFY[@]}"
-TARGET=90 stage "3/3 MiniDisc to a 90S student" minidisc_90S "run_minidisc_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}" \
-  "${SANDWICH[@]}"
-if [[ "$PROFILE" == smoke ]]; then
+if [[ -n "$LM" ]]; then
+  # A language model is its own teacher: no fine-tuning stage, the pretrained model is sparsified as it is.
+  TEACHER_PATH="$MODEL" stage "1/2 sparsifying $(basename "$MODEL") (importance from the language-model loss)" \
+    sparsify "run_sparsification_$TASK.sh" "${DATA[@]}" "${SPARSIFY[@]}"
+  STEP="2/2"
+else
+  stage "1/3 fine-tuning $(basename "$MODEL") on $TASK" finetune "run_finetuning_$TASK.sh" "${DATA[@]}" "${FINETUNE[@]}"
+  stage "2/3 sparsifying the teacher" sparsify "run_sparsification_$TASK.sh" "${DATA[@]}" "${SPARSIFY[@]}"
+  STEP="3/3"
+fi
+TARGET=$TARGET stage "$STEP MiniDisc to a ${TARGET}S student" "minidisc_${TARGET}S" "run_minidisc_$TASK.sh" "${DATA[@]}" \
+  "${MINIDISC[@]}" "${SANDWICH[@]}"
+if [[ "$PROFILE" == smoke && -z "$LM" ]]; then
   # CI chains the other two distillation scripts as well.
   STUDENT=90S stage "extra: plain distillation to 90S" distil_90S "run_distillation_$TASK.sh" "${DATA[@]}" "${MINIDISC[@]}"
   TA_PATH=80,90S stage "extra: MaxiDisc through 80S to 90S" maxidisc_80,90S "run_maxidisc_$TASK.sh" "${DATA[@]}" \
@@ -113,7 +147,7 @@ fi
 announce "summary (measuring CPU latency)"
 threads=()
 if [[ -n "${THREADS:-}" ]]; then threads=(--threads "$THREADS"); fi
-"$PYTHON" -m tools.report --minidisc_dir "$OUTPUT_ROOT/$TASK/minidisc_90S" --data_dir "$DATA_DIR" --task_name "$TASK" \
-  "${REPORT[@]}" "${threads[@]}"
+"$PYTHON" -m tools.report --minidisc_dir "$OUTPUT_ROOT/$TASK/minidisc_${TARGET}S" --data_dir "$DATA_DIR" \
+  --task_name "$TASK" "${REPORT[@]}" "${threads[@]}"
 announce "main job ($PROFILE) done in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s;" \
-  "schedule picture: $OUTPUT_ROOT/$TASK/minidisc_90S/schedule.png"
+  "schedule picture: $OUTPUT_ROOT/$TASK/minidisc_${TARGET}S/schedule.png"

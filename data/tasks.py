@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("classification", "regression", "token_classification")
+KINDS = ("classification", "regression", "token_classification", "language_modeling")
 
 # Fixed CoNLL-2003 tag order (the reference's, so its published teachers' label ids mean the same), IOB2
 # internally.
@@ -35,6 +35,9 @@ METRIC_KEYS = {
     "corr": ("pearson_corr", "spearman_corr", "corr"),
     "entity_f1": ("precision", "recall", "f1"),
     "token_acc": ("acc",),
+    # Language modelling: exp of the mean next-token NLL, computed from the loss (utils.engine.evaluation), not
+    # from predictions; its inverse is the selection metric, as selection keeps the higher score.
+    "perplexity": ("perplexity", "nll", "inverse_perplexity"),
 }
 
 
@@ -49,13 +52,15 @@ class TaskSpec:
 
     Attributes:
         name: registry key (``sst2``, ``conll``, ...), also the default folder name under ``--data_dir``.
-        kind: ``classification``, ``regression`` or ``token_classification``.
-        labels: label strings in index order (label id = position); empty for regression.
+        kind: ``classification``, ``regression``, ``token_classification`` or ``language_modeling``.
+        labels: label strings in index order (label id = position); empty for regression and language
+            modelling.
         metric: metric family understood by ``utils.maths.metrics.compute_metrics``.
         selection_metric: default for ``--selection_metric`` (one of ``metric_names``).
         submission_name: GLUE-server file name (``MRPC.tsv``); None when the task has no submission.
         folders: folder names tried, in order, under ``--data_dir``.
-        split_files: ``((split, (file name, ...)), ...)``; the first existing file name wins.
+        split_files: ``((split, (file name, ...)), ...)``; the first existing file name wins. Empty tuples for
+            ``lm``, whose files are assigned to splits by name (``data.readers.find_lm_files``).
         file_format: reader layout key (see ``data.readers``).
     """
 
@@ -90,6 +95,11 @@ class TaskSpec:
     @property
     def is_token_task(self) -> bool:
         return self.kind == "token_classification"
+
+    @property
+    def is_lm_task(self) -> bool:
+        """Language modelling: documents packed into blocks of token ids, scored by perplexity."""
+        return self.kind == "language_modeling"
 
     @property
     def label_to_id(self) -> dict[str, int]:
@@ -151,6 +161,13 @@ TASKS: dict[str, TaskSpec] = {
             selection_metric="acc", submission_name=None, folders=("pos",),
             split_files=(("train", ("train.txt",)), ("dev", ("dev.txt",)), ("test", ("test.txt",))),
             file_format="columns",
+        ),
+        # Plain-text documents (*.txt paragraphs, *.jsonl "text" fields) packed into blocks for next-token
+        # prediction; files are assigned to splits by name, see data.readers.find_lm_files.
+        TaskSpec(
+            name="lm", kind="language_modeling", labels=(), metric="perplexity",
+            selection_metric="inverse_perplexity", submission_name=None, folders=("lm",),
+            split_files=(("train", ()), ("dev", ()), ("test", ())), file_format="lm",
         ),
     )
 }

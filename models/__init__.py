@@ -6,7 +6,7 @@
 """
 
 from .enc_t5 import SparseEncT5Cls, SparseEncT5Ner
-from .heads import SparseBertCls, SparseBertNer, SparseDecoderCls, SparseDecoderNer
+from .heads import SparseBertCls, SparseBertNer, SparseDecoderCls, SparseDecoderLM, SparseDecoderNer
 from .outputs import TaskOutput
 from .packing import HiddenStates
 from .sparse_bert import SparseBertModel
@@ -19,6 +19,7 @@ MODEL_REGISTRY = {
     "sparseenct5_ner": SparseEncT5Ner,
     "sparsedecoder_cls": SparseDecoderCls,
     "sparsedecoder_ner": SparseDecoderNer,
+    "sparsedecoder_lm": SparseDecoderLM,
 }
 
 
@@ -48,6 +49,7 @@ __all__ = [
     "SparseBertModel",
     "SparseBertNer",
     "SparseDecoderCls",
+    "SparseDecoderLM",
     "SparseDecoderNer",
     "SparseEncT5Cls",
     "SparseEncT5Ner",

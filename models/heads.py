@@ -3,14 +3,16 @@
 The forward, the loss, the embeddings and the pruning verbs are :class:`~models.task.TaskModel`'s. The heads'
 parameter names are those of the checkpoints they load: BERT's ``cls.*`` as in the MiniDisc authors'
 published teachers, the decoders' ``score`` as in HF's ``*ForSequenceClassification`` and
-``*ForTokenClassification``.
+``*ForTokenClassification``, the language model's ``lm_head`` as in ``*ForCausalLM``.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 
 from .decoder import SparseDecoderModel, SparseDecoderPreTrainedModel
+from .outputs import TaskOutput, next_token_nll
 from .sparse_bert import SparseBertModel, SparseBertPreTrainedModel
 from .task import TaskModel
 
@@ -105,3 +107,56 @@ class SparseDecoderNer(_DecoderTask):
 
     def logits_from(self, states, attention_mask) -> torch.Tensor:
         return self.score(self.dropout(states[-1]))
+
+
+class SparseDecoderLM(_DecoderTask):
+    """Causal language modelling, as HF's ``*ForCausalLM``: every position's next-token logits through ``lm_head``
+    (no bias), or through the input embeddings when ``tie_word_embeddings`` (then no ``lm_head`` is stored, as HF
+    stores none). Pruning never touches the vocabulary or the hidden size, so the head is the checkpoint's.
+
+    With ``labels [B, T]`` (the input ids, -100 where not scored) the forward returns the mean next-token
+    cross-entropy and no logits: the ``[tokens, vocabulary]`` logits never exist whole
+    (:func:`~models.outputs.next_token_nll`). ``logits=False`` returns the hidden states only (distillation
+    computes its own chunked loss from them, :meth:`output_weight`).
+    """
+
+    data_type = "decoder_lm"
+    token_level = True
+    distill_objective = "lm_kd"
+    lm_chunk = 1024  # positions whose logits exist at once in the loss
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+
+    def build_head(self, config) -> None:
+        if not getattr(config, "tie_word_embeddings", False):
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @classmethod
+    def is_backbone_key(cls, key: str) -> bool:
+        """The decoder's keys and the LM head's: a language model's head comes from its checkpoint."""
+        return key.startswith("lm_head.") or super().is_backbone_key(key)
+
+    def output_weight(self) -> torch.Tensor:
+        """The ``[vocabulary, hidden]`` weight of the next-token logits."""
+        return self.lm_head.weight if hasattr(self, "lm_head") else self.model.embed_tokens.weight
+
+    def logits_from(self, states, attention_mask) -> torch.Tensor:
+        return F.linear(states[-1], self.output_weight())
+
+    def training_cost(self, seq_len: int) -> dict[str, int]:
+        """The decoder's (:meth:`~models.core.PrunableModel.training_cost`), plus the vocabulary projection of every
+        position and, as ``transient_elements`` (fp32, once per step, not per sequence), one chunk's logits,
+        log-probabilities and the teacher's: what the chunked losses hold at once."""
+        cost = self.model.training_cost(seq_len)
+        vocab = self.output_weight().shape[0]
+        cost["forward_flops"] += 2 * self.config.hidden_size * vocab * seq_len
+        cost["transient_elements"] = 3 * self.lm_chunk * vocab
+        return cost
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, head_mask=None,
+                neuron_mask=None, embedding_output=None, logits: bool = True) -> TaskOutput:
+        states = self.model(input_ids, attention_mask=attention_mask, head_mask=head_mask, neuron_mask=neuron_mask,
+                            embedding_output=embedding_output)
+        if labels is None:
+            return TaskOutput(logits=self.logits_from(states, attention_mask) if logits else None, hidden_states=states)
+        total, count = next_token_nll(states[-1], self.output_weight(), labels, self.lm_chunk)
+        return TaskOutput(loss=total / max(count, 1), hidden_states=states)

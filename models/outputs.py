@@ -1,10 +1,12 @@
-"""What every family's task models share: the output type :class:`TaskOutput` and the task losses."""
+"""What every family's task models share: the output type :class:`TaskOutput` and the task losses (a language
+model's next-token cross-entropy and its distillation KL, chunked over tokens)."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
 
@@ -41,3 +43,48 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, token_level: bool) -> torch.Tensor:
     """:func:`token_loss` for a tagging model (``token_level``), else :func:`sequence_loss`."""
     return token_loss(logits, labels) if token_level else sequence_loss(logits, labels)
+
+
+def _chunks(count: int, chunk: int):
+    return [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
+
+
+def next_token_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                   chunk: int = 1024) -> tuple[torch.Tensor, int]:
+    """The summed cross-entropy of the next token and the number of tokens scored: position ``t`` of ``hidden
+    [B, T, d]`` predicts ``labels[:, t + 1]`` (-100: not scored) through the output ``weight [V, d]``. The
+    ``[tokens, V]`` logits exist ``chunk`` rows at a time (recomputed in backward, not kept)."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    rows, targets = hidden[:, :-1][keep], targets[keep]
+
+    def part(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(F.linear(h, weight).float(), t, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start, end in _chunks(rows.shape[0], chunk):
+        total = total + _maybe_checkpointed(part, rows[start:end], targets[start:end])
+    return total, int(targets.numel())
+
+
+def token_kl(student: torch.Tensor, student_weight: torch.Tensor, teacher: torch.Tensor,
+             teacher_weight: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """The summed forward KL(teacher ‖ student) of the next-token distributions at temperature 1, over the rows of
+    ``student``/``teacher [N, d]`` (hidden states at the same tokens) through each model's output weight ``[V, d]``;
+    the logits exist ``chunk`` rows at a time, the student's recomputed in backward."""
+    def part(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.log_softmax(F.linear(t, teacher_weight).float(), dim=-1)
+        log_probs = F.log_softmax(F.linear(s, student_weight).float(), dim=-1)
+        return (target.exp() * (target - log_probs)).sum()
+
+    total = student.new_zeros((), dtype=torch.float32)
+    for start, end in _chunks(student.shape[0], chunk):
+        total = total + _maybe_checkpointed(part, student[start:end], teacher[start:end])
+    return total
+
+
+def _maybe_checkpointed(function, *args):
+    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return checkpoint(function, *args, use_reentrant=False)
+    return function(*args)

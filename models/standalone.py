@@ -30,15 +30,16 @@ MODULES = ("sparsity_map", "fast_ops", "packing", "units", "core", "outputs", "t
            "heads")
 # Names every module may define for itself.
 PER_MODULE = frozenset({"logger"})
-AUTO_CLASSES = {"Cls": "AutoModelForSequenceClassification", "Ner": "AutoModelForTokenClassification"}
+AUTO_CLASSES = {"Cls": "AutoModelForSequenceClassification", "Ner": "AutoModelForTokenClassification",
+                "LM": "AutoModelForCausalLM"}
 
 
 def auto_class(model_class: type) -> str:
-    """The transformers Auto class that loads ``model_class`` (a ``...Cls`` or ``...Ner`` task model)."""
+    """The transformers Auto class that loads ``model_class`` (a ``...Cls``, ``...Ner`` or ``...LM`` task model)."""
     for suffix, name in AUTO_CLASSES.items():
         if model_class.__name__.endswith(suffix):
             return name
-    raise TypeError(f"{model_class.__name__} is not a task model (expected a name ending in Cls or Ner)")
+    raise TypeError(f"{model_class.__name__} is not a task model (expected a name ending in Cls, Ner or LM)")
 
 
 def stock_class(model_type: str, model_class: type) -> str:
@@ -48,7 +49,8 @@ def stock_class(model_type: str, model_class: type) -> str:
 
     task = auto_class(model_class).removeprefix("AutoModelFor")
     names = {"SequenceClassification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-             "TokenClassification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES}[task]
+             "TokenClassification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+             "CausalLM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES}[task]
     return names[model_type]
 
 

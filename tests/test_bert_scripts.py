@@ -141,6 +141,9 @@ def test_unknown_profile_is_one_clear_line():
     result = subprocess.run(["bash", str(SCRIPTS / "run_main_job.sh")], capture_output=True, text=True,
                             env={**os.environ, "PROFILE": "fast"})
     assert result.returncode == 1 and result.stderr.strip() == "error: PROFILE=fast: expected quick, full or smoke"
+    result = subprocess.run(["bash", str(SCRIPTS / "run_main_job.sh")], capture_output=True, text=True,
+                            env={**os.environ, "TASK": "lm"})
+    assert result.returncode == 1 and result.stderr.strip() == "error: TASK=lm: expected polarity, or lm with MODEL=smollm2"
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -185,3 +188,15 @@ def test_family_decoder_runs_the_decoder_model_types():
     env = {**os.environ, "DRY_RUN": "1", "PYTHON": "python3", "FAMILY": "gpt"}
     result = subprocess.run(["bash", str(SCRIPTS / "run_finetuning_rte.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "FAMILY=gpt: expected bert or decoder" in result.stderr
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_language_model_scripts_take_a_decoder_only(stage):
+    script = SCRIPTS / f"run_{stage}_lm.sh"
+    assert script.is_file() and os.access(script, os.X_OK) and len(script.read_text().splitlines()) <= 4
+    argv = dry_run(stage, "lm", "--seed", "3", FAMILY="decoder")
+    assert (flag(argv, "--task_name"), flag(argv, "--model_type"), flag(argv, "--data_type")) == (
+        "lm", "sparsedecoder_lm", "decoder_lm")
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        dry_run(stage, "lm")
+    assert "task lm is for decoder LLMs: set FAMILY=decoder" in refused.value.stderr

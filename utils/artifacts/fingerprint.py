@@ -21,7 +21,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from data.readers import MissingDataError, find_split_file
+from data.readers import MissingDataError, find_split_files
 from data.tasks import DataError, get_task
 from utils.errors import SettingsMismatch
 
@@ -85,8 +85,9 @@ def model_identity(path: str | Path) -> str:
 
 
 def data_identity(task_name: str, data_dir: str | Path) -> dict:
-    """``{split: "sha256:…"}`` of the file each of :data:`DATA_SPLITS` is read from (None where there is none:
-    the reader then says so), so that the data count by content, not by path."""
+    """``{split: "sha256:…"}`` of the files each of :data:`DATA_SPLITS` is read from (one for the tasks' tables,
+    every text file of an ``lm`` split; None where there is none: the reader then says so), so that the data count
+    by content, not by path."""
     try:
         task = get_task(task_name)
     except DataError:  # the script refuses the task with its own message
@@ -94,7 +95,7 @@ def data_identity(task_name: str, data_dir: str | Path) -> dict:
     identity = {}
     for split in DATA_SPLITS:
         try:
-            identity[split] = _files_identity([find_split_file(task, data_dir, split)])
+            identity[split] = _files_identity(find_split_files(task, data_dir, split))
         except MissingDataError:
             identity[split] = None
     return identity

@@ -31,8 +31,9 @@ def data_types() -> list[str]:
 
 def model_type_for(checkpoint_type: str, task) -> str:
     """Our model class name for a checkpoint of HF ``model_type`` ``checkpoint_type`` on ``task``:
-    the family that loads that architecture, with a token head for token tasks, else a sequence head."""
-    head = "_ner" if task.is_token_task else "_cls"
+    the family that loads that architecture, with a language-model head for ``lm``, a token head for token tasks,
+    else a sequence head."""
+    head = "_lm" if task.is_lm_task else "_ner" if task.is_token_task else "_cls"
     for name, cls in MODEL_REGISTRY.items():
         if name.endswith(head) and checkpoint_type in checkpoint_types(cls):
             return name
@@ -162,6 +163,10 @@ def check_model_task(model, task, path) -> None:
     recorded = getattr(model.config, "finetuning_task", None)
     if recorded and get_task(recorded).name != task.name:
         raise StageError(f"{path} was fine-tuned on {recorded}, not {task.name}: not a teacher of this task")
+    if task.is_lm_task:
+        if not hasattr(model, "output_weight"):
+            raise StageError(f"{path} is not a language model (its head predicts labels): not a teacher of {task.name}")
+        return
     if model.config.num_labels != task.num_labels:
         raise StageError(f"{path} predicts {model.config.num_labels} labels but task {task.name} has "
                          f"{task.num_labels}: not a teacher of this task")

@@ -12,11 +12,15 @@ logger = logging.getLogger(__name__)
 
 
 def load_split(data, task, tokenizer, split: str, limit: int | None = None):
-    """Read and tokenise one split of ``task`` from ``data.data_dir`` (first ``limit`` examples)."""
+    """Read and tokenise one split of ``task`` from ``data.data_dir`` (first ``limit`` examples; for ``lm`` the
+    first ``limit`` blocks of ``max_length`` tokens)."""
     examples = read_examples(task, data.data_dir, split)
     if not examples:
         raise StageError(f"the {split} split of {task.name} in {data.data_dir} is empty")
-    dataset = encode_dataset(task, examples[:limit] if limit else examples, tokenizer, data.max_length)
+    if task.is_lm_task:
+        dataset = encode_dataset(task, examples, tokenizer, data.max_length).take(limit)
+    else:
+        dataset = encode_dataset(task, examples[:limit] if limit else examples, tokenizer, data.max_length)
     logger.info("%s %s: %d examples, %d features", task.name, split, len(dataset.examples), len(dataset))
     return dataset
 

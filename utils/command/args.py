@@ -26,7 +26,7 @@ from models import MODEL_REGISTRY, get_model_class
 from utils.artifacts.model_io import check_model_path, model_type_for
 from utils.artifacts.students import StudentSpec
 from utils.command.planner import load_plan_config
-from utils.engine.objectives import check_temperature, resolve_objective
+from utils.engine.objectives import check_objective_task, check_temperature, resolve_objective
 from utils.errors import USER_ERRORS, ArgumentError
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -67,9 +67,9 @@ class RunArguments:
 @dataclass
 class ModelArguments:
     model_type: str | None = arg(None, help="Model class: sparsebert_cls / sparseenct5_cls / sparsedecoder_cls "
-                                 "(classification, regression) or sparsebert_ner / sparseenct5_ner / sparsedecoder_ner "
-                                 "(token classification); default: what the task and the checkpoint's config call "
-                                 "for.", choices=tuple(MODEL_REGISTRY))
+                                 "(classification, regression), sparsebert_ner / sparseenct5_ner / sparsedecoder_ner "
+                                 "(token classification) or sparsedecoder_lm (language modelling); default: what the "
+                                 "task and the checkpoint's config call for.", choices=tuple(MODEL_REGISTRY))
 
 
 @dataclass
@@ -90,9 +90,9 @@ class StudentArguments:
 
 @dataclass
 class DataArguments:
-    task_name: str = arg(help="Task: cola sst2 mrpc stsb qqp mnli mnlimm qnli rte wnli conll polarity ...")
+    task_name: str = arg(help="Task: cola sst2 mrpc stsb qqp mnli mnlimm qnli rte wnli conll polarity pos lm")
     data_type: str | None = arg(None, help="Tokenisation pipeline; default: the one of the task and the model family.",
-                                choices=("bert_cls", "bert_ner", "enct5_cls", "enct5_ner", "decoder_cls", "decoder_ner"))
+                                choices=tuple(dict.fromkeys(cls.data_type for cls in MODEL_REGISTRY.values())))
     data_dir: str = arg("datasets", help="Root folder holding {task_name}/ (or the official GLUE folder names).")
     max_length: int = arg(128, help="Maximum sequence length in word pieces.")
     max_train_samples: int | None = arg(None, help="Use only the first N training examples (quick runs).")
@@ -165,15 +165,21 @@ class DistillationArguments:
     objective: str = arg("auto", help="auto: the model family's default (BERT: hidden_kd; T5 and decoders: see "
                          "docs/scripts.md); hidden_kd: hidden-state MSE + logit KD, no gold labels (MiniDisc's); "
                          "logit_kd: logit KD alone; hidden_cos: logit KD + a scale-free hidden-state term "
-                         "(1 - cosine per token, weighted as the logit term); kd: logit KD + task loss.",
-                         choices=("auto", "hidden_kd", "logit_kd", "hidden_cos", "kd"))
+                         "(1 - cosine per token, weighted as the logit term); kd: logit KD + task loss; "
+                         "language models (--task_name lm): lm_kd, the per-token KL from the teacher's next-token "
+                         "distribution, and lm_kd_cos, that + the hidden_cos state term.",
+                         choices=("auto", "hidden_kd", "logit_kd", "hidden_cos", "kd", "lm_kd", "lm_kd_cos"))
     kd_temperature: float = arg(1.0, help="Softmax temperature of logit distillation (--objective kd and logit_kd).")
     teacher_cache_mb: float = arg(2048.0, help="Memory (MiB, on the training device) for the frozen teacher's "
                                   "logits and selected states per training example, reused from the second epoch "
                                   "on instead of a teacher forward; 0 turns the cache off (it is always off "
                                   "under --fsdp).")
+    lm_loss_weight: float = arg(0.0, help="Language models: add this weight times the data's own next-token "
+                                "cross-entropy to the distillation loss (0: the teacher's distribution alone).")
 
     def __post_init__(self):
+        if self.lm_loss_weight < 0:
+            raise ArgumentError(f"--lm_loss_weight {self.lm_loss_weight}: expected 0 or a positive weight")
         if self.kd_temperature <= 0:
             raise ArgumentError(f"--kd_temperature {self.kd_temperature}: expected a positive number")
         check_temperature(self.objective, self.kd_temperature)
@@ -254,6 +260,7 @@ class DistillScriptArguments:
                                   self.training, dry_run=self.run.dry_run)
         self.distill.objective = resolve_objective(self.distill.objective, get_model_class(self.model.model_type))
         check_temperature(self.distill.objective, self.distill.kd_temperature)
+        check_objective_task(self.distill, self.task)
 
 
 def _init_fields(cls) -> list[dataclasses.Field]:

@@ -109,8 +109,10 @@ def uniform_map(model, levels, neuron_multiple: int = 8) -> dict:
 
 
 def build_on_meta(model_type: str, config: PretrainedConfig, num_labels: int):
-    """``model_type`` built from ``config`` on the meta device (no memory), with ``num_labels`` outputs."""
-    config.num_labels = num_labels
+    """``model_type`` built from ``config`` on the meta device (no memory), with ``num_labels`` outputs (a language
+    model, 0 labels, keeps its vocabulary head)."""
+    if num_labels:
+        config.num_labels = num_labels
     with torch.device("meta"):
         return get_model_class(model_type)(config)
 
@@ -195,6 +197,7 @@ def plan_rows(model, levels, batch_size: int, seq_len: int, devices: int, teache
                 # each layer keeps only its input (a quarter of its stream tensors); one layer at a time
                 # holds everything while it is recomputed
                 activations = batch_size * 4 * cost["stream_elements"] // 4 + activations // max(model.depth, 1)
+            activations += 4 * cost.get("transient_elements", 0)  # a language model's chunk of vocabulary logits
             peak = peak_memory(trained, teacher_params or 0, activations, cache_bytes, units, devices,
                                gathered_bytes=size, autocast=dtype == "bf16", sandwich=sandwich)
             row["memory_gib"][dtype] = {

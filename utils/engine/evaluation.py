@@ -3,6 +3,7 @@ that tell the loop which evaluation is the best so far and which model to save f
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 
@@ -66,6 +67,36 @@ def collect_outputs(model, dataset, batch_size: int, run, desc: str = "eval") ->
     return outputs
 
 
+@torch.no_grad()
+def lm_metrics(model, dataset, batch_size: int, run, desc: str = "eval") -> dict[str, float]:
+    """Held-out perplexity of a language model: ``exp`` of the mean next-token cross-entropy over every scored
+    token of ``dataset`` (every rank scores a disjoint shard; the sums are gathered), with ``nll`` (that mean) and
+    ``inverse_perplexity`` (``1 / perplexity``, in (0, 1], higher is better: what selection compares)."""
+    module = unwrap(model)
+    was_training = module.training
+    module.eval()
+    shard = list(range(run.rank, len(dataset), run.world_size))
+    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    if run.fsdp:
+        batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
+    autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
+    totals = torch.zeros(2, dtype=torch.float64, device=run.device)
+    for indices in tqdm(batches, desc=desc, leave=False, disable=quiet(run)):
+        batch = to_device(dataset.collate_fn([dataset[i] for i in (indices or [0])]), run.device)
+        with autocast:
+            loss = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+        if indices is not None:  # a filler batch only takes part in the sharded forward
+            count = int((batch["labels"][:, 1:] != -100).sum())
+            totals += torch.stack([loss.double() * count, torch.tensor(float(count), dtype=torch.float64,
+                                                                        device=run.device)])
+    module.train(was_training)
+    if run.distributed:
+        dist.all_reduce(totals)
+    nll = float(totals[0] / totals[1].clamp(min=1))
+    return {"perplexity": math.exp(nll), "nll": nll, "inverse_perplexity": math.exp(-nll)}
+
+
 def predict(model, dataset, batch_size: int, run, desc: str = "predict") -> list:
     """One prediction per example of ``dataset`` (class index, float, or tag list)."""
     return dataset.decode(collect_outputs(model, dataset, batch_size, run, desc))
@@ -75,6 +106,8 @@ def evaluate_predictions(model, dataset, batch_size: int, run, desc: str = "eval
     """The task's metrics of ``model`` on a labelled ``dataset``, and the predictions they score."""
     if not dataset.has_labels:
         raise ValueError(f"cannot score the {dataset.task.name} split: it has no gold labels")
+    if dataset.task.is_lm_task:  # a language model is scored by its loss: there is no prediction to record
+        return lm_metrics(model, dataset, batch_size, run, desc), []
     predictions = predict(model, dataset, batch_size, run, desc)
     return compute_metrics(dataset.task, predictions, dataset.references()), predictions
 

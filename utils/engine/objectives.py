@@ -19,6 +19,8 @@ Losses (T is the temperature; ``SCE(a, b) = -mean Σ_c softmax(b)_c log softmax(
   for pre-norm models (T5, decoders), whose states are the raw residual stream with a few channels
   thousands of times the median; decoders also leave out each sequence's first token, where those
   "massive activations" sit.
+* ``lm_kd``     language models: the per-token KL from the teacher's next-token distribution, chunked over
+  tokens (:class:`LMDistillObjective`); ``lm_kd_cos`` adds the ``hidden_cos`` state term.
 
 ``auto`` (the default of ``--objective``) is the model family's ``distill_objective``
 (:func:`resolve_objective`), chosen by the measured table in docs/results.md.
@@ -39,11 +41,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from models.outputs import next_token_nll, token_kl
 from utils.engine.teacher_cache import TeacherCache
 from utils.errors import ArgumentError
 
-OBJECTIVES = ("ft", "kd", "hidden_kd", "logit_kd", "hidden_cos")
+OBJECTIVES = ("ft", "kd", "hidden_kd", "logit_kd", "hidden_cos", "lm_kd", "lm_kd_cos")
 DISTILL_OBJECTIVES = ("hidden_kd", "logit_kd", "hidden_cos", "kd")
+LM_OBJECTIVES = ("lm_kd", "lm_kd_cos")
 
 
 def check_temperature(objective: str, temperature: float) -> None:
@@ -51,6 +55,18 @@ def check_temperature(objective: str, temperature: float) -> None:
     if objective in ("hidden_kd", "hidden_cos") and temperature != 1.0:
         raise ArgumentError(f"--kd_temperature {temperature} is not used by --objective {objective}, which matches "
                             "logits at temperature 1 (as the reference); use --objective kd or logit_kd, or drop it")
+
+
+def check_objective_task(distill_args, task) -> None:
+    """Refuse an objective that does not fit the task (the language-model ones for ``lm`` only, and only they),
+    and ``--lm_loss_weight`` without a language model."""
+    lm = distill_args.objective in LM_OBJECTIVES
+    if lm != task.is_lm_task:
+        wanted = ", ".join(LM_OBJECTIVES) if task.is_lm_task else "hidden_kd, logit_kd, hidden_cos or kd"
+        raise ArgumentError(f"--objective {distill_args.objective} does not fit task {task.name}: use {wanted}")
+    if distill_args.lm_loss_weight and not lm:
+        raise ArgumentError(f"--lm_loss_weight {distill_args.lm_loss_weight} is for language models "
+                            "(--task_name lm); drop it")
 
 
 def resolve_objective(name: str, teacher) -> str:
@@ -370,10 +386,79 @@ class DistillObjective(Objective):
         return logit_loss + alpha * hidden_loss * self._shares["tokens"]
 
 
-def build_distill_objective(teacher, distill_args, regression: bool, sharded: bool) -> DistillObjective:
+class LMDistillObjective(Objective):
+    """Distillation of a language model (``lm_kd``): the per-token forward KL(teacher ‖ student) of the next-token
+    distributions at temperature 1, a mean over real tokens, computed a chunk of tokens at a time
+    (:func:`models.outputs.token_kl`: the ``[tokens, vocabulary]`` logits never exist whole, and there is no
+    teacher cache). ``lm_kd_cos`` adds ``hidden_cos``'s scale-free state term, weighed as the KL term (α = KL /
+    state term, detached), without each sequence's first token when ``skip_first_token``. ``lm_loss_weight`` w adds
+    w · the data's next-token cross-entropy (then gold labels are needed).
+
+    The loss reads each model's output weight outside its forward, which FSDP2 shards: not under ``--fsdp``.
+    """
+
+    def __init__(self, teacher, kind: str = "lm_kd", lm_loss_weight: float = 0.0, skip_first_token: bool = False,
+                 sharded: bool = False):
+        if kind not in LM_OBJECTIVES:
+            raise ValueError(f"unknown language-model objective {kind!r}; expected one of {LM_OBJECTIVES}")
+        if sharded:
+            raise ArgumentError("--fsdp: language-model distillation reads each model's output weight outside its "
+                                "forward, which FSDP2 shards; run it without --fsdp (DDP works)")
+        self.teacher = teacher.eval()
+        self.kind, self.lm_loss_weight, self.sharded = kind, lm_loss_weight, sharded
+        self.skip_first_token = skip_first_token and kind == "lm_kd_cos"
+        self.needs_labels = lm_loss_weight > 0
+
+    def frozen_models(self):
+        return [self.teacher]
+
+    @torch.no_grad()
+    def prepare(self, batch):
+        counts = loss_terms(batch)
+        if self.skip_first_token:
+            counts["states"] = counts["tokens"] - int(first_token_mask(batch["attention_mask"]).sum())
+        if "labels" in batch:
+            counts["labels"] = int((batch["labels"][:, 1:] != -100).sum())
+        self._shares = process_shares(counts, batch["input_ids"].device)
+        self._teacher = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     logits=False).hidden_states
+
+    def loss(self, model, module, batch, pass_index, embedding_output=None):
+        extra = {} if embedding_output is None else {"embedding_output": embedding_output}
+        states = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits=False,
+                       **extra).hidden_states
+        real = batch["attention_mask"].bool()
+        student, teacher = states[-1][real], self._teacher[-1][real]
+        kl = token_kl(student, module.output_weight(), teacher, self.teacher.output_weight(), module.lm_chunk)
+        loss = kl / max(student.shape[0], 1) * self._shares["tokens"]
+        if self.lm_loss_weight:
+            total, count = next_token_nll(states[-1], module.output_weight(), batch["labels"], module.lm_chunk)
+            loss = loss + self.lm_loss_weight * total / max(count, 1) * self._shares["labels"]
+        if self.kind == "lm_kd_cos":
+            pairs = layer_pairs(len(states) - 1, self.teacher.depth)
+            student_states = gather_states(states, [i for i, _ in pairs], batch["attention_mask"])
+            with torch.no_grad():
+                teacher_states = gather_states(self._teacher, [j for _, j in pairs], batch["attention_mask"])
+            if self.skip_first_token:
+                rows = ~first_token_mask(batch["attention_mask"])[real]
+                student_states, teacher_states = student_states[:, rows], teacher_states[:, rows]
+            hidden_loss = hidden_cosine(student_states, teacher_states)
+            kl_mean = global_mean(kl.detach() / max(student.shape[0], 1), int(student.shape[0]))
+            hidden_mean = global_mean(hidden_loss.detach(), int(student_states.shape[1]))
+            alpha = kl_mean / hidden_mean if float(hidden_mean) > 0 else torch.zeros_like(kl_mean)
+            share = self._shares["states" if self.skip_first_token else "tokens"]
+            loss = loss + alpha * hidden_loss * share
+        return loss
+
+
+def build_distill_objective(teacher, distill_args, regression: bool, sharded: bool):
     """The objective ``--objective`` names (``auto`` was resolved to the family's when the arguments were
     read), with a teacher cache of ``--teacher_cache_mb`` (0: none); decoder families leave their first
-    token out of ``hidden_cos``. ``sharded``: the run shards its models (``--fsdp``)."""
+    token out of ``hidden_cos``. ``sharded``: the run shards its models (``--fsdp``). A language-model objective
+    gives an :class:`LMDistillObjective`."""
+    if distill_args.objective in LM_OBJECTIVES:
+        return LMDistillObjective(teacher, distill_args.objective, distill_args.lm_loss_weight,
+                                  skip_first_token=getattr(teacher, "sink_first_token", False), sharded=sharded)
     budget = int(distill_args.teacher_cache_mb * 2**20)
     return DistillObjective(teacher, distill_args.objective, distill_args.kd_temperature,
                             regression, skip_first_token=getattr(teacher, "sink_first_token", False),

@@ -93,12 +93,17 @@ class SandwichSelector(Selector):
     scores would choose nothing, and evaluating them cost a full dev pass each. With
     ``predictions_path`` every evaluated width's predictions are appended there as a JSON line
     ``{"step", "sparsity", "predictions"}``.
+
+    ``scale`` multiplies the dev metric into P(s): 1 for the tasks' own metrics, already in [0, 1]; a language
+    model's is its inverse perplexity and ``scale`` the teacher's perplexity, so that P(s) = teacher perplexity /
+    student perplexity, 1 at the teacher.
     """
 
     def __init__(self, dataset, metric: str, batch_size: int, run, sparsities, lam: float, low: int,
                  target: int, choose_assistant: bool, export_dir: Path | None = None, tokenizer=None,
-                 predictions_path: Path | None = None):
+                 predictions_path: Path | None = None, scale: float = 1.0):
         self.dataset, self.metric, self.batch_size, self.run = dataset, metric, batch_size, run
+        self.scale = scale
         self.predictions_path = predictions_path
         self.sparsities = sorted(sparsities)
         self.lam, self.low, self.target = lam, low, target
@@ -127,8 +132,9 @@ class SandwichSelector(Selector):
                                                             desc=f"eval {s}S")
             per_sparsity[s] = metrics
             recorded.append({"step": step, "sparsity": s, "predictions": predictions})
-            if metrics[self.metric] > self.performance.get(s, -math.inf):
-                self.performance[s], self.performance_step[s] = metrics[self.metric], step
+            value = metrics[self.metric] * self.scale
+            if value > self.performance.get(s, -math.inf):
+                self.performance[s], self.performance_step[s] = value, step
                 improved.append(s)
         if self.choose_assistant:
             choice, score = select_assistant(self.performance, self.lam, self.low, self.target)
