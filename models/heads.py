@@ -12,7 +12,7 @@ from torch import nn
 from transformers import BertConfig
 
 from .decoder import SparseDecoderModel, SparseDecoderPreTrainedModel
-from .outputs import TaskOutput, next_token_nll
+from .outputs import TaskOutput, next_token_nll, token_kl
 from .sparse_bert import SparseBertModel, SparseBertPreTrainedModel
 from .task import TaskModel
 
@@ -116,8 +116,11 @@ class SparseDecoderLM(_DecoderTask):
 
     With ``labels [B, T]`` (the input ids, -100 where not scored) the forward returns the mean next-token
     cross-entropy and no logits: the ``[tokens, vocabulary]`` logits never exist whole
-    (:func:`~models.outputs.next_token_nll`). ``logits=False`` returns the hidden states only (distillation
-    computes its own chunked loss from them, :meth:`output_weight`).
+    (:func:`~models.outputs.next_token_nll`). ``logits=False`` leaves them out too. ``teacher=(states,
+    weight)``, a teacher's last hidden states ``[B, T, d']`` and output weight ``[V, d']``, adds ``distill_loss``:
+    the mean over real tokens of the KL from the teacher's next-token distribution
+    (:func:`~models.outputs.token_kl`), computed in the forward so that the head takes part in it as
+    DistributedDataParallel expects.
     """
 
     data_type = "decoder_lm"
@@ -153,10 +156,18 @@ class SparseDecoderLM(_DecoderTask):
         return cost
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, head_mask=None,
-                neuron_mask=None, embedding_output=None, logits: bool = True) -> TaskOutput:
+                neuron_mask=None, embedding_output=None, logits: bool = True, teacher=None) -> TaskOutput:
         states = self.model(input_ids, attention_mask=attention_mask, head_mask=head_mask, neuron_mask=neuron_mask,
                             embedding_output=embedding_output)
-        if labels is None:
-            return TaskOutput(logits=self.logits_from(states, attention_mask) if logits else None, hidden_states=states)
-        total, count = next_token_nll(states[-1], self.output_weight(), labels, self.lm_chunk)
-        return TaskOutput(loss=total / max(count, 1), hidden_states=states)
+        out = TaskOutput(hidden_states=states)
+        if labels is None and logits and teacher is None:
+            out.logits = self.logits_from(states, attention_mask)
+        if labels is not None:
+            total, count = next_token_nll(states[-1], self.output_weight(), labels, self.lm_chunk)
+            out.loss = total / max(count, 1)
+        if teacher is not None:
+            real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            student = states[-1][real]
+            kl = token_kl(student, self.output_weight(), teacher[0][real], teacher[1], self.lm_chunk)
+            out.distill_loss = kl / max(student.shape[0], 1)
+        return out

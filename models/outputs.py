@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
 
@@ -20,11 +19,13 @@ class TaskOutput(ModelOutput):
         logits: ``[B, C]`` (cls; ``[B, 1]`` for regression) or ``[B, T, C]`` (ner).
         hidden_states: L + 1 tensors ``[B, T, hidden]``: the embedding output, then each layer's output
             (zero at padding positions); a :class:`~models.packing.HiddenStates` sequence or a tuple.
+        distill_loss: a language model given its teacher's outputs: the mean per-token KL from them.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: Sequence[torch.Tensor] | None = None
+    distill_loss: torch.Tensor | None = None
 
 
 def sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -49,42 +50,66 @@ def _chunks(count: int, chunk: int):
     return [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
 
 
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """The sum over rows of a per-row loss of the logits ``hidden @ weight.T``, computed a chunk of rows at a time
+    together with its gradient: no chunk's logits are kept for backward, and ``weight`` receives one gradient in
+    one autograd node (DistributedDataParallel's hooks fire once per parameter and backward).
+
+    ``row_losses(logits [n, V] fp32, start, end, *context) -> (loss sum, d loss / d logits)``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, chunk, row_losses, *context):
+        wanted = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if wanted else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if wanted else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start, end in _chunks(hidden.shape[0], chunk):
+            rows = hidden[start:end]
+            loss, grad_logits = row_losses(F.linear(rows, weight).float(), start, end, *context)
+            total += loss
+            if wanted:  # the products run as the forward's did (in bf16 under autocast)
+                grad_hidden[start:end] += F.linear(grad_logits, weight.t()).float()
+                grad_weight += F.linear(grad_logits.t(), rows.t()).float()
+        ctx.grads = (grad_hidden, grad_weight, hidden.dtype, weight.dtype)
+        ctx.extra = 2 + len(context)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, hidden_dtype, weight_dtype = ctx.grads
+        ctx.grads = None
+        return ((grad_hidden * grad_output).to(hidden_dtype), (grad_weight * grad_output).to(weight_dtype),
+                *[None] * ctx.extra)
+
+
+def _next_token_rows(logits: torch.Tensor, start: int, end: int, targets: torch.Tensor):
+    target = targets[start:end]
+    grad = F.softmax(logits, dim=-1)
+    grad[torch.arange(len(target), device=grad.device), target] -= 1
+    return F.cross_entropy(logits, target, reduction="sum"), grad
+
+
+def _kl_rows(logits: torch.Tensor, start: int, end: int, teacher: torch.Tensor, teacher_weight: torch.Tensor):
+    target = F.log_softmax(F.linear(teacher[start:end], teacher_weight).float(), dim=-1)
+    log_probs = F.log_softmax(logits, dim=-1)
+    return (target.exp() * (target - log_probs)).sum(), log_probs.exp() - target.exp()
+
+
 def next_token_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                    chunk: int = 1024) -> tuple[torch.Tensor, int]:
     """The summed cross-entropy of the next token and the number of tokens scored: position ``t`` of ``hidden
     [B, T, d]`` predicts ``labels[:, t + 1]`` (-100: not scored) through the output ``weight [V, d]``. The
-    ``[tokens, V]`` logits exist ``chunk`` rows at a time (recomputed in backward, not kept)."""
+    ``[tokens, V]`` logits exist ``chunk`` rows at a time, their gradient computed with them."""
     targets = labels[:, 1:]
     keep = targets != -100
     rows, targets = hidden[:, :-1][keep], targets[keep]
-
-    def part(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(F.linear(h, weight).float(), t, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start, end in _chunks(rows.shape[0], chunk):
-        total = total + _maybe_checkpointed(part, rows[start:end], targets[start:end])
-    return total, int(targets.numel())
+    return _ChunkedHeadLoss.apply(rows, weight, chunk, _next_token_rows, targets), int(targets.numel())
 
 
 def token_kl(student: torch.Tensor, student_weight: torch.Tensor, teacher: torch.Tensor,
              teacher_weight: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """The summed forward KL(teacher ‖ student) of the next-token distributions at temperature 1, over the rows of
     ``student``/``teacher [N, d]`` (hidden states at the same tokens) through each model's output weight ``[V, d]``;
-    the logits exist ``chunk`` rows at a time, the student's recomputed in backward."""
-    def part(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = F.log_softmax(F.linear(t, teacher_weight).float(), dim=-1)
-        log_probs = F.log_softmax(F.linear(s, student_weight).float(), dim=-1)
-        return (target.exp() * (target - log_probs)).sum()
-
-    total = student.new_zeros((), dtype=torch.float32)
-    for start, end in _chunks(student.shape[0], chunk):
-        total = total + _maybe_checkpointed(part, student[start:end], teacher[start:end])
-    return total
-
-
-def _maybe_checkpointed(function, *args):
-    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-        return checkpoint(function, *args, use_reentrant=False)
-    return function(*args)
+    the logits exist ``chunk`` rows at a time (the teacher's are not differentiated)."""
+    return _ChunkedHeadLoss.apply(student, student_weight, chunk, _kl_rows, teacher.detach(), teacher_weight.detach())

@@ -115,6 +115,27 @@ def test_minidisc_two_processes_equal_one(model_type, make_sst2_task, make_teach
     assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best", atol=1e-5)
 
 
+def test_language_model_minidisc_two_processes_equal_one(make_teacher, tmp_path):
+    """The chunked KL's per-process means weighted by their shares of the global batch's tokens, and the
+    perplexity's sums gathered: two processes train and score a language model as one."""
+    from tests.test_lm import lm_corpus
+
+    data = lm_corpus(tmp_path / "data", documents=40)
+    teacher = make_teacher(levels=(0, 50, 60, 90), model_type="sparsedecoder_lm")
+    base = ["--teacher_model_path", str(teacher), "--task_name", "lm", "--data_dir", str(data),
+            "--max_length", "16", "--learning_rate", "1e-3", "--log_interval", "2", "--max_steps", "2", "--lam", "0",
+            "--target_iteration", "1", "--do_train", "--use_cpu", "--max_train_samples", "16",
+            "--objective", "lm_kd_cos", "--lm_loss_weight", "0.5"]
+    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], 1)
+    launch("run_minidisc.py", base + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], 2)
+    one = read_jsonl(tmp_path / "one" / "iter_1" / "metrics.jsonl")
+    two = read_jsonl(tmp_path / "two" / "iter_1" / "metrics.jsonl")
+    for s, metrics in one[-1]["sparsities"].items():
+        assert two[-1]["sparsities"][s] == pytest.approx(metrics, rel=1e-5)
+    assert one[-1]["train_loss"] == pytest.approx(two[-1]["train_loss"], abs=1e-5)
+    assert same_weights(tmp_path / "one" / "iter_1" / "best", tmp_path / "two" / "iter_1" / "best", atol=1e-5)
+
+
 def test_token_task_fine_tuning_two_processes_equal_one(make_conll_task, make_teacher, tmp_path):
     # CoNLL sentences of 2-9 words: the token cross-entropy is a mean over every process's scored words
     data = make_conll_task(n_train=16, n_dev=7)

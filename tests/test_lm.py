@@ -183,3 +183,21 @@ def test_the_planner_counts_the_vocabulary_projection_and_its_chunk():
     assert row_lm["train_flops_per_token"] - row_cls["train_flops_per_token"] == 3 * 2 * 48 * 101
     extra = row_lm["memory_gib"]["fp32"]["activations"] - row_cls["memory_gib"]["fp32"]["activations"]
     assert extra * GIB == pytest.approx(4 * 3 * SparseDecoderLM.lm_chunk * 101)
+
+
+def test_objectives_that_do_not_fit_the_task_are_one_line_errors(make_sst2_task, tmp_path, capsys):
+    from utils.command.cli import cli
+    from utils.engine.objectives import LMDistillObjective
+    from utils.errors import ArgumentError
+
+    data = lm_corpus(tmp_path / "data", documents=30)
+    pretrained = save_tiny_decoder_pretrained(tmp_path / "llama", "llama")
+    for task_dir, extra, message in (
+            (data, ("--objective", "hidden_cos"), "--objective hidden_cos does not fit task lm: use lm_kd, lm_kd_cos"),
+            (make_sst2_task(), ("--objective", "lm_kd"), "--objective lm_kd does not fit task sst2"),
+            (make_sst2_task(), ("--lm_loss_weight", "0.5"), "--lm_loss_weight 0.5 is for language models")):
+        args = distill_args(pretrained, task_dir, tmp_path / "x", "50S", *extra)
+        assert cli(run_distillation.main, as_lm(args) if task_dir == data else args) == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(ArgumentError, match="--fsdp: language-model distillation reads the teacher's output weight"):
+        LMDistillObjective(SparseDecoderLM(make_tiny_decoder_config("llama")), sharded=True)

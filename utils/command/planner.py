@@ -261,7 +261,9 @@ def dry_run(args, checkpoint: str, distils: bool, levels=None, sandwich: bool = 
     batch, seq_len = getattr(args, "training", None), args.data.max_length
     batch_size = batch.per_device_train_batch_size if batch is not None else 1
     checkpointing = bool(getattr(batch, "gradient_checkpointing", False))
-    cache_bytes = int(args.distill.teacher_cache_mb * 2**20) if distils else 0
+    # a language model's objectives keep no teacher cache (a vocabulary of logits per token would not fit)
+    cached = distils and not args.task.is_lm_task
+    cache_bytes = int(args.distill.teacher_cache_mb * 2**20) if cached else 0
     rows = plan_rows(model, levels, batch_size, seq_len, devices, teacher_params, checkpointing, sandwich, cache_bytes)
     header = (f"plan for {args.model.model_type} from {checkpoint} ({source}); batch {batch_size} x "
               f"{seq_len} tokens per device; {devices} device(s)"

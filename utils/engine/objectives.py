@@ -20,7 +20,8 @@ Losses (T is the temperature; ``SCE(a, b) = -mean Σ_c softmax(b)_c log softmax(
   thousands of times the median; decoders also leave out each sequence's first token, where those
   "massive activations" sit.
 * ``lm_kd``     language models: the per-token KL from the teacher's next-token distribution, chunked over
-  tokens (:class:`LMDistillObjective`); ``lm_kd_cos`` adds the ``hidden_cos`` state term.
+  tokens, computed in the student's forward (:class:`LMDistillObjective`); ``lm_kd_cos`` adds the
+  ``hidden_cos`` state term.
 
 ``auto`` (the default of ``--objective``) is the model family's ``distill_objective``
 (:func:`resolve_objective`), chosen by the measured table in docs/results.md.
@@ -41,7 +42,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from models.outputs import next_token_nll, token_kl
 from utils.engine.teacher_cache import TeacherCache
 from utils.errors import ArgumentError
 
@@ -196,13 +196,19 @@ def process_shares(counts: dict[str, int], device) -> dict[str, float]:
 
 def loss_terms(batch) -> dict[str, int]:
     """How many terms each loss of ``batch`` averages: real ``tokens`` (hidden-state MSE), ``scored``
-    logits (words of a token task, else examples) and gold ``labels`` (not -100)."""
+    logits (words of a token task, else examples) and gold ``labels`` (not -100; a language model's are its
+    next tokens, the first position predicting none)."""
     size = batch["input_ids"].shape[0]
     labels = batch.get("labels")
+    if labels is not None and labels.dim() == 2:
+        targets = labels if "label_mask" in batch else labels[:, 1:]
+        count = int((targets != -100).sum())
+    else:
+        count = size
     return {
         "tokens": int(batch["attention_mask"].sum()),
         "scored": int(batch["label_mask"].sum()) if "label_mask" in batch else size,
-        "labels": int((labels != -100).sum()) if labels is not None and labels.dim() == 2 else size,
+        "labels": count,
     }
 
 
@@ -394,7 +400,9 @@ class LMDistillObjective(Objective):
     state term, detached), without each sequence's first token when ``skip_first_token``. ``lm_loss_weight`` w adds
     w · the data's next-token cross-entropy (then gold labels are needed).
 
-    The loss reads each model's output weight outside its forward, which FSDP2 shards: not under ``--fsdp``.
+    The student's forward computes the KL (its head takes part in the forward, as DistributedDataParallel
+    expects) from the teacher's last states and output weight, read outside the teacher's forward, which FSDP2
+    shards: not under ``--fsdp``.
     """
 
     def __init__(self, teacher, kind: str = "lm_kd", lm_loss_weight: float = 0.0, skip_first_token: bool = False,
@@ -402,8 +410,8 @@ class LMDistillObjective(Objective):
         if kind not in LM_OBJECTIVES:
             raise ValueError(f"unknown language-model objective {kind!r}; expected one of {LM_OBJECTIVES}")
         if sharded:
-            raise ArgumentError("--fsdp: language-model distillation reads each model's output weight outside its "
-                                "forward, which FSDP2 shards; run it without --fsdp (DDP works)")
+            raise ArgumentError("--fsdp: language-model distillation reads the teacher's output weight outside its "
+                                "forward, where FSDP2 shards it; run it without --fsdp (DDP works)")
         self.teacher = teacher.eval()
         self.kind, self.lm_loss_weight, self.sharded = kind, lm_loss_weight, sharded
         self.skip_first_token = skip_first_token and kind == "lm_kd_cos"
@@ -417,23 +425,21 @@ class LMDistillObjective(Objective):
         counts = loss_terms(batch)
         if self.skip_first_token:
             counts["states"] = counts["tokens"] - int(first_token_mask(batch["attention_mask"]).sum())
-        if "labels" in batch:
-            counts["labels"] = int((batch["labels"][:, 1:] != -100).sum())
         self._shares = process_shares(counts, batch["input_ids"].device)
         self._teacher = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      logits=False).hidden_states
 
     def loss(self, model, module, batch, pass_index, embedding_output=None):
         extra = {} if embedding_output is None else {"embedding_output": embedding_output}
-        states = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits=False,
-                       **extra).hidden_states
-        real = batch["attention_mask"].bool()
-        student, teacher = states[-1][real], self._teacher[-1][real]
-        kl = token_kl(student, module.output_weight(), teacher, self.teacher.output_weight(), module.lm_chunk)
-        loss = kl / max(student.shape[0], 1) * self._shares["tokens"]
         if self.lm_loss_weight:
-            total, count = next_token_nll(states[-1], module.output_weight(), batch["labels"], module.lm_chunk)
-            loss = loss + self.lm_loss_weight * total / max(count, 1) * self._shares["labels"]
+            extra["labels"] = batch["labels"]
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits=False,
+                    teacher=(self._teacher[-1], self.teacher.output_weight()), **extra)
+        states, real = out.hidden_states, batch["attention_mask"].bool()
+        kl = out.distill_loss
+        loss = kl * self._shares["tokens"]
+        if self.lm_loss_weight:
+            loss = loss + self.lm_loss_weight * out.loss * self._shares["labels"]
         if self.kind == "lm_kd_cos":
             pairs = layer_pairs(len(states) - 1, self.teacher.depth)
             student_states = gather_states(states, [i for i, _ in pairs], batch["attention_mask"])
@@ -443,7 +449,7 @@ class LMDistillObjective(Objective):
                 rows = ~first_token_mask(batch["attention_mask"])[real]
                 student_states, teacher_states = student_states[:, rows], teacher_states[:, rows]
             hidden_loss = hidden_cosine(student_states, teacher_states)
-            kl_mean = global_mean(kl.detach() / max(student.shape[0], 1), int(student.shape[0]))
+            kl_mean = global_mean(kl.detach(), int(real.sum()))
             hidden_mean = global_mean(hidden_loss.detach(), int(student_states.shape[1]))
             alpha = kl_mean / hidden_mean if float(hidden_mean) > 0 else torch.zeros_like(kl_mean)
             share = self._shares["states" if self.skip_first_token else "tokens"]
