@@ -115,9 +115,13 @@ def main(argv=None) -> dict:
     summary = {"floor": lowest, "differences": differences}
     if len(seeds) > 1:
         mean, spread = statistics.mean(differences), stats.sem(differences)
-        low, high = stats.t.interval(0.95, len(seeds) - 1, loc=mean, scale=spread) if spread > 0 else (mean, mean)
-        summary.update(mean=mean, interval=[low, high])
-        print(f"mean uniform - global: {mean:+.4f} [{low:+.4f}, {high:+.4f}] (95% t, {len(seeds)} seeds)")
+        if spread > 0:
+            low, high = stats.t.interval(0.95, len(seeds) - 1, loc=mean, scale=spread)
+            summary.update(mean=mean, interval=[low, high])
+            print(f"mean uniform - global: {mean:+.4f} [{low:+.4f}, {high:+.4f}] (95% t, {len(seeds)} seeds)")
+        else:  # the same difference in every seed: a t interval says nothing
+            summary.update(mean=mean, interval=None)
+            print(f"mean uniform - global: {mean:+.4f}, the same in all {len(seeds)} seeds (no interval)")
     parameters = {name: students[seeds[0]][name]["model"]["prunable_parameters"] for name in MAPS}
     print(f"prunable parameters at {args.target}S: " + ", ".join(f"{k} {v:,}" for k, v in parameters.items()))
     report = {"curves": curves, "students": students, "summary": summary, "parameters": parameters}
