@@ -36,7 +36,7 @@ case "$LLM$LM$PROFILE" in
     TARGET=50
     DATA=(--max_length 64 --max_eval_samples 64 --use_bf16 --per_device_eval_batch_size 16)
     SPARSIFY=(--uniform_widths --sparsities 10,20,30,40,50 --importance_split train --importance_samples 64)
-    MINIDISC=(--max_steps 300 --search_max_steps 40 --log_interval 50 --learning_rate 3e-4
+    MINIDISC=(--max_steps 600 --search_max_steps 40 --log_interval 100 --learning_rate 3e-4
               --per_device_train_batch_size 8)
     SANDWICH=(--trunc_sparsity 30 --final_student alone)
     REPORT=(--repeats 3 --batch_size 8 --num_batches 2) ;;
