@@ -42,7 +42,7 @@ case "$LLM$LM$PROFILE" in
     REPORT=(--repeats 3 --batch_size 8 --num_batches 2) ;;
   smollm2lmsmoke)
     TARGET=50
-    DATA=(--max_length 32 --max_eval_samples 4 --max_train_samples 16 --use_bf16)
+    DATA=(--max_length 32 --max_eval_samples 4 --max_test_samples 4 --max_train_samples 16 --use_bf16)
     SPARSIFY=(--uniform_widths --sparsities 30,50 --importance_split train --importance_samples 4)
     MINIDISC=(--max_steps 2 --log_interval 2 --per_device_train_batch_size 4) SANDWICH=(--trunc_sparsity 30)
     REPORT=(--repeats 1 --warmup 0 --num_batches 1 --batch_size 2 --new_tokens 4) ;;

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -33,7 +34,8 @@ from tests.helpers import (
 )
 from tests.test_decoder import decoder_batch
 from tools import report
-from utils.artifacts.model_io import load_model
+from utils.artifacts.model_io import load_model, load_tokenizer
+from utils.artifacts.task_data import load_split
 from utils.command.run import Run
 from utils.engine.evaluation import lm_metrics
 
@@ -161,6 +163,15 @@ def test_the_scripts_compress_a_language_model(family, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(stock(prompt).logits, ours(prompt).logits, atol=1e-5, rtol=1e-5)
     assert distilled["model"]["sparsity"] == 60 and ours.config.sparsity == 60
+    if family == "llama":  # --do_test on the first blocks of the test split only
+        (data / "test.txt").write_text((data / "train.txt").read_text())
+        tested = run_distillation.main(as_lm(distill_args(sparse, data, tmp_path / "kd_test", "60S", "--max_steps", "1",
+                                                          "--do_test", "--max_test_samples", "2")))
+        blocks = load_split(SimpleNamespace(data_dir=str(data), max_length=16), get_task("lm"),
+                            load_tokenizer(str(sparse)), "test", 2)
+        expected = lm_metrics(load_model("sparsedecoder_lm", str(tmp_path / "kd_test" / "best")), blocks, 8,
+                              Run(output_dir=tmp_path, device=torch.device("cpu")))
+        assert len(blocks) == 2 and tested["test_metrics"]["perplexity"] == pytest.approx(expected["perplexity"])
     if family == "llama":  # the main job's summary: perplexities, tokens per second, greedy continuations
         assert report.main(["--minidisc_dir", str(tmp_path / "mini"), "--data_dir", str(data), "--task_name", "lm",
                             "--repeats", "1", "--warmup", "0", "--num_batches", "1", "--batch_size", "2",

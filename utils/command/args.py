@@ -97,11 +97,13 @@ class DataArguments:
     max_length: int = arg(128, help="Maximum sequence length in word pieces.")
     max_train_samples: int | None = arg(None, help="Use only the first N training examples (quick runs).")
     max_eval_samples: int | None = arg(None, help="Use only the first N dev examples (quick runs).")
+    max_test_samples: int | None = arg(None, help="--do_test scores only the first N test examples (blocks for lm; "
+                                       "quick runs); --do_infer always predicts every one.")
 
     def __post_init__(self):
         if self.max_length < 8:
             raise ArgumentError(f"--max_length {self.max_length}: expected at least 8 word pieces")
-        for name in ("max_train_samples", "max_eval_samples"):
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ArgumentError(f"--{name} {value}: expected a positive number of examples")

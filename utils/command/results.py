@@ -66,7 +66,8 @@ def test_and_infer(args, run, task, output_dir: Path, model_dir: Path | None = N
         if not test.has_labels:
             raise StageError(f"the test split of {task.name} has no gold labels; use --do_infer to write "
                              "predictions for the GLUE server instead")
-        report["test_metrics"] = evaluate(model, test, training.per_device_eval_batch_size, run, "test")
+        scored = test.take(args.data.max_test_samples)
+        report["test_metrics"] = evaluate(model, scored, training.per_device_eval_batch_size, run, "test")
         logger.info("test: %s", report["test_metrics"])
     if training.do_infer:
         predictions = predict(model, test, training.per_device_eval_batch_size, run, "infer")
