@@ -25,9 +25,9 @@ from utils.command.cli import cli
 from utils.command.planner import dry_run
 from utils.command.results import finish, train_summary
 from utils.command.run import end_run, start_run
+from utils.engine.distillation import build_distill_objective
 from utils.engine.evaluation import MetricSelector
 from utils.engine.loop import train
-from utils.engine.objectives import build_distill_objective
 from utils.engine.sharding import place
 
 

@@ -39,9 +39,9 @@ from utils.command.planner import dry_run
 from utils.command.results import close_stage, finish, read_stage, stage_settings, train_summary
 from utils.command.run import end_run, start_run
 from utils.engine.checkpoint import BEST_DIR
+from utils.engine.distillation import build_distill_objective
 from utils.engine.evaluation import MetricSelector
 from utils.engine.loop import train
-from utils.engine.objectives import build_distill_objective
 from utils.engine.sharding import place
 from utils.errors import ArgumentError
 

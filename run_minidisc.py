@@ -36,9 +36,10 @@ from utils.command.planner import dry_run
 from utils.command.results import StageResult, close_stage, finish, read_stage, stage_settings, train_summary
 from utils.command.run import end_run, start_run
 from utils.engine.checkpoint import BEST_DIR
+from utils.engine.distillation import build_distill_objective
 from utils.engine.evaluation import MetricSelector, evaluate
 from utils.engine.loop import train
-from utils.engine.objectives import SandwichObjective, build_distill_objective
+from utils.engine.objectives import SandwichObjective
 from utils.engine.schedule import (
     PREDICTIONS_FILE,
     SandwichSelector,

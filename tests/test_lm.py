@@ -198,7 +198,7 @@ def test_the_planner_counts_the_vocabulary_projection_and_its_chunk():
 
 def test_objectives_that_do_not_fit_the_task_are_one_line_errors(make_sst2_task, tmp_path, capsys):
     from utils.command.cli import cli
-    from utils.engine.objectives import LMDistillObjective
+    from utils.engine.distillation import LMDistillObjective
     from utils.errors import ArgumentError
 
     data = lm_corpus(tmp_path / "data", documents=30)
