@@ -27,6 +27,17 @@ def quiet(run) -> bool:
     return not (run.is_main and sys.stderr.isatty())
 
 
+def shard_batches(dataset, batch_size: int, run) -> list[list[int] | None]:
+    """This rank's evaluation batches: a disjoint shard of ``dataset``, sorted by length to waste little on
+    padding; under FSDP2 padded with ``None`` fillers, since a sharded forward is a collective every rank joins
+    as often (a filler runs one example again, and its output is not kept)."""
+    shard = sorted(range(run.rank, len(dataset), run.world_size), key=lambda i: dataset.lengths[i])
+    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    if run.fsdp:
+        batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
+    return batches
+
+
 @torch.no_grad()
 def collect_outputs(model, dataset, batch_size: int, run, desc: str = "eval") -> dict[int, torch.Tensor]:
     """Model outputs per feature, gathered from every rank: ``{feature_index: logits}``.
@@ -38,15 +49,9 @@ def collect_outputs(model, dataset, batch_size: int, run, desc: str = "eval") ->
     module = unwrap(model)
     was_training = module.training
     module.eval()
-    shard = list(range(run.rank, len(dataset), run.world_size))
-    shard.sort(key=lambda i: dataset.lengths[i])
     outputs: dict[int, torch.Tensor] = {}
-    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-    if run.fsdp:
-        # a sharded forward is a collective: the extra batches score one example again and are not kept
-        batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
-    for indices in tqdm(batches, desc=desc, leave=False, disable=quiet(run)):
+    for indices in tqdm(shard_batches(dataset, batch_size, run), desc=desc, leave=False, disable=quiet(run)):
         if indices is None:
             filler = to_device(dataset.collate_fn([dataset[0]]), run.device)
             with autocast:
@@ -75,13 +80,9 @@ def lm_metrics(model, dataset, batch_size: int, run, desc: str = "eval") -> dict
     module = unwrap(model)
     was_training = module.training
     module.eval()
-    shard = list(range(run.rank, len(dataset), run.world_size))
-    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-    if run.fsdp:
-        batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
     autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
     totals = torch.zeros(2, dtype=torch.float64, device=run.device)
-    for indices in tqdm(batches, desc=desc, leave=False, disable=quiet(run)):
+    for indices in tqdm(shard_batches(dataset, batch_size, run), desc=desc, leave=False, disable=quiet(run)):
         batch = to_device(dataset.collate_fn([dataset[i] for i in (indices or [0])]), run.device)
         with autocast:
             loss = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
