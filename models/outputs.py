@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
+from .fast_ops import low_precision
+
 
 @dataclass
 class TaskOutput(ModelOutput):
@@ -64,6 +66,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if wanted else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if wanted else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        weight_dtype, weight = weight.dtype, low_precision(weight)
         for start, end in _chunks(hidden.shape[0], chunk):
             rows = hidden[start:end]
             loss, grad_logits = row_losses(F.linear(rows, weight).float(), start, end, *context)
@@ -71,7 +74,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             if wanted:  # the products run as the forward's did (in bf16 under autocast)
                 grad_hidden[start:end] += F.linear(grad_logits, weight.t()).float()
                 grad_weight += F.linear(grad_logits.t(), rows.t()).float()
-        ctx.grads = (grad_hidden, grad_weight, hidden.dtype, weight.dtype)
+        ctx.grads = (grad_hidden, grad_weight, hidden.dtype, weight_dtype)
         ctx.extra = 2 + len(context)
         return total
 
@@ -91,7 +94,7 @@ def _next_token_rows(logits: torch.Tensor, start: int, end: int, targets: torch.
 
 
 def _kl_rows(logits: torch.Tensor, start: int, end: int, teacher: torch.Tensor, teacher_weight: torch.Tensor):
-    target = F.log_softmax(F.linear(teacher[start:end], teacher_weight).float(), dim=-1)
+    target = F.log_softmax(F.linear(teacher[start:end], low_precision(teacher_weight)).float(), dim=-1)
     log_probs = F.log_softmax(logits, dim=-1)
     return (target.exp() * (target - log_probs)).sum(), log_probs.exp() - target.exp()
 
@@ -112,4 +115,5 @@ def token_kl(student: torch.Tensor, student_weight: torch.Tensor, teacher: torch
     """The summed forward KL(teacher ‖ student) of the next-token distributions at temperature 1, over the rows of
     ``student``/``teacher [N, d]`` (hidden states at the same tokens) through each model's output weight ``[V, d]``;
     the logits exist ``chunk`` rows at a time (the teacher's are not differentiated)."""
-    return _ChunkedHeadLoss.apply(student, student_weight, chunk, _kl_rows, teacher.detach(), teacher_weight.detach())
+    # the teacher's weight goes in as it is (its stored low-precision copy is found by the tensor), and gets no gradient
+    return _ChunkedHeadLoss.apply(student, student_weight, chunk, _kl_rows, teacher.detach(), teacher_weight)

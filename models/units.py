@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_ops import weight_slice
+
 
 def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
     """``nn.Linear`` that may have zero rows or columns (an emptied block) without torch's init warning."""
@@ -39,18 +41,16 @@ def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Lin
         return nn.Linear(in_features, out_features, bias=bias)
 
 
-def rows_linear(linear: nn.Linear, x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``linear`` restricted to its first ``rows`` outputs: ``[..., in] -> [..., rows]``."""
-    if rows == linear.out_features:
-        return linear(x)
-    return F.linear(x, linear.weight[:rows], None if linear.bias is None else linear.bias[:rows])
+def rows_linear(linear: nn.Linear, x: torch.Tensor, rows: int | torch.Tensor) -> torch.Tensor:
+    """``linear`` restricted to its first ``rows`` outputs (or the outputs of an index tensor):
+    ``[..., in] -> [..., rows]``; weights from the active :class:`~models.fast_ops.WeightCasts` if any."""
+    return F.linear(x, weight_slice(linear.weight, 0, rows), weight_slice(linear.bias, 0, rows))
 
 
-def cols_linear(linear: nn.Linear, x: torch.Tensor, cols: int) -> torch.Tensor:
-    """``linear`` restricted to its first ``cols`` inputs: ``[..., cols] -> [..., out]``."""
-    if cols == linear.in_features:
-        return linear(x)
-    return F.linear(x, linear.weight[:, :cols], linear.bias)
+def cols_linear(linear: nn.Linear, x: torch.Tensor, cols: int | torch.Tensor) -> torch.Tensor:
+    """``linear`` restricted to its first ``cols`` inputs (or the inputs of an index tensor): ``[..., cols] ->
+    [..., out]``; weights from the active :class:`~models.fast_ops.WeightCasts` if any."""
+    return F.linear(x, weight_slice(linear.weight, 1, cols), weight_slice(linear.bias, 0, linear.out_features))
 
 
 def _replace(linear: nn.Linear, dim: int, keep: int | torch.Tensor) -> None:
@@ -200,18 +200,11 @@ class PrunableBlock(nn.Module):
 
     def rows(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The linear ``name`` at the rows in use: ``[..., in] -> [..., width]`` (spans on one tensor in their order)."""
-        linear, keep = self.get_submodule(name), self._selection(name, 0)
-        if isinstance(keep, int):
-            return rows_linear(linear, x, keep)
-        bias = None if linear.bias is None else linear.bias.index_select(0, keep)
-        return F.linear(x, linear.weight.index_select(0, keep), bias)
+        return rows_linear(self.get_submodule(name), x, self._selection(name, 0))
 
     def cols(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The linear ``name`` at the columns in use: ``[..., width] -> [..., out]``."""
-        linear, keep = self.get_submodule(name), self._selection(name, 1)
-        if isinstance(keep, int):
-            return cols_linear(linear, x, keep)
-        return F.linear(x, linear.weight.index_select(1, keep), linear.bias)
+        return cols_linear(self.get_submodule(name), x, self._selection(name, 1))
 
     def index(self, name: str) -> torch.Tensor:
         """The entries in use of the per-entry buffer ``name``."""

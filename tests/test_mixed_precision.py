@@ -16,12 +16,15 @@ logits by 30-40% and some gradient by 30-90%, which
 tolerances; so a dropped residual, a wrong slice or a lost bias fails these tests.
 """
 
+import copy
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import run_finetuning
 import run_minidisc
@@ -29,6 +32,7 @@ import run_sparsification
 from data.pipelines import encode_dataset
 from data.readers import read_examples
 from data.tasks import get_task
+from models.fast_ops import WeightCasts, weight_slice
 from tests.helpers import (
     finetune_args,
     make_tiny_config,
@@ -39,11 +43,15 @@ from tests.helpers import (
     sparsify_args,
     tiny_model,
 )
+from tests.test_distributed import free_port
 from utils.command.args import RunArguments
 from utils.command.cli import cli
 from utils.command.run import Run, RunError, _amp_dtype, start_run
+from utils.engine.distillation import LMDistillObjective
 from utils.engine.importance_pass import accumulate_importance
 from utils.engine.objectives import DistillObjective, SandwichObjective
+from utils.engine.sharding import Placed
+from utils.engine.step import MixedPrecision, backward_batch, build_optimizer, optimizer_step
 from utils.maths.importance import normalize_scores
 
 FWD_TOL = 0.03
@@ -271,6 +279,111 @@ def test_minidisc_sandwich_step_under_bf16(padding):
         assert l16.dtype == torch.float32
         assert_close(l16, l32, what=f"loss at width {width}")
     assert_grads_close(grads16, grads32)
+
+
+# --------------------------------------------------------------------------------------------
+# Weight casts made once (MixedPrecision) against autocast's own casts
+
+# One case per way a width slices its weights: prefixes (BERT, T5), index sets (a decoder's query-slot units,
+# Phi-3's fused tensors) and the language model's chunked head loss (the output weight read in its own node).
+CAST_CASES = {
+    "bert": ("sparsebert_cls", {}),
+    "enct5": ("sparseenct5_cls", {}),
+    "decoder_query_slots": ("sparsedecoder_cls", {"head_unit": "query"}),
+    "phi3": ("sparsedecoder_cls", {"family": "phi3"}),
+    "lm": ("sparsedecoder_lm", {}),
+}
+
+
+def sandwich_steps(case: str, precision_of, steps: int = 2, ddp: bool = False):
+    """``steps`` MiniDisc sandwich steps (teacher forward, widths 90, 60, 30, 0, one backward each, then the loop's
+    optimizer step) of a tiny ``case`` model under the context ``precision_of()`` gives, the student wrapped in
+    DistributedDataParallel with ``ddp`` (a process group must exist); returns the first step's gradients and the
+    weights after the last step."""
+    model_type, config = CAST_CASES[case]
+    teacher = tiny_model(model_type, levels=(30, 60, 90), seed=0, initializer_range=0.2, **config).eval()
+    student = copy.deepcopy(teacher).train()
+    distill = LMDistillObjective(teacher) if model_type.endswith("_lm") else DistillObjective(teacher)
+    objective = SandwichObjective(distill, [30, 60, 90])
+    optimizer = build_optimizer(student, SimpleNamespace(learning_rate=1e-2, weight_decay=0.01))
+    wrapped = DistributedDataParallel(student, find_unused_parameters=True) if ddp else student
+    placed = Placed(student, wrapped, sharded=False, distributed=ddp)
+    precision = precision_of()
+    torch.manual_seed(3)
+    grads = None
+    for step in range(steps):
+        batch, labels = make_batch("sparsebert_cls", seed=step)
+        backward_batch(objective, placed, {**batch, "labels": labels % 2}, autocast=precision)
+        if grads is None:
+            grads = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
+        optimizer_step(student, optimizer, 1.0, precision=precision)
+    return grads, {name: p.detach().clone() for name, p in student.named_parameters()}, precision
+
+
+@pytest.mark.parametrize("case", CAST_CASES)
+def test_weights_cast_once_give_autocast_gradients(case):
+    """The gradients that reach the fp32 weights, and the weights after two optimizer steps, are autocast's bit for
+    bit: every slice of the stored copies holds what autocast converts, and a copy is made again after each step."""
+    grads_autocast, weights_autocast, _ = sandwich_steps(case, lambda: torch.autocast("cpu", dtype=BF16))
+    grads_once, weights_once, precision = sandwich_steps(case, lambda: MixedPrecision("cpu", BF16))
+    assert len(precision.casts) > 0  # the copies were used
+    assert grads_once.keys() == grads_autocast.keys()
+    for name, grad in grads_autocast.items():
+        assert torch.equal(grads_once[name], grad), name
+    for name, weight in weights_autocast.items():
+        assert torch.equal(weights_once[name], weight), name
+    # the check has teeth: without the copies made again after a step, the second step differs
+    _, stale, _ = sandwich_steps(case, lambda: _NeverForgets("cpu", BF16))
+    assert any(not torch.equal(stale[name], weight) for name, weight in weights_autocast.items())
+
+
+def test_weights_cast_once_under_ddp():
+    """Under DistributedDataParallel (one gloo process: its reducer and hooks, the passes before the last under
+    no_sync) the copies give autocast's gradients and weights bit for bit."""
+    port = free_port()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        grads_autocast, weights_autocast, _ = sandwich_steps("decoder_query_slots",
+                                                             lambda: torch.autocast("cpu", dtype=BF16), ddp=True)
+        grads_once, weights_once, _ = sandwich_steps("decoder_query_slots", lambda: MixedPrecision("cpu", BF16),
+                                                     ddp=True)
+    finally:
+        dist.destroy_process_group()
+    assert grads_once.keys() == grads_autocast.keys()
+    for name, grad in grads_autocast.items():
+        assert torch.equal(grads_once[name], grad), name
+    for name, weight in weights_autocast.items():
+        assert torch.equal(weights_once[name], weight), name
+
+
+class _NeverForgets(MixedPrecision):
+    """A MixedPrecision that keeps its copies across optimizer steps (what the loop must not do)."""
+
+    def updated(self, parameters) -> None:
+        pass
+
+
+def test_weight_casts_follow_the_weight_and_its_gradient():
+    """A slice of a stored copy: the value autocast would convert, and autocast's gradient at the slice's indices
+    (zeros elsewhere); made again when the weight changes in place; outside autocast, the fp32 slice itself."""
+    weight = torch.randn(6, 5, requires_grad=True)
+    casts = WeightCasts(BF16)
+    for dim, keep in ((0, 4), (1, 3), (0, 6), (1, torch.tensor([4, 0, 2]))):
+        expected = weight.narrow(dim, 0, keep) if isinstance(keep, int) else weight.index_select(dim, keep)
+        with casts, torch.autocast("cpu", dtype=BF16):
+            sliced = weight_slice(weight, dim, keep)
+        assert sliced.dtype == BF16 and torch.equal(sliced, expected.to(BF16))
+        upstream = torch.randn(sliced.shape).to(BF16)
+        (grad,) = torch.autograd.grad(sliced, weight, upstream)
+        (expected_grad,) = torch.autograd.grad(expected.to(BF16), weight, upstream)
+        assert grad.dtype == torch.float32 and torch.equal(grad, expected_grad)
+    assert len(casts) == 1
+    with torch.no_grad():
+        weight.mul_(2)
+    with casts, torch.autocast("cpu", dtype=BF16):
+        assert torch.equal(weight_slice(weight, 0, 6), weight.detach().to(BF16))
+    with casts:
+        assert weight_slice(weight, 0, 2).dtype == torch.float32
 
 
 # --------------------------------------------------------------------------------------------

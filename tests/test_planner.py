@@ -196,10 +196,10 @@ def test_the_sharded_peak_holds_what_fsdp2_gathers(make_sst2_task, tmp_path, cap
             assert memory["weights_grads_adamw"] == pytest.approx(16 * full / GIB)
             assert memory["gathered_student"] == pytest.approx(full * (2 + 4) / GIB)
         assert memory["sharded"] > memory["weights_grads_adamw"] / 8 + memory["gathered_student"]
-        # without sharding: DDP's gradient buckets and autocast's bf16 copies of the student's weights
+        # without sharding: DDP's gradient buckets and the bf16 copies of the student's and the teacher's weights
         assert memory["ddp_buckets"] == pytest.approx(memory["weights_grads_adamw"] / 4)
-        assert memory["autocast_copies"] == pytest.approx(memory["weights_grads_adamw"] / 8)
-        assert student["memory_gib"]["fp32"]["autocast_copies"] == 0
+        assert memory["bf16_copies"] == pytest.approx(memory["weights_grads_adamw"] / 8 + memory["teacher"] / 2)
+        assert student["memory_gib"]["fp32"]["bf16_copies"] == 0
     # the sandwich's whole gathered student (42 GiB) is more than its sharded states, teacher and cache together
     memory = sandwich["levels"][0]["memory_gib"]["bf16"]
     assert memory["gathered_student"] > (memory["weights_grads_adamw"] + memory["teacher"]) / 8 + 2

@@ -23,7 +23,9 @@ The model is built on the meta device (shapes only, no memory) from a saved mode
     stored, as with PyTorch's fused SDPA kernels; with ``--gradient_checkpointing``, each layer's
     input plus one layer's activations);
   - "DDP" (a full copy on every device): plus DDP's gradient buckets (4 bytes a parameter, on more
-    than one device) and, under bf16, autocast's bf16 copies of the trained weights, kept for backward;
+    than one device) and, under bf16, the bf16 copies of the trained model's and the teacher's weights
+    (2 bytes a parameter each), made once per optimizer step and once per stage and kept in between
+    (:class:`utils.engine.step.MixedPrecision`);
   - "sharded" (``--fsdp`` over ``--dry_run_devices``; on one device the same as DDP): weights,
     gradients, AdamW state and teacher divided by the devices, plus what FSDP2 gathers: the root
     unit (embeddings, final norm, head) and two layer units (the one running and the one
@@ -137,7 +139,8 @@ def peak_memory(trained: int, teacher: int, activations: int, cache: int, units:
         cache: bytes of the teacher cache on the device (``--teacher_cache_mb``).
         units: :func:`fsdp_units` of the teacher's architecture (an upper bound for a smaller student's).
         gathered_bytes: bytes of a gathered parameter under FSDP2 (2 under bf16 mixed precision, else 4).
-        autocast: bf16 autocast without sharding: the trained weights' bf16 copies live through backward.
+        autocast: bf16 without sharding: the bf16 copies of the trained weights and the teacher's are kept
+            (:class:`utils.engine.step.MixedPrecision`).
         sandwich: several widths a step (MiniDisc): FSDP2 keeps every layer gathered, and its gradient
             unsharded, from the step's first forward to its last backward (:func:`utils.engine.sharding.pass_context`).
     """
@@ -146,7 +149,7 @@ def peak_memory(trained: int, teacher: int, activations: int, cache: int, units:
     ddp_extra = {
         # DDP all-reduces from bucket copies of the gradients (when there is more than one device)
         "ddp_buckets": 4 * trained if devices > 1 else 0,
-        "autocast_copies": 2 * trained if autocast else 0,
+        "bf16_copies": 2 * (trained + teacher) if autocast else 0,
     }
     # FSDP2 keeps the root unit gathered through forward and backward and one layer unit ahead of the one
     # running; each gathered unit gets a whole gradient (fp32 for the reduce-scatter) before it is sharded.
@@ -234,7 +237,7 @@ def format_plan(header: str, rows: list[dict], devices: int) -> str:
     lines.append(
         "peak memory in GiB per device, every part counted as alive at once: states (fp32 weights, gradients, AdamW), "
         "the fp32 teacher, the teacher cache, activations (an estimate); DDP/dev adds DDP's gradient buckets and, "
-        "in bf16, autocast's weight copies; shard/N divides states and teacher by N and adds what FSDP2 gathers "
+        "in bf16, the student's and the teacher's bf16 weight copies; shard/N divides states and teacher by N and adds what FSDP2 gathers "
         "(gather: units with their whole gradients, a sandwich's whole student) and the AdamW step's temporaries "
         "(see utils/command/planner.py)")
     return "\n".join(lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import sys
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 
 from utils.engine.batches import to_device
 from utils.engine.sharding import filler_batches
+from utils.engine.step import mixed_precision
 from utils.maths.metrics import compute_metrics
 
 
@@ -50,7 +50,7 @@ def collect_outputs(model, dataset, batch_size: int, run, desc: str = "eval") ->
     was_training = module.training
     module.eval()
     outputs: dict[int, torch.Tensor] = {}
-    autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
+    autocast = mixed_precision(run)
     for indices in tqdm(shard_batches(dataset, batch_size, run), desc=desc, leave=False, disable=quiet(run)):
         if indices is None:
             filler = to_device(dataset.collate_fn([dataset[0]]), run.device)
@@ -80,7 +80,7 @@ def lm_metrics(model, dataset, batch_size: int, run, desc: str = "eval") -> dict
     module = unwrap(model)
     was_training = module.training
     module.eval()
-    autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
+    autocast = mixed_precision(run)
     totals = torch.zeros(2, dtype=torch.float64, device=run.device)
     for indices in tqdm(shard_batches(dataset, batch_size, run), desc=desc, leave=False, disable=quiet(run)):
         batch = to_device(dataset.collate_fn([dataset[i] for i in (indices or [0])]), run.device)

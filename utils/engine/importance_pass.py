@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 from utils.artifacts.files import write_json_atomic
 from utils.engine.evaluation import quiet
 from utils.engine.sharding import filler_batches
+from utils.engine.step import mixed_precision
 from utils.errors import StageError
 from utils.maths.importance import NORM_EPS
 
@@ -57,7 +57,7 @@ def accumulate_importance(model, dataset, batch_size: int, run) -> tuple[torch.T
     if run.fsdp:
         # the extra batches score one example again, and their gradients are not added
         batches += [None] * filler_batches(len(dataset), run.world_size, batch_size, len(batches))
-    autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
+    autocast = mixed_precision(run)
     skipped = 0
     for indices in tqdm(batches, desc="importance", leave=False, disable=quiet(run)):
         filler = indices is None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from utils.engine.checkpoint import (
 from utils.engine.evaluation import Selector, quiet
 from utils.engine.loop_state import LoopState, RunningMean
 from utils.engine.sharding import prepare
-from utils.engine.step import Optimization, backward_batch, plan_steps
+from utils.engine.step import Optimization, backward_batch, mixed_precision, plan_steps
 from utils.engine.tensorboard import TENSORBOARD_DIR, Scalars
 
 logger = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class _Stage:
         self.settings, self.steps_per_epoch, self.total_steps = settings, steps_per_epoch, total_steps
         self.state, self.losses, self.best_record, self.scalars = state, losses, best_record, scalars
         self.patience_steps = max(1, math.ceil(args.num_patience_epochs * steps_per_epoch))
-        self.autocast = torch.autocast(run.device.type, dtype=run.amp_dtype) if run.amp_dtype else nullcontext()
+        self.precision = mixed_precision(run)
 
     def train_epoch(self, batches: list[list[int]], dataset, progress) -> None:
         """The epoch's batches from where the state stands, until it ends, the step budget is spent or
@@ -154,13 +153,13 @@ class _Stage:
             group_size = min(accum, len(batches) - group_start)
             last_micro = position == group_start + group_size - 1
             step_loss += backward_batch(self.objective, self.placed, batch, group_size, sync=last_micro,
-                                        autocast=self.autocast, scaler=self.optimization.scaler)
+                                        autocast=self.precision, scaler=self.optimization.scaler)
             state.examples_seen += len(batches[position]) * self.run.world_size
             state.batch_in_epoch = position + 1
             if not last_micro:
                 continue
             learning_rate = self.optimization.learning_rate
-            self.optimization.step(self.placed.module, args.max_grad_norm)
+            self.optimization.step(self.placed.module, args.max_grad_norm, self.precision)
             state.step += 1
             self.losses.add(step_loss)
             self.scalars.step(state.step, step_loss, learning_rate)

@@ -11,6 +11,46 @@ import torch
 from transformers import get_scheduler
 
 from models.core import is_normalization
+from models.fast_ops import WeightCasts
+
+
+class MixedPrecision:
+    """Autocast in ``dtype`` and the weights' low-precision copies (:class:`models.fast_ops.WeightCasts`), entered
+    together around each forward (``with precision:``; reusable, not re-entrant).
+
+    The copies live as long as this object: a frozen teacher's weights are converted once, and a trained model's
+    once per optimizer step (:func:`optimizer_step` drops them after each update), whatever the number of widths,
+    passes and micro-batches in between. Without ``cast_once`` it is plain autocast (FSDP2 gathers its parameters
+    in ``dtype`` already).
+    """
+
+    def __init__(self, device_type: str, dtype: torch.dtype, cast_once: bool = True):
+        self.autocast = torch.autocast(device_type, dtype=dtype)
+        self.casts = WeightCasts(dtype) if cast_once else None
+
+    def __enter__(self) -> MixedPrecision:
+        self.autocast.__enter__()
+        if self.casts is not None:
+            self.casts.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.casts is not None:
+            self.casts.__exit__(*exc)
+        self.autocast.__exit__(*exc)
+
+    def updated(self, parameters) -> None:
+        """``parameters`` changed (an optimizer step): their copies are made again when next used."""
+        if self.casts is not None:
+            self.casts.forget(parameters)
+
+
+def mixed_precision(run):
+    """The run's :class:`MixedPrecision` under ``--use_bf16``/``--use_fp16`` (plain autocast under ``--fsdp``),
+    else a context that does nothing."""
+    if not run.amp_dtype:
+        return nullcontext()
+    return MixedPrecision(run.device.type, run.amp_dtype, cast_once=not run.fsdp)
 
 
 def build_optimizer(module, args) -> torch.optim.Optimizer:
@@ -69,8 +109,9 @@ def backward_batch(objective, placed, batch: dict, group_size: int = 1, sync: bo
     return total
 
 
-def optimizer_step(module, optimizer, max_grad_norm: float, scheduler=None, scaler=None) -> None:
-    """Clip the accumulated gradients (``max_grad_norm`` > 0), step, advance the schedule, clear the gradients."""
+def optimizer_step(module, optimizer, max_grad_norm: float, scheduler=None, scaler=None, precision=None) -> None:
+    """Clip the accumulated gradients (``max_grad_norm`` > 0), step, advance the schedule, clear the gradients, and
+    tell the :class:`MixedPrecision` ``precision`` (if any) that ``module``'s weights changed."""
     if max_grad_norm > 0:
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -83,6 +124,8 @@ def optimizer_step(module, optimizer, max_grad_norm: float, scheduler=None, scal
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    if isinstance(precision, MixedPrecision):
+        precision.updated(module.parameters())
 
 
 @dataclass
@@ -105,5 +148,5 @@ class Optimization:
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self, module, max_grad_norm: float) -> None:
-        optimizer_step(module, self.optimizer, max_grad_norm, self.scheduler, self.scaler)
+    def step(self, module, max_grad_norm: float, precision=None) -> None:
+        optimizer_step(module, self.optimizer, max_grad_norm, self.scheduler, self.scaler, precision)
