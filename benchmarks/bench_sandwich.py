@@ -13,6 +13,10 @@ training set, and measures in one process, on the same model and batches:
 (d) the parts of a step on the (b) batches: one teacher forward, and one single-sparsity
     distillation step per sparsity (a densified student at that sparsity, its own AdamW, teacher
     outputs precomputed); the sandwich must cost no more than their sum (no hidden waste);
+(g) with ``--fresh_shapes``: fp32, bf16 and plain bf16 autocast on dynamic batches that no call has seen
+    before (every call of every configuration its own), as in real training, where the packed token count
+    changes with every batch: oneDNN, which runs the CPU's bf16 matmuls, builds a kernel for each new shape,
+    so (f), which repeats its batches, shows bf16 warm. Times are per token, scaled to the (b) batches';
 (e) peak memory (VmHWM after the models are loaded, minus VmRSS then) of sandwich training and
     of distilling the full-width student alone, each in its own subprocess over a few steps;
 (f) with ``--bf16``: (b) and (c) in bf16 as ``--use_bf16`` runs them (autocast, each weight converted
@@ -99,6 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="profile one (b) step (bf16 with --bf16) and print the top ops")
     parser.add_argument("--bf16", action="store_true", help="also time (b) and (c) in bf16 (--use_bf16) and (c) under plain autocast")
     parser.add_argument("--torch_compile", action="store_true", help="also time (c) with compiled layers")
+    parser.add_argument("--fresh_shapes", action="store_true", help="also time (g): every call on batches never seen")
     parser.add_argument("--quick", action="store_true", help="2 batches, no warmup, 1 repeat, 2 memory steps")
     parser.add_argument("--memory_child", choices=("sandwich", "full"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -205,6 +210,8 @@ def train_step(objective, module, optimizer, batches: list[dict], max_grad_norm:
                "bf16 autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[precision]
 
     def step():
+        if isinstance(context, MixedPrecision):  # the configurations share the student: others may have stepped it
+            context.updated(module.parameters())
         for batch in batches:
             backward_batch(objective, placed, batch, autocast=context)
             optimizer_step(module, optimizer, max_grad_norm, precision=context)
@@ -382,6 +389,36 @@ def bench_speed(args, teacher, batches) -> None:
     print(f"load at the end {load_average()}", flush=True)
 
 
+def bench_fresh_shapes(args, teacher, tokenizer, batches) -> None:
+    """(g): each call of each precision on its own never-seen dynamic batches; seconds per token, scaled to the mean
+    real tokens of the (b) batches."""
+    calls = args.warmup + args.repeats
+    precisions = ("fp32", "bf16", "bf16 autocast")
+    wanted = argparse.Namespace(**{**vars(args), "num_batches": args.num_batches * (1 + calls * len(precisions))})
+    epoch = load_batches(wanted, tokenizer, verbose=False)["dynamic"][args.num_batches:]
+    tokens = statistics.mean(int(batch["attention_mask"].sum()) for batch in batches["dynamic"])
+    per_token = {precision: [] for precision in precisions}
+    for call in range(calls):
+        for index, precision in enumerate(precisions if call % 2 == 0 else precisions[::-1]):
+            start = (call * len(precisions) + index) * args.num_batches
+            group = epoch[start:start + args.num_batches]
+            student, optimizer = trainable_copy(teacher, args)
+            step = train_step(sandwich_objective(DistillObjective(teacher), args), student, optimizer, group,
+                              precision=precision)
+            began = time.perf_counter()
+            step()
+            if call >= args.warmup:
+                per_token[precision].append((time.perf_counter() - began) / sum(int(b["attention_mask"].sum())
+                                                                                 for b in group))
+    seconds = {precision: statistics.median(values) * tokens for precision, values in per_token.items()}
+    print(f"(g) fresh shapes ({args.repeats} calls of {args.num_batches} never-seen batches each, per token, scaled to "
+          f"the (b) batches' {tokens:.0f} tokens): " + ", ".join(
+              f"{precision} {value:.3f} s/step ({args.anchor_seconds / value:.2f}x the anchor)"
+              for precision, value in seconds.items())
+          + f"; bf16 vs fp32 {seconds['fp32'] / seconds['bf16']:.2f}x (target >= 1.3), plain autocast vs fp32 "
+          f"{seconds['fp32'] / seconds['bf16 autocast']:.2f}x", flush=True)
+
+
 def profile_step(args, teacher, batches) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -450,6 +487,8 @@ def main(argv=None) -> None:
         return
     if not args.skip_speed:
         bench_speed(args, teacher, batches)
+    if args.fresh_shapes:
+        bench_fresh_shapes(args, teacher, tokenizer, batches)
     if not args.skip_memory:
         bench_memory(args, argv)
 

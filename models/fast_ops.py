@@ -192,6 +192,41 @@ def low_precision(weight: torch.Tensor) -> torch.Tensor:
     return weight if casts is None else casts.copy_of(weight)
 
 
+# Row counts of the CPU's low-precision matmuls are rounded up to a multiple of this (see sliced_linear).
+CPU_ROW_MULTIPLE = 64
+
+
+def _padded_rows(x: torch.Tensor, dtype: torch.dtype, multiple: int) -> torch.Tensor:
+    """``x [..., in]`` as ``[rows rounded up to a multiple, in]`` in ``dtype``: converted in one copy, zero rows
+    after the real ones (their gradient is dropped, and they add nothing to a weight's)."""
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    padded = flat.new_empty((-(-rows // multiple) * multiple, flat.shape[1]), dtype=dtype)
+    padded[rows:].zero_()
+    padded[:rows] = flat
+    return padded
+
+
+def sliced_linear(x: torch.Tensor, linear: nn.Linear, dim: int, keep: int | torch.Tensor) -> torch.Tensor:
+    """``linear`` at the indices ``keep`` (a prefix length or an index tensor) of its weight's dimension ``dim``
+    (0: output rows, with the bias; 1: input columns): ``[..., in] -> [..., out]``.
+
+    Inside an active :class:`WeightCasts` under autocast, the weights are slices of the stored copies
+    (:func:`weight_slice`), and on the CPU the rows of ``x`` are padded to a multiple of :data:`CPU_ROW_MULTIPLE`
+    first: oneDNN, which runs the CPU's bf16 matmuls, builds a kernel for each new shape (about 1.3 ms, several
+    times the matmul), and the packed token count changes with every batch; rounded, the shapes repeat and its
+    kernels are reused.
+    """
+    weight = weight_slice(linear.weight, dim, keep)
+    bias = weight_slice(linear.bias, 0, keep if dim == 0 else linear.out_features)
+    casts = _active_casts(linear.weight)
+    rows = x.numel() // max(x.shape[-1], 1)
+    if casts is None or x.device.type != "cpu" or rows % CPU_ROW_MULTIPLE == 0 or x.numel() == 0:
+        return F.linear(x, weight, bias)
+    out = F.linear(_padded_rows(x, casts.dtype, CPU_ROW_MULTIPLE), weight, bias)
+    return out[:rows].view(*x.shape[:-1], out.shape[-1])
+
+
 def weight_slice(weight: torch.Tensor | None, dim: int, keep: int | torch.Tensor) -> torch.Tensor | None:
     """The indices ``keep`` (a prefix length, or an index tensor on the weight's device) of ``weight`` along
     ``dim``; inside an active :class:`WeightCasts` under autocast, taken from its stored low-precision copy

@@ -28,10 +28,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .fast_ops import weight_slice
+from .fast_ops import sliced_linear
 
 
 def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
@@ -44,13 +43,13 @@ def new_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Lin
 def rows_linear(linear: nn.Linear, x: torch.Tensor, rows: int | torch.Tensor) -> torch.Tensor:
     """``linear`` restricted to its first ``rows`` outputs (or the outputs of an index tensor):
     ``[..., in] -> [..., rows]``; weights from the active :class:`~models.fast_ops.WeightCasts` if any."""
-    return F.linear(x, weight_slice(linear.weight, 0, rows), weight_slice(linear.bias, 0, rows))
+    return sliced_linear(x, linear, 0, rows)
 
 
 def cols_linear(linear: nn.Linear, x: torch.Tensor, cols: int | torch.Tensor) -> torch.Tensor:
     """``linear`` restricted to its first ``cols`` inputs (or the inputs of an index tensor): ``[..., cols] ->
     [..., out]``; weights from the active :class:`~models.fast_ops.WeightCasts` if any."""
-    return F.linear(x, weight_slice(linear.weight, 1, cols), weight_slice(linear.bias, 0, linear.out_features))
+    return sliced_linear(x, linear, 1, cols)
 
 
 def _replace(linear: nn.Linear, dim: int, keep: int | torch.Tensor) -> None:

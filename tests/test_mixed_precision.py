@@ -32,7 +32,7 @@ import run_sparsification
 from data.pipelines import encode_dataset
 from data.readers import read_examples
 from data.tasks import get_task
-from models.fast_ops import WeightCasts, weight_slice
+from models.fast_ops import CPU_ROW_MULTIPLE, WeightCasts, sliced_linear, weight_slice
 from tests.helpers import (
     finetune_args,
     make_tiny_config,
@@ -354,6 +354,26 @@ def test_weights_cast_once_under_ddp():
         assert torch.equal(grads_once[name], grad), name
     for name, weight in weights_autocast.items():
         assert torch.equal(weights_once[name], weight), name
+
+
+@pytest.mark.parametrize("rows", [39, 2 * CPU_ROW_MULTIPLE])
+def test_rows_padded_for_the_cpu_give_autocast_values_and_gradients(rows):
+    """Under weight casts on the CPU a linear's rows are padded to a multiple of CPU_ROW_MULTIPLE (39 -> 64; 128 is
+    left as it is): the outputs and the gradients of the input and the weight are autocast's bit for bit."""
+    linear = torch.nn.Linear(5, 6)
+    for dim, keep in ((0, 4), (1, 3)):
+        x = torch.randn(3, rows // 3, 5 if dim == 0 else keep, requires_grad=True)
+        with WeightCasts(BF16), torch.autocast("cpu", dtype=BF16):
+            out = sliced_linear(x, linear, dim, keep)
+        with torch.autocast("cpu", dtype=BF16):
+            weight = linear.weight[:keep] if dim == 0 else linear.weight[:, :keep]
+            expected = torch.nn.functional.linear(x, weight, linear.bias[:keep] if dim == 0 else linear.bias)
+        assert out.shape == expected.shape and out.dtype == BF16 and torch.equal(out, expected)
+        upstream = torch.randn(out.shape).to(BF16)
+        grads = torch.autograd.grad(out, (x, linear.weight, linear.bias), upstream)
+        expected_grads = torch.autograd.grad(expected, (x, linear.weight, linear.bias), upstream)
+        for grad, expected_grad in zip(grads, expected_grads, strict=True):
+            assert grad.dtype == torch.float32 and torch.equal(grad, expected_grad)
 
 
 class _NeverForgets(MixedPrecision):
