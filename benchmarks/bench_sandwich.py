@@ -26,7 +26,8 @@ training set, and measures in one process, on the same model and batches:
     ``--bf16``, bf16; the compilation (the first calls) is timed on its own and printed.
 
 Speed is printed as s/step, examples/s, the speedup over the reference's measured step
-(``--anchor_seconds``, 3.78 s on 2 idle threads) and over (a). Calls are interleaved (the order
+(``--anchor_seconds``, 3.78 s on 2 idle threads of a CPU whose fp32 matmul probe ran 177 GFLOP/s; on a faster
+CPU the ratio flatters us, and the line scaled to that probe says by how much) and over (a). Calls are interleaved (the order
 reversed every round) and a matmul probe runs between them, so load from other processes hits
 every configuration alike; the probe's GFLOP/s says how much of the machine the run actually got,
 and "achieved" is the step's matmul FLOPs over its median time.
@@ -340,7 +341,7 @@ def bench_speed(args, teacher, batches) -> None:
     median = {name: seconds / (1 if name.endswith("matmul probe") else n) for name, seconds in medians(times).items()}
     probe_gflops = probe.flops / median["matmul probe"] / 1e9
     print(f"matmul probe {probe_gflops:.1f} GFLOP/s {spread([probe.flops / t / 1e9 for t in times['matmul probe']])}"
-          f" (the CPU share this run got; 177 GFLOP/s is this CPU's 2-thread peak when idle)")
+          f" (the CPU share this run got; the anchor's step was measured where this probe ran 177 GFLOP/s idle)")
     if args.bf16:
         print(f"bf16 matmul probe {bf16_probe.flops / median['bf16 matmul probe'] / 1e9:.1f} GFLOP/s: the bf16 rows' "
               "'of probe' column is still against the fp32 probe")
@@ -363,7 +364,7 @@ def bench_speed(args, teacher, batches) -> None:
         speedup = args.anchor_seconds / median[best[precision]]
         print(f"target {precision} >= {target:.0f}x the anchor's {args.batch_size / args.anchor_seconds:.2f} ex/s: "
               f"best {best[precision]} {speedup:.2f}x {'MET' if speedup >= target else 'MISSED'} (scaled to an idle "
-              f"2-thread probe of 177 GFLOP/s, an optimistic estimate: {speedup * 177 / probe_gflops:.2f}x)")
+              f"2-thread probe of 177 GFLOP/s, the anchor's machine: {speedup * 177 / probe_gflops:.2f}x)")
     if len(best) == 2:
         gain = median[best["fp32"]] / median[best["bf16"]]
         print(f"target bf16 >= 1.3x our fp32 step in this run: {best['bf16']} vs {best['fp32']} {gain:.2f}x "

@@ -34,7 +34,7 @@ from models import get_model_class  # noqa: E402
 from utils.command.planner import uniform_map  # noqa: E402
 from utils.engine.objectives import DistillObjective, SandwichObjective, TaskObjective  # noqa: E402
 from utils.engine.sharding import Placed, shard  # noqa: E402
-from utils.engine.step import backward_batch, build_optimizer, optimizer_step  # noqa: E402
+from utils.engine.step import MixedPrecision, backward_batch, build_optimizer, optimizer_step  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LEVELS = (0, 50, 90)
@@ -96,7 +96,8 @@ def measure(model_type, config, precision, args, device, rank, world, sandwich: 
     placed = Placed(student, student, sharded=args.fsdp, distributed=False)
     optimizer = build_optimizer(student, argparse.Namespace(weight_decay=0.01, learning_rate=1e-5))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    # as the loop runs it: autocast with the weights converted once per step (plain autocast under FSDP2)
+    autocast = MixedPrecision(device.type, amp_dtype, cast_once=not args.fsdp) if amp_dtype else nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = [], []
@@ -106,7 +107,7 @@ def measure(model_type, config, precision, args, device, rank, world, sandwich: 
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         losses.append(backward_batch(objective, placed, batch, autocast=autocast, scaler=scaler))
-        optimizer_step(student, optimizer, 1.0, None, scaler if amp_dtype is torch.float16 else None)
+        optimizer_step(student, optimizer, 1.0, None, scaler if amp_dtype is torch.float16 else None, autocast)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

@@ -47,7 +47,8 @@ class RunArguments:
     seed: int = arg(776, help="Seed for data order, initialisation and dropout; the same seed gives the same run.")
     use_cpu: bool = arg(False, help="Run on the CPU even when CUDA is available.")
     use_fp16: bool = arg(False, help="float16 mixed precision with a gradient scaler; CUDA only (CPU: --use_bf16).")
-    use_bf16: bool = arg(False, help="bfloat16 mixed precision (autocast, fp32 weights); CUDA or CPU.")
+    use_bf16: bool = arg(False, help="bfloat16 mixed precision (autocast, fp32 weights converted once per "
+                                         "step); CUDA or CPU.")
     local_rank: int = arg(-1, help="Set by torch.distributed launchers; torchrun's LOCAL_RANK is used when present.")
     model_suffix: str = arg("none", help="Free-form label recorded in args.json (kept for the original scripts).")
     fsdp: bool = arg(False, help="Under torchrun, shard the student and the teacher across the processes with "
