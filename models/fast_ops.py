@@ -217,7 +217,8 @@ def sliced_linear(x: torch.Tensor, linear: nn.Linear, dim: int, keep: int | torc
     (:func:`weight_slice`), and on the CPU the rows of ``x`` are padded to a multiple of :data:`CPU_ROW_MULTIPLE`
     first: oneDNN, which runs the CPU's bf16 matmuls, builds a kernel for each new shape (about 1.3 ms, several
     times the matmul), and the packed token count changes with every batch; rounded, the shapes repeat and its
-    kernels are reused.
+    kernels are reused. The output and the gradient of ``x`` are autocast's bit for bit; the weight's gradient
+    sums over the padded rows, possibly in another order (one bf16 rounding apart at most, entry by entry).
     """
     weight = weight_slice(linear.weight, dim, keep)
     bias = weight_slice(linear.bias, 0, keep if dim == 0 else linear.out_features)

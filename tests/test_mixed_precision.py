@@ -323,7 +323,9 @@ def sandwich_steps(case: str, precision_of, steps: int = 2, ddp: bool = False):
 @pytest.mark.parametrize("case", CAST_CASES)
 def test_weights_cast_once_give_autocast_gradients(case):
     """The gradients that reach the fp32 weights, and the weights after two optimizer steps, are autocast's bit for
-    bit: every slice of the stored copies holds what autocast converts, and a copy is made again after each step."""
+    bit: every slice of the stored copies holds what autocast converts, and a copy is made again after each step.
+    (At these sizes the padded rows of the CPU's matmuls change no sum's order either; at real sizes a weight's
+    gradient may differ by one bf16 rounding: test_rows_padded_for_the_cpu_give_autocast_values_and_gradients.)"""
     grads_autocast, weights_autocast, _ = sandwich_steps(case, lambda: torch.autocast("cpu", dtype=BF16))
     grads_once, weights_once, precision = sandwich_steps(case, lambda: MixedPrecision("cpu", BF16))
     assert len(precision.casts) > 0  # the copies were used
@@ -356,13 +358,16 @@ def test_weights_cast_once_under_ddp():
         assert torch.equal(weights_once[name], weight), name
 
 
-@pytest.mark.parametrize("rows", [39, 2 * CPU_ROW_MULTIPLE])
-def test_rows_padded_for_the_cpu_give_autocast_values_and_gradients(rows):
-    """Under weight casts on the CPU a linear's rows are padded to a multiple of CPU_ROW_MULTIPLE (39 -> 64; 128 is
-    left as it is): the outputs and the gradients of the input and the weight are autocast's bit for bit."""
-    linear = torch.nn.Linear(5, 6)
-    for dim, keep in ((0, 4), (1, 3)):
-        x = torch.randn(3, rows // 3, 5 if dim == 0 else keep, requires_grad=True)
+@pytest.mark.parametrize("rows,size", [(39, 5), (2 * CPU_ROW_MULTIPLE, 5), (850, 384)])
+def test_rows_padded_for_the_cpu_give_autocast_values_and_gradients(rows, size):
+    """Under weight casts on the CPU a linear's rows are padded to a multiple of CPU_ROW_MULTIPLE (39 -> 64, 850 ->
+    896; 128 is left as it is). The outputs and the input's gradient are autocast's bit for bit. The weight's and the
+    bias's gradients sum over the padded rows, which oneDNN may add in another order: at real sizes (850 rows of 384,
+    up to 1,536 outputs) they differ from autocast's by one bf16 rounding of some entries, 4e-5 of their norm at
+    most over MiniLM's and SmolLM2's shapes, against the ~1e-2 that bf16 itself is from fp32."""
+    linear = torch.nn.Linear(size, 4 * size)
+    for dim, keep in ((0, 2 * size), (1, size // 2 + 1)):
+        x = torch.randn(3, rows // 3 + (rows % 3 > 0), size if dim == 0 else keep, requires_grad=True)
         with WeightCasts(BF16), torch.autocast("cpu", dtype=BF16):
             out = sliced_linear(x, linear, dim, keep)
         with torch.autocast("cpu", dtype=BF16):
@@ -372,8 +377,11 @@ def test_rows_padded_for_the_cpu_give_autocast_values_and_gradients(rows):
         upstream = torch.randn(out.shape).to(BF16)
         grads = torch.autograd.grad(out, (x, linear.weight, linear.bias), upstream)
         expected_grads = torch.autograd.grad(expected, (x, linear.weight, linear.bias), upstream)
-        for grad, expected_grad in zip(grads, expected_grads, strict=True):
-            assert grad.dtype == torch.float32 and torch.equal(grad, expected_grad)
+        assert all(grad.dtype == torch.float32 for grad in grads)
+        assert torch.equal(grads[0], expected_grads[0])
+        for grad, expected_grad in zip(grads[1:], expected_grads[1:], strict=True):
+            assert torch.equal(grad == 0, expected_grad == 0)  # the rows and columns not in use get exactly none
+            assert rel_err(grad, expected_grad) <= 1e-3
 
 
 class _NeverForgets(MixedPrecision):
